@@ -1,0 +1,135 @@
+r"""Projected gradient descent (ascent) in the L-inf ball: the one engine every attack reuses.
+
+Paper: Madry et al., *Towards Deep Learning Models Resistant to Adversarial Attacks*, ICLR 2018
+(arXiv 1706.06083).
+
+Threat model: white-box, untargeted, L-inf, ``|x' - x|_inf <= eps`` and ``x' in [0, 1]``; ``eps``
+and ``step`` are in pixel space (inputs in [0, 1], the model normalises internally).
+
+Semantics (torchattacks style)::
+
+    x'_0 = start(x)                                   # see below
+    repeat steps:
+        g    = d/dx' sum_i loss_fn(model(x'))_i       # each sample's gradient is its own
+        x'   = clamp_[0,1]( project_{|x'-x|_inf <= eps}( x' + step * sign(g) ) )
+
+Start rules:
+
+- ``"uniform"``: ``x + U(-eps, eps)``, clamped to [0, 1] (Madry PGD-AT, the PGD-20 evaluation, ARD;
+  torchattacks' ``PGD``; the TRADES-style ``_pgd_whitebox`` evaluation code skips this clamp, which
+  only changes where the first gradient is taken for pixels within eps of 0 or 1);
+- ``"gaussian"``: ``x + gauss_std * N(0, I)`` *without* clamping or projecting, as the official
+  TRADES/RSLAD/ABSLD code does; the first step projects and clamps;
+- ``"none"``: ``x`` itself.
+
+The engine only computes ``torch.autograd.grad`` with respect to ``x'``: the model's parameters
+keep their ``.grad`` untouched. It never calls ``model.train()``/``model.eval()``: the caller
+chooses the mode (the distillation methods attack the student in eval mode, as the official code).
+It runs with gradients enabled even inside a caller's ``torch.no_grad()``, works under an
+enclosing ``torch.autocast`` (the loss is computed in float32) and with channels_last inputs.
+Random starts draw from the global torch RNG (the training loop saves/restores it for exact resume).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from absld.attacks.errors import AttackError
+from absld.attacks.losses import LossFn
+
+__all__ = ["Start", "pgd", "project_linf"]
+
+Start = Literal["uniform", "gaussian", "none"]
+"""How PGD picks its first point; see the module docstring."""
+
+
+def _check_budget(eps: float, step: float, steps: int) -> None:
+    """Reject budgets that are not numbers of the right sign, with a hint for a usual slip."""
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
+        raise AttackError(f"eps={eps!r} must be a finite number >= 0 in pixel space (e.g. 8/255).")
+    if eps > 1:
+        raise AttackError(
+            f"eps={eps!r} is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8)."
+        )
+    if not (isinstance(step, numbers.Real) and math.isfinite(step) and step >= 0):
+        raise AttackError(f"step={step!r} must be a finite number >= 0 in pixel space (e.g. 2/255).")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise AttackError(f"steps={steps!r} must be an integer >= 0.")
+
+
+def _feasible_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Elementwise bounds of ``{x' : |x' - x|_inf <= eps} ∩ [0, 1]^d``: ``max(x - eps, 0)`` and
+    ``min(x + eps, 1)``. Clamping to them equals projecting onto the eps-ball and then clamping to
+    [0, 1] (the two boxes always meet when ``x`` is in [0, 1])."""
+    return torch.clamp(x - eps, min=0.0), torch.clamp(x + eps, max=1.0)
+
+
+def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Project ``x_adv`` onto ``{x' : |x' - x|_inf <= eps} ∩ [0, 1]^d`` (elementwise, exact)."""
+    lower, upper = _feasible_box(x, eps)
+    return torch.clamp(x_adv, lower, upper)
+
+
+def _start_point(x: Tensor, eps: float, start: Start, gauss_std: float) -> Tensor:
+    if start == "uniform":
+        return torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps), 0.0, 1.0)
+    if start == "gaussian":
+        return x + gauss_std * torch.randn_like(x)
+    return x.clone()
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    loss_fn: LossFn,
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+    start: Start,
+    gauss_std: float = 0.001,
+) -> Tensor:
+    """Maximise ``loss_fn(model(x'))`` over the L-inf ball of radius ``eps`` around ``x``.
+
+    Args:
+        model: maps inputs in [0, 1] (B, ...) to logits (B, C); its train/eval mode is left as is.
+        x: clean inputs in [0, 1], any shape (B, ...), any memory format.
+        loss_fn: ``logits (B, C) -> (B,)`` per-sample loss to maximise (see :mod:`absld.attacks.losses`).
+        eps: radius of the L-inf ball, pixel space (8/255 in the papers).
+        step: size of each signed-gradient step, pixel space (2/255 in the papers).
+        steps: number of steps (0 returns the projected start point).
+        start: ``"uniform"``, ``"gaussian"`` or ``"none"`` (see the module docstring).
+        gauss_std: standard deviation of the ``"gaussian"`` start (0.001 in the official code).
+
+    Returns:
+        The detached adversarial inputs, same shape, dtype and device as ``x``.
+    """
+    _check_budget(eps, step, steps)
+    if start not in get_args(Start):
+        raise AttackError(f"start={start!r} is not a PGD start rule; use one of {list(get_args(Start))}.")
+    if not (math.isfinite(gauss_std) and gauss_std >= 0):
+        raise AttackError(f"gauss_std={gauss_std!r} must be a finite number >= 0 (the official code uses 0.001).")
+
+    x = x.detach()
+    lower, upper = _feasible_box(x, eps)  # computed once, used by every step
+    x_adv = _start_point(x, eps, start, gauss_std).detach()
+    if steps == 0:
+        return torch.clamp(x_adv, lower, upper)
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)  # (B, C), possibly bf16 under autocast
+            loss = loss_fn(logits.float())  # (B,)
+            if loss.shape != (x.shape[0],):
+                raise AttackError(
+                    f"loss_fn must return one loss per sample, shape ({x.shape[0]},); got {tuple(loss.shape)}."
+                )
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            x_adv = torch.clamp(x_adv.detach() + step * grad.sign(), lower, upper)
+    return x_adv

@@ -1,0 +1,359 @@
+"""Typed configuration: ``params.yaml`` parsed once into pydantic models.
+
+Every tunable number of the pipeline lives in ``params.yaml``; this module is the only place that
+reads it. Validation is strict: an unknown key, a wrong type or an out-of-range value is a
+:class:`ConfigError` whose one-line message names the key, the value and what is allowed.
+
+Perturbation sizes (``eps``, ``step``) are written as fractions of 255 (``8/255``) and parsed
+here; a bare float such as ``0.031`` is rejected with a hint, because it is the most common way
+AutoAttack numbers stop matching the literature.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DATASETS = ("cifar10", "cifar100", "fashion-mnist")
+Dataset = Literal["cifar10", "cifar100", "fashion-mnist"]
+Device = Literal["auto", "cpu", "cuda"]
+KLReduction = Literal["element_mean", "batchmean"]
+Selection = Literal["last", "val_fair_best", "test_fair_best"]
+TeacherSource = Literal["train", "file", "robustbench"]
+TeacherMethod = Literal["sat", "trades"]
+TemperatureMode = Literal["separate", "aliased"]
+
+
+class ConfigError(ValueError):
+    """A problem with params.yaml or a profile, phrased for the user (one line)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# scalar types
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def _parse_fraction(value: Any) -> Any:
+    """``"5/6"`` -> 0.8333..; numbers pass through; anything else is left to pydantic."""
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        if match:
+            num, den = (float(g) for g in match.groups())
+            if den == 0:
+                raise ValueError(f"{value!r} divides by zero")
+            return num / den
+    return value
+
+
+def _parse_pixels(value: Any) -> Any:
+    """Perturbation sizes in pixel space: ``"8/255"`` or ``0``; bare floats are rejected."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a perturbation size; write it like 8/255")
+    if isinstance(value, (int, float)) and value != 0:
+        in_255 = float(value) * 255
+        raise ValueError(
+            f"{value!r} is ambiguous; write perturbation sizes as fractions of 255, "
+            f"e.g. {round(in_255)}/255 (= {round(in_255) / 255:.6f}) — {value} is {in_255:.2f}/255"
+        )
+    if isinstance(value, str) and not _FRACTION.match(value):
+        raise ValueError(f"{value!r} is not a fraction; write it like 8/255")
+    return _parse_fraction(value)
+
+
+Num = Annotated[float, BeforeValidator(_parse_fraction)]
+"""A float that may be written as a fraction (``5/6``)."""
+Pixels = Annotated[float, BeforeValidator(_parse_pixels), Field(ge=0, le=1)]
+"""A perturbation size in [0, 1] pixel space, written as a fraction of 255."""
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Prob = Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared sections
+class RuntimeConfig(Section):
+    device: Device = "auto"
+    amp: bool = True
+    """bf16 autocast for forward passes on CUDA (ignored on the CPU)."""
+    channels_last: bool = True
+    deterministic: bool = False
+    """On CUDA: deterministic cuDNN algorithms (slower). The CPU is always deterministic."""
+    num_threads: PosInt | None = None
+    """torch CPU threads; null keeps torch's default."""
+    progress: bool = True
+    """tqdm progress bars."""
+
+
+class WandbConfig(Section):
+    project: str = "absld-repro"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class AugmentConfig(Section):
+    crop_padding: NonNegInt = 4
+    flip: bool = True
+
+
+class DataConfig(Section):
+    dataset: Dataset = "cifar10"
+    root: str = "data/raw"
+    """Where torchvision's archives are looked for (and downloaded to, when allowed)."""
+    source_dir: str | None = None
+    """An existing directory holding the dataset's files, e.g. /usr/share/datasets/fashion-mnist."""
+    download: bool = True
+    verify_md5: bool = True
+    """Check the CIFAR archives against torchvision's md5 sums."""
+    val_per_class: NonNegInt = 100
+    """Stratified validation images per class, held out from training (0: no validation split)."""
+    train_per_class: PosInt | None = None
+    """Stratified subset of the training set per class (small profiles); null: all."""
+    split_seed: NonNegInt = 0
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class AttackConfig(Section):
+    """An L-inf PGD attack: eps and step in pixel space (fractions of 255)."""
+
+    eps: Pixels = 8 / 255
+    step: Pixels = 2 / 255
+    steps: NonNegInt = 10
+
+    @model_validator(mode="after")
+    def _step_le_eps(self) -> "AttackConfig":
+        if self.step > self.eps and self.steps > 0:
+            raise ValueError(f"step {self.step * 255:.3g}/255 exceeds eps {self.eps * 255:.3g}/255")
+        return self
+
+
+class TrainConfig(Section):
+    """SGD with momentum, weight decay and a milestone schedule (METHOD.md §5)."""
+
+    epochs: PosInt = 300
+    batch_size: PosInt = 128
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 2e-4
+    nesterov: bool = False
+    milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if value != sorted(set(value)):
+            raise ValueError(f"milestones {value} must be strictly increasing")
+        return value
+
+
+class TrainOverride(Section):
+    """Per-method changes to the shared training recipe (only the keys that are set)."""
+
+    epochs: PosInt | None = None
+    batch_size: PosInt | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    nesterov: bool | None = None
+    milestones: list[PosInt] | None = None
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    def apply(self, base: TrainConfig) -> TrainConfig:
+        changes = {k: v for k, v in self.model_dump().items() if v is not None}
+        return TrainConfig(**{**base.model_dump(), **changes})
+
+
+class ModelConfig(Section):
+    arch: str = "resnet18"
+    normalize: bool = False
+    """Normalise inputs inside the model with the training set's mean/std (the official ABSLD and
+    TRADES models take raw [0, 1] inputs: false)."""
+
+
+class EvalAttackConfig(Section):
+    """Quick clean + PGD check of a trained or imported model."""
+
+    n_samples: PosInt | None = None
+    batch_size: PosInt = 256
+    eps: Pixels = 8 / 255
+    step: Pixels = 2 / 255
+    steps: NonNegInt = 20
+
+
+# ----------------------------------------------------------------------------------------------
+# methods (one section each; every key reachable with dvc exp run -S distill.<method>.<key>=...)
+class MethodConfig(Section):
+    train: TrainOverride = Field(default_factory=TrainOverride)
+    """Changes to the shared training recipe for this method only."""
+
+
+class SatConfig(MethodConfig):
+    """PGD-AT (Madry et al. 2018): CE on PGD examples with a uniform random start."""
+
+    start: Literal["uniform", "gaussian"] = "uniform"
+
+
+class TradesConfig(MethodConfig):
+    """TRADES (Zhang et al. 2019): CE(S(x), y) + beta KL(S(x) || S(x'))."""
+
+    beta: Annotated[float, Field(ge=0)] = 6.0
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+class TeacherConfig(Section):
+    source: TeacherSource = "robustbench"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="wrn34_10"))
+    robustbench_id: str | None = "Zhang2019Theoretically"
+    path: str | None = None
+    """teacher.source file: a local checkpoint path (either this or url)."""
+    url: str | None = None
+    sha256: str | None = None
+    """Expected sha256 of the imported file (required for source file)."""
+    published_clean_acc: Prob | None = 0.8492
+    """Published clean accuracy of an imported teacher; null: no check."""
+    max_clean_gap: Prob = 0.01
+    method: TeacherMethod = "trades"
+    seed: NonNegInt = 0
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=100, weight_decay=5e-4, milestones=[75, 90])
+    )
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    sat: SatConfig = Field(default_factory=SatConfig)
+    trades: TradesConfig = Field(default_factory=TradesConfig)
+    eval: EvalAttackConfig = Field(default_factory=EvalAttackConfig)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(f"{value!r} is not a sha256 (64 hex digits)")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "TeacherConfig":
+        if self.source == "file":
+            if bool(self.path) == bool(self.url):
+                raise ValueError("teacher.source file needs exactly one of teacher.path, teacher.url")
+            if not self.sha256:
+                raise ValueError("teacher.source file needs teacher.sha256 (the expected checksum)")
+        if self.source == "robustbench" and not self.robustbench_id:
+            raise ValueError("teacher.source robustbench needs teacher.robustbench_id")
+        return self
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    study: str = "absld-cifar10"
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0])
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} must be a non-empty list without repeats")
+        return value
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'; check its spelling against params.yaml"
+    if first["type"] == "literal_error":
+        return f"{source}: {loc} = {first['input']!r} is not allowed; {msg[0].lower()}{msg[1:]}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}{shown}: {msg}{more}"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins; lists replace)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})".replace("\n", " "))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | Path | None = None) -> Params:
+    """Read and validate params.yaml (optionally merged with a profile override file)."""
+    raw = read_yaml(path)
+    source = str(path)
+    if profile is not None:
+        raw = deep_merge(raw, read_yaml(profile))
+        source = f"{path} + {profile}"
+    return parse_params(raw, source)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def fraction_of_255(value: float) -> str:
+    """Render a pixel-space size the way params write it (``0.0313..`` -> ``"8/255"``)."""
+    frac = Fraction(value * 255).limit_denominator(1000)
+    return f"{float(frac):g}/255"

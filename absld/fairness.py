@@ -1,0 +1,563 @@
+"""Class-wise robust-fairness metrics and their statistics (METHOD.md §6).
+
+Everything here is a function of *per-sample correctness*: a boolean vector ``correct`` (N,) telling
+whether the model classified test sample ``i`` correctly under one attack, and the labels ``y`` (N,).
+Those are exactly the arrays of ``results/eval/<model>/records.npz``.
+
+With ``n_k = #{i : y_i = k}`` and ``acc_k = (1 / n_k) * sum_{i : y_i = k} correct_i`` (k = 0..C-1):
+
+- **Avg**   = (1 / N) * sum_i correct_i  (overall accuracy; equals mean_k acc_k on a balanced test set)
+- **Worst** = min_k acc_k
+- **NSD**   = std_k(acc_k; ddof) / mean_k(acc_k), with
+  std_k(acc_k; ddof) = sqrt( sum_k (acc_k - mean_k acc_k)^2 / (C - ddof) ).
+  The paper does not state the ddof: ddof = 0 is the headline, and it is a parameter everywhere.
+
+Statistics, all from ``scipy.stats`` except Holm's correction (which scipy lacks):
+
+- ``bootstrap_ci``: stratified bootstrap (test samples resampled within each class, class sizes fixed)
+  of Avg, Worst and NSD, via ``scipy.stats.bootstrap`` with one sample per class.
+- ``seed_summary``: mean, std (ddof 1) and Student-t interval over training seeds.
+- ``mcnemar_exact``: exact McNemar test of two models' Avg on the same samples (``binomtest``).
+- ``paired_permutation_test``: paired permutation test of Worst, NSD or Avg (``permutation_test``).
+- ``holm``: Holm-Bonferroni adjusted p-values for a family of tests.
+
+Conventions: accuracies are fractions in [0, 1]; every result is made of plain Python floats, ints
+and lists (JSON-ready); NaN marks a value that is mathematically undefined (never a crash):
+NSD when every class accuracy is 0 (0 / 0) or when C - ddof <= 0.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+Statistic = Literal["avg", "worst", "nsd"]
+BootstrapMethod = Literal["percentile", "basic", "BCa"]
+
+STATISTICS: tuple[Statistic, ...] = ("avg", "worst", "nsd")
+BOOTSTRAP_METHODS: tuple[BootstrapMethod, ...] = ("percentile", "basic", "BCa")
+
+
+class Summary(TypedDict):
+    """Point estimates for one (model, attack): the first half of the fairness.json entry."""
+
+    avg: float
+    worst: float
+    nsd: float
+    class_acc: list[float]
+    n: int
+    ddof: int
+
+
+class SummaryWithCI(Summary):
+    """One (model, attack) entry of ``results/fairness.json`` (contract), plus ``n`` and ``ddof``."""
+
+    avg_ci: list[float]
+    worst_ci: list[float]
+    nsd_ci: list[float]
+
+
+class SeedSummary(TypedDict):
+    mean: float
+    std: float
+    ci: list[float]
+    n: int
+
+
+class McNemarResult(TypedDict):
+    p: float
+    n01: int
+    n10: int
+    diff: float
+
+
+class PermutationResult(TypedDict):
+    p: float
+    diff: float
+
+
+class McNemarComparison(McNemarResult):
+    test: Literal["mcnemar_exact"]
+
+
+class PermutationComparison(PermutationResult):
+    test: Literal["paired_permutation"]
+
+
+class Comparison(TypedDict):
+    """Model A against model B under one attack; every ``diff`` is stat(A) - stat(B)."""
+
+    avg: McNemarComparison
+    worst: PermutationComparison
+    nsd: PermutationComparison
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_correct(correct: npt.ArrayLike, name: str = "correct") -> npt.NDArray[np.bool_]:
+    arr = np.asarray(correct)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D boolean array (one entry per sample), got shape {arr.shape}")
+    if arr.dtype != np.bool_:
+        raise ValueError(
+            f"{name} must be a boolean array, got dtype {arr.dtype}; if it holds 0/1, pass {name}.astype(bool)"
+        )
+    return arr
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _check_ddof(ddof: int) -> int:
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer (0 or 1), got {ddof!r}")
+    return int(ddof)
+
+
+def _check_confidence(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    return float(confidence)
+
+
+def _check_n_resamples(n_resamples: int) -> int:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    return int(n_resamples)
+
+
+def _check_records(
+    correct: npt.ArrayLike, y: npt.ArrayLike, num_classes: int
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Validate (correct, y, num_classes); return them with the class sizes n_k (C,).
+
+    Raises ValueError for a non-boolean ``correct``, non-integer or out-of-range labels, mismatched
+    lengths, no samples at all, and any class without samples (Worst and NSD would be undefined).
+    """
+    correct_arr = _check_correct(correct)  # (N,)
+    num_classes = _check_num_classes(num_classes)
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1:
+        raise ValueError(f"y must be a 1-D integer array of labels, got shape {y_arr.shape}")
+    if not np.issubdtype(y_arr.dtype, np.integer):
+        raise ValueError(f"y must hold integer class labels, got dtype {y_arr.dtype}")
+    if correct_arr.shape[0] != y_arr.shape[0]:
+        raise ValueError(f"length mismatch: correct has {correct_arr.shape[0]} samples but y has {y_arr.shape[0]}")
+    if y_arr.shape[0] == 0:
+        raise ValueError("no samples: correct and y are empty")
+    y_min, y_max = int(y_arr.min()), int(y_arr.max())
+    if y_min < 0 or y_max >= num_classes:
+        bad = y_min if y_min < 0 else y_max
+        raise ValueError(
+            f"label {bad} out of range: labels must lie in [0, {num_classes - 1}] (num_classes={num_classes})"
+        )
+    y_arr = y_arr.astype(np.int64, copy=False)
+    class_n = np.bincount(y_arr, minlength=num_classes)  # (C,)
+    empty = np.flatnonzero(class_n == 0)
+    if empty.size:
+        listed = ", ".join(str(k) for k in empty[:10]) + (", ..." if empty.size > 10 else "")
+        raise ValueError(
+            f"class {listed} has no samples in y (num_classes={num_classes}): class accuracy, Worst and NSD "
+            f"are undefined; evaluate on more samples or check num_classes"
+        )
+    return correct_arr, y_arr, class_n
+
+
+def _check_paired(
+    correct_a: npt.ArrayLike, correct_b: npt.ArrayLike
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    a = _check_correct(correct_a, "correct_a")
+    b = _check_correct(correct_b, "correct_b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"length mismatch: correct_a has {a.shape[0]} samples but correct_b has {b.shape[0]}; "
+            f"paired tests need both models evaluated on the same samples"
+        )
+    if a.shape[0] == 0:
+        raise ValueError("no samples: correct_a and correct_b are empty")
+    return a, b
+
+
+def _batch_size(n_resamples: int, n_samples: int, max_elements: int = 1 << 22) -> int:
+    """Resamples per vectorised call, so that one batch holds at most ``max_elements`` values."""
+    return max(1, min(n_resamples, max_elements // max(n_samples, 1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _nsd_last_axis(class_acc: npt.NDArray[np.floating], ddof: int) -> npt.NDArray[np.float64]:
+    """NSD along the last axis of ``class_acc`` (..., C) -> (...); NaN where undefined, no warnings."""
+    acc = np.asarray(class_acc, dtype=np.float64)
+    num_classes = acc.shape[-1]
+    mean = acc.mean(axis=-1)  # (...)
+    if num_classes - ddof <= 0:
+        return np.full(mean.shape, np.nan)
+    # std is shift-invariant: centre on the first class first, so equal accuracies give exactly 0
+    shifted = acc - acc[..., :1]  # (..., C)
+    deviations = shifted - shifted.mean(axis=-1, keepdims=True)  # (..., C)
+    std = np.sqrt((deviations**2).sum(axis=-1) / (num_classes - ddof))  # (...)
+    safe_mean = np.where(mean > 0, mean, 1.0)
+    return np.where(mean > 0, std / safe_mean, np.nan)
+
+
+def class_accuracies(
+    correct: npt.NDArray[np.bool_], y: npt.NDArray[np.integer], num_classes: int
+) -> npt.NDArray[np.float64]:
+    """Class-wise accuracies acc_k = (1 / n_k) * sum_{i : y_i = k} correct_i, shape (C,).
+
+    ``correct`` (N,) bool, ``y`` (N,) int in [0, num_classes). Raises ValueError naming any class
+    without samples.
+    """
+    correct_arr, y_arr, class_n = _check_records(correct, y, num_classes)
+    class_correct = np.bincount(y_arr, weights=correct_arr, minlength=num_classes)  # (C,)
+    return class_correct / class_n
+
+
+def nsd(class_acc: npt.ArrayLike, ddof: int = 0) -> float:
+    """Normalised standard deviation NSD = std_k(acc_k; ddof) / mean_k(acc_k) (lower is fairer).
+
+    std_k(acc_k; ddof) = sqrt( sum_k (acc_k - mean)^2 / (C - ddof) ). Returns NaN, without a warning,
+    when it is undefined: every class accuracy is 0 (0 / 0: no model is "unfair" at zero accuracy,
+    nor fair, so no number is honest) or C - ddof <= 0 (e.g. one class with ddof = 1).
+    """
+    ddof = _check_ddof(ddof)
+    acc = np.asarray(class_acc, dtype=np.float64)
+    if acc.ndim != 1 or acc.shape[0] == 0:
+        raise ValueError(f"class_acc must be a non-empty 1-D array of class accuracies, got shape {acc.shape}")
+    return float(_nsd_last_axis(acc, ddof))
+
+
+def summarize(correct: npt.NDArray[np.bool_], y: npt.NDArray[np.integer], num_classes: int, ddof: int = 0) -> Summary:
+    """Avg, Worst, NSD and the class accuracies of one model under one attack.
+
+    ``avg`` is the overall accuracy (1 / N) sum_i correct_i, *not* the mean of class accuracies
+    (the two agree only on a balanced test set); ``worst`` = min_k acc_k; ``nsd`` as in :func:`nsd`.
+    """
+    ddof = _check_ddof(ddof)
+    class_acc = class_accuracies(correct, y, num_classes)  # (C,)
+    correct_arr = np.asarray(correct)
+    return {
+        "avg": float(correct_arr.mean()),
+        "worst": float(class_acc.min()),
+        "nsd": nsd(class_acc, ddof),
+        "class_acc": [float(a) for a in class_acc],
+        "n": int(correct_arr.shape[0]),
+        "ddof": ddof,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# stratified bootstrap
+# --------------------------------------------------------------------------------------------------
+
+
+def _point_statistics(
+    class_acc: npt.NDArray[np.float64], weights: npt.NDArray[np.float64], ddof: int
+) -> npt.NDArray[np.float64]:
+    """(avg, worst, nsd) of fixed class accuracies (C,) with class weights n_k / N (C,)."""
+    return np.array([class_acc @ weights, class_acc.min(), float(_nsd_last_axis(class_acc, ddof))])
+
+
+def bootstrap_ci(
+    correct: npt.NDArray[np.bool_],
+    y: npt.NDArray[np.integer],
+    num_classes: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    ddof: int = 0,
+    confidence: float = 0.95,
+    method: BootstrapMethod = "percentile",
+) -> dict[str, list[float]]:
+    """Stratified bootstrap confidence intervals of Avg, Worst and NSD.
+
+    Each resample draws n_k test samples with replacement *within* each class k (class sizes stay
+    fixed, as in the test set), recomputes acc_k* and then Avg* = sum_k n_k acc_k* / N, Worst* and
+    NSD*. This is ``scipy.stats.bootstrap`` with one sample per class and ``paired=False`` (each
+    class resampled independently); all three statistics share the same resamples.
+
+    ``method`` is scipy's ("percentile", "basic" or "BCa"). Degenerate cases do not crash: a
+    statistic whose bootstrap distribution is constant (e.g. Worst when a class is never correct)
+    gets the interval [value, value] under every method (scipy's BCa would return NaN with a
+    DegenerateDataWarning); any other undefined bound stays NaN, with a RuntimeWarning. Classes with
+    a single sample are constant under resampling and are held fixed. The NSD interval is NaN when
+    NSD is undefined (every class at accuracy 0) on some resample: likely only on tiny test sets.
+    Deterministic given ``seed`` (``rng=numpy.random.default_rng(seed)``).
+
+    Returns ``{"avg_ci": [lo, hi], "worst_ci": [lo, hi], "nsd_ci": [lo, hi]}``.
+    """
+    correct_arr, y_arr, class_n = _check_records(correct, y, num_classes)
+    ddof = _check_ddof(ddof)
+    n_resamples = _check_n_resamples(n_resamples)
+    confidence = _check_confidence(confidence)
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"method must be one of {BOOTSTRAP_METHODS}, got {method!r}")
+
+    order = np.argsort(y_arr, kind="stable")
+    per_class = np.split(correct_arr[order].astype(np.float64), np.cumsum(class_n)[:-1])  # C arrays (n_k,)
+    class_acc = np.array([c.mean() for c in per_class])  # (C,)
+    weights = class_n / class_n.sum()  # (C,) Avg = sum_k w_k acc_k
+    resampled = np.flatnonzero(class_n >= 2)  # scipy needs >= 2 observations per sample
+
+    def statistics(*samples: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[np.float64]:
+        # samples[j]: (..., n_k) for class k = resampled[j]; returns (3, ...) = (avg, worst, nsd)
+        acc_resampled = np.stack([s.mean(axis=axis) for s in samples], axis=-1)  # (..., C_resampled)
+        acc = np.broadcast_to(class_acc, (*acc_resampled.shape[:-1], num_classes)).copy()  # (..., C)
+        acc[..., resampled] = acc_resampled
+        return np.stack([acc @ weights, acc.min(axis=-1), _nsd_last_axis(acc, ddof)])
+
+    point = _point_statistics(class_acc, weights, ddof)  # (3,)
+    if resampled.size == 0:  # every class has one sample: nothing varies
+        low, high = point.copy(), point.copy()
+    else:
+        # scipy's BCa warns (and divides 0 by 0) on a constant statistic; handled just below
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            result = stats.bootstrap(
+                tuple(per_class[k] for k in resampled),
+                statistics,
+                n_resamples=n_resamples,
+                vectorized=True,
+                paired=False,
+                axis=-1,
+                confidence_level=confidence,
+                method=method,
+                batch=_batch_size(n_resamples, int(class_n[resampled].sum())),
+                rng=np.random.default_rng(seed),
+            )
+        low = np.array(result.confidence_interval.low, dtype=np.float64)  # (3,)
+        high = np.array(result.confidence_interval.high, dtype=np.float64)  # (3,)
+        distribution = result.bootstrap_distribution  # (3, n_resamples)
+        constant = np.all(distribution == point[:, None], axis=-1)  # (3,)
+        low[constant] = point[constant]
+        high[constant] = point[constant]
+        undefined = (np.isnan(low) | np.isnan(high)) & np.all(np.isfinite(distribution), axis=-1)  # (3,)
+        for i in np.flatnonzero(undefined):
+            warnings.warn(
+                f"the {method} interval of {STATISTICS[i]} is undefined on these records (degenerate jackknife "
+                f"or bias correction); method='percentile' gives one",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return {f"{name}_ci": [float(low[i]), float(high[i])] for i, name in enumerate(STATISTICS)}
+
+
+def summarize_with_ci(
+    correct: npt.NDArray[np.bool_],
+    y: npt.NDArray[np.integer],
+    num_classes: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    ddof: int = 0,
+    confidence: float = 0.95,
+    method: BootstrapMethod = "percentile",
+) -> SummaryWithCI:
+    """One (model, attack) entry of ``results/fairness.json``: :func:`summarize` + :func:`bootstrap_ci`.
+
+    Keys: ``avg, worst, nsd, class_acc, avg_ci, worst_ci, nsd_ci`` (the contract) and ``n, ddof``.
+    """
+    summary = summarize(correct, y, num_classes, ddof)
+    cis = bootstrap_ci(
+        correct, y, num_classes, n_resamples=n_resamples, seed=seed, ddof=ddof, confidence=confidence, method=method
+    )
+    return {
+        "avg": summary["avg"],
+        "worst": summary["worst"],
+        "nsd": summary["nsd"],
+        "class_acc": summary["class_acc"],
+        "avg_ci": cis["avg_ci"],
+        "worst_ci": cis["worst_ci"],
+        "nsd_ci": cis["nsd_ci"],
+        "n": summary["n"],
+        "ddof": summary["ddof"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# across training seeds
+# --------------------------------------------------------------------------------------------------
+
+
+def seed_summary(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
+    """Mean, std and Student-t confidence interval of one metric over n training seeds.
+
+    mean = (1/n) sum_s v_s;  std = sqrt( sum_s (v_s - mean)^2 / (n - 1) )  (ddof = 1);
+    ci = mean -/+ t_{(1 + confidence)/2, n-1} * std / sqrt(n)  (``scipy.stats.t.interval``).
+    With n = 1 the spread is unknown: std = NaN and ci = [NaN, NaN]. With std = 0 (n >= 2, all
+    equal) the interval is [mean, mean].
+    """
+    confidence = _check_confidence(confidence)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence (one value per seed), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"values must be finite, got {arr.tolist()}")
+    n = int(arr.shape[0])
+    mean = float(arr.mean())
+    if n == 1:
+        return {"mean": mean, "std": math.nan, "ci": [math.nan, math.nan], "n": 1}
+    std = float(arr.std(ddof=1))
+    if std == 0.0:
+        return {"mean": mean, "std": 0.0, "ci": [mean, mean], "n": n}
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return {"mean": mean, "std": std, "ci": [float(low), float(high)], "n": n}
+
+
+# --------------------------------------------------------------------------------------------------
+# paired tests of two models on the same samples
+# --------------------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(correct_a: npt.NDArray[np.bool_], correct_b: npt.NDArray[np.bool_]) -> McNemarResult:
+    """Exact McNemar test of H0: models A and B have the same accuracy on these samples.
+
+    n01 = #{i : A wrong, B right}, n10 = #{i : A right, B wrong} (the discordant pairs); under H0,
+    n10 ~ Binomial(n01 + n10, 1/2), and p is the two-sided ``scipy.stats.binomtest`` p-value
+    (p = 1 when there are no discordant pairs). diff = acc_A - acc_B = (n10 - n01) / N.
+    """
+    a, b = _check_paired(correct_a, correct_b)
+    n01 = int(np.count_nonzero(~a & b))
+    n10 = int(np.count_nonzero(a & ~b))
+    p = 1.0 if n01 + n10 == 0 else float(stats.binomtest(n10, n01 + n10, 0.5, alternative="two-sided").pvalue)
+    return {"p": min(p, 1.0), "n01": n01, "n10": n10, "diff": float(a.mean() - b.mean())}
+
+
+def paired_permutation_test(
+    correct_a: npt.NDArray[np.bool_],
+    correct_b: npt.NDArray[np.bool_],
+    y: npt.NDArray[np.integer],
+    num_classes: int,
+    *,
+    statistic: Statistic,
+    n_resamples: int,
+    seed: int,
+    ddof: int = 0,
+) -> PermutationResult:
+    """Paired permutation test of H0: A and B are exchangeable on every sample, for Worst, NSD or Avg.
+
+    Test statistic T = stat(A) - stat(B). Under H0 the outcomes (correct_a_i, correct_b_i) of each
+    sample may be swapped; the null distribution of T comes from random swaps
+    (``scipy.stats.permutation_test``, ``permutation_type="samples"``, two-sided:
+    p = min(1, 2 min(P(T* <= T), P(T* >= T)))). Swapping a concordant pair (both right or both
+    wrong) changes nothing, so only the d discordant samples are permuted, with the concordant ones
+    held as fixed class counts: the same test, far faster. When 2^d <= n_resamples scipy enumerates
+    every swap (exact test). p = 1 when d <= 1 (no swap can be more extreme). Resamples on which
+    NSD is undefined (NaN) never count as extreme; p is NaN if the observed T is NaN.
+
+    Returns ``{"p": p, "diff": T}``.
+    """
+    a, b = _check_paired(correct_a, correct_b)
+    _, y_arr, class_n = _check_records(a, y, num_classes)
+    ddof = _check_ddof(ddof)
+    n_resamples = _check_n_resamples(n_resamples)
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    weights = class_n / class_n.sum()  # (C,)
+
+    concordant_correct = a & b  # (N,) counted for both models under every swap
+    base_counts = np.bincount(y_arr, weights=concordant_correct, minlength=num_classes)  # (C,)
+    discordant = np.flatnonzero(a != b)  # (d,)
+    onehot = np.zeros((discordant.size, num_classes))  # (d, C)
+    onehot[np.arange(discordant.size), y_arr[discordant]] = 1.0
+
+    def stat_of(disc_correct: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        # disc_correct (..., d) -> chosen statistic (...)
+        acc = (base_counts + disc_correct @ onehot) / class_n  # (..., C)
+        if statistic == "avg":
+            return np.asarray(acc @ weights, dtype=np.float64)
+        if statistic == "worst":
+            return np.asarray(acc.min(axis=-1), dtype=np.float64)
+        return _nsd_last_axis(acc, ddof)
+
+    def difference(
+        disc_a: npt.NDArray[np.float64], disc_b: npt.NDArray[np.float64], axis: int = -1
+    ) -> npt.NDArray[np.float64]:
+        disc_a = np.moveaxis(disc_a, axis, -1)
+        disc_b = np.moveaxis(disc_b, axis, -1)
+        return stat_of(disc_a) - stat_of(disc_b)
+
+    disc_a = a[discordant].astype(np.float64)  # (d,)
+    disc_b = b[discordant].astype(np.float64)  # (d,)
+    diff = float(difference(disc_a, disc_b))
+    if discordant.size <= 1:
+        return {"p": 1.0, "diff": diff}
+    if math.isnan(diff):
+        return {"p": math.nan, "diff": diff}
+    result = stats.permutation_test(
+        (disc_a, disc_b),
+        difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=_batch_size(n_resamples, discordant.size),
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return {"p": float(min(result.pvalue, 1.0)), "diff": diff}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given (family-wise error control).
+
+    Sort p_(1) <= ... <= p_(m); adjusted p_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). Reject H_(i)
+    at level alpha iff its adjusted p <= alpha. Adjusted values are monotone in the raw ones and
+    never smaller. An empty family gives [].
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be a 1-D sequence, got shape {p.shape}")
+    if p.size and (np.any(np.isnan(p)) or p.min() < 0 or p.max() > 1):
+        raise ValueError(f"p-values must lie in [0, 1] (no NaN), got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")  # (m,)
+    scaled = (m - np.arange(m)) * p[order]  # (m,) (m - j + 1) p_(j), j 1-based
+    adjusted_sorted = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    adjusted = np.empty(m)
+    adjusted[order] = adjusted_sorted
+    return [float(v) for v in adjusted]
+
+
+def compare(
+    correct_a: npt.NDArray[np.bool_],
+    correct_b: npt.NDArray[np.bool_],
+    y: npt.NDArray[np.integer],
+    num_classes: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    ddof: int = 0,
+) -> Comparison:
+    """Compare model A with model B on the same samples under one attack.
+
+    ``avg``: exact McNemar (:func:`mcnemar_exact`); ``worst`` and ``nsd``: paired permutation tests
+    (:func:`paired_permutation_test`, both with ``seed``). Every ``diff`` is stat(A) - stat(B).
+    p-values are raw: apply :func:`holm` over the whole family of comparisons being reported.
+    """
+    avg = mcnemar_exact(correct_a, correct_b)
+    worst = paired_permutation_test(
+        correct_a, correct_b, y, num_classes, statistic="worst", n_resamples=n_resamples, seed=seed, ddof=ddof
+    )
+    nsd_test = paired_permutation_test(
+        correct_a, correct_b, y, num_classes, statistic="nsd", n_resamples=n_resamples, seed=seed, ddof=ddof
+    )
+    return {
+        "avg": {"test": "mcnemar_exact", **avg},
+        "worst": {"test": "paired_permutation", **worst},
+        "nsd": {"test": "paired_permutation", **nsd_test},
+    }

@@ -1,0 +1,92 @@
+"""The Method protocol: what a training method supplies to the one training loop.
+
+A method is only its math. The loop (:mod:`absld.train`) owns batches, optimiser, schedule,
+precision, checkpoints and logging, and calls per batch::
+
+    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad (if uses_teacher)
+    student.eval();  x_adv = method.perturb(student, batch, teacher_logits)      # inner max
+    student.train(); out = method.loss(student, batch, x_adv, teacher_logits)    # outer loss
+    out.loss.backward(); optimiser.step()
+
+and once per epoch ``method.on_epoch_end(epoch)`` (epochs count from 1, as in the reference
+code, so ``epoch in milestones`` means "the epoch after which the learning rate decays").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager, Protocol, runtime_checkable
+
+import contextlib
+
+from torch import Tensor, nn
+
+from ..config import AttackConfig
+from ..data import Batch
+
+
+@dataclass
+class StepOutput:
+    """What one outer step produced."""
+
+    loss: Tensor  # scalar to minimise
+    logits_adv: Tensor | None = None  # (B, C) student logits on x_adv, for the running accuracy
+    logits_nat: Tensor | None = None  # (B, C) student logits on x
+    stats: dict[str, Tensor] = field(default_factory=dict)  # detached per-batch scalars to average
+
+
+@dataclass
+class MethodContext:
+    """What every method may need besides its own section of params."""
+
+    num_classes: int
+    attack: AttackConfig
+    teacher: nn.Module | None = None
+    kl_reduction: str = "element_mean"
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: ClassVar[str]
+    uses_teacher: ClassVar[bool]
+
+    def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor: ...
+
+    def loss(
+        self, student: nn.Module, batch: Batch, x_adv: Tensor, teacher_logits: Tensor | None
+    ) -> StepOutput: ...
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class MethodBase:
+    """Defaults for the bookkeeping half of the protocol: stateless, nothing to log."""
+
+    name: ClassVar[str] = ""
+    uses_teacher: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, ctx: MethodContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        if self.uses_teacher and ctx.teacher is None:
+            raise ValueError(f"method {self.name!r} distils from a teacher, but none was given")
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.ctx.teacher
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

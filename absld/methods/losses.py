@@ -1,0 +1,43 @@
+"""Training-side divergences shared by every distillation method (one place, not one per method).
+
+``kl(target_probs, logits, reduction)`` is ``sum_c p_c (log p_c - log_softmax(z)_c)`` with three
+reductions:
+
+- ``"element_mean"``: divided by ``B * C``, the ``nn.KLDivLoss(size_average=False)``-free
+  ``reduction="mean"`` of the RSLAD/ABSLD reference code (= batch-mean KL / C);
+- ``"batchmean"``: divided by ``B``, the textbook KL (TRADES, ARD);
+- ``"none"``: the per-sample KL ``(B,)``.
+
+The target keeps its graph when it has one (TRADES differentiates through ``S(x)``); teacher
+targets come without a graph anyway. Log-probabilities always come from ``log_softmax``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Reduction = Literal["element_mean", "batchmean", "none"]
+
+
+def kl(target_probs: Tensor, logits: Tensor, reduction: Reduction) -> Tensor:
+    """KL(target ‖ softmax(logits)) for ``target_probs``, ``logits`` of shape (B, C)."""
+    target = target_probs.float()
+    per_sample = (
+        torch.special.xlogy(target, target) - target * F.log_softmax(logits.float(), dim=1)
+    ).sum(dim=1)  # (B,)
+    if reduction == "none":
+        return per_sample
+    if reduction == "batchmean":
+        return per_sample.mean()
+    if reduction == "element_mean":
+        return per_sample.sum() / target.numel()
+    raise ValueError(f"unknown KL reduction {reduction!r}; use element_mean, batchmean or none")
+
+
+def soft_labels(logits: Tensor, temperature: Tensor | float = 1.0) -> Tensor:
+    """``softmax(z / t)``; ``temperature`` a scalar or a per-sample column ``(B, 1)``."""
+    return F.softmax(logits.float() / temperature, dim=1)

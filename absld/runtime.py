@@ -1,0 +1,80 @@
+"""Device, precision and seeding: the few lines every stage needs the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import ContextManager
+
+import numpy as np
+import torch
+
+from .config import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp: bool  # bf16 autocast active (CUDA only)
+    channels_last: bool
+    progress: bool
+
+    def autocast(self) -> ContextManager:
+        """bf16 autocast on CUDA when enabled; a no-op otherwise (the CPU runs in fp32)."""
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used."""
+
+
+def setup(cfg: RuntimeConfig) -> Runtime:
+    """Resolve ``runtime.device`` and apply thread/determinism settings."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            "runtime.device is 'cuda' but no CUDA device is available; set runtime.device: auto or cpu"
+        )
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if use_cuda:
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
+        torch.backends.cudnn.allow_tf32 = not cfg.deterministic
+    return Runtime(
+        device=device,
+        amp=bool(cfg.amp and use_cuda),
+        channels_last=bool(cfg.channels_last and use_cuda),
+        progress=cfg.progress,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG state the training loop depends on, as tensors (``weights_only``-loadable)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,212 @@
+"""The one training loop: every method and the teacher go through :func:`fit`.
+
+Per epoch ``e`` (counted from 1, as the reference code): learning rate
+``lr * gamma ** #{m in milestones : m < e}`` (so the rate drops *after* epoch ``m``), one pass over
+the :class:`~absld.data.TensorLoader`, ``method.on_epoch_end(e)``, an optional selection
+evaluation, and an atomic checkpoint holding everything needed to continue exactly: model,
+optimiser, method state, RNG states, history and the best weights so far. Calling :func:`fit`
+again with the same ``fingerprint`` continues after the last finished epoch; a different
+fingerprint (other params or data) starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import TensorLoader
+from .io import atomic_path
+from .methods.base import MethodBase
+from .runtime import Runtime, rng_state, set_rng_state
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what happened."""
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate used during ``epoch`` (1-based)."""
+    return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.milestones if m < epoch)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    final_state: dict[str, Tensor]
+    best_state: dict[str, Tensor] | None = None
+    best_epoch: int | None = None
+    best_score: float | None = None
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SelectFn = Callable[[nn.Module], dict[str, float]]
+"""Evaluates the model (in eval mode) and returns metrics including ``"score"`` (higher = better)."""
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    method: MethodBase,
+    loader: TensorLoader,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    checkpoint: str | Path | None = None,
+    fingerprint: str = "",
+    select_fn: SelectFn | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` with ``method`` for ``cfg.epochs`` epochs (resuming from ``checkpoint``).
+
+    Args:
+        model: the network, already on ``rt.device``.
+        method: the method's math (perturb / loss / epoch-end hook).
+        loader: shuffled, augmenting batches of the training split.
+        checkpoint: where the resumable state is kept (None: no checkpoints).
+        fingerprint: identifies the configuration; a checkpoint with another one is not resumed.
+        select_fn: evaluated after each epoch for checkpoint selection (keeps the best ``score``).
+        on_epoch: receives the metrics row of each epoch trained in this call (logging).
+        stop_after: stop after this many epochs in this call (tests of resume; preemptible hosts).
+    """
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+    )
+    result = FitResult(history=[], final_state={})
+    start_epoch = 1
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            method.load_state_dict(state["method"])
+            set_rng_state(state["rng"])
+            result.history = list(state["history"])
+            result.best_state = state.get("best_state")
+            result.best_epoch = state.get("best_epoch")
+            result.best_score = state.get("best_score")
+            start_epoch = int(state["epoch"]) + 1
+            result.resumed_from = int(state["epoch"])
+            tqdm.write(f"[{desc}] resuming after epoch {state['epoch']} from {ckpt_path}")
+        else:
+            tqdm.write(f"[{desc}] {ckpt_path} belongs to other params or data: starting afresh")
+
+    teacher = method.teacher
+    trained_here = 0
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stop_after is not None and trained_here >= stop_after:
+            break
+        row = _train_epoch(model, method, teacher, loader, optimizer, cfg, rt, epoch, desc)
+        row.update(method.on_epoch_end(epoch))
+        if select_fn is not None:
+            model.eval()
+            selection = select_fn(model)
+            row.update({f"select_{k}": v for k, v in selection.items()})
+            score = selection["score"]
+            if result.best_score is None or score > result.best_score:
+                result.best_score, result.best_epoch = float(score), epoch
+                result.best_state = _cpu_state(model)
+        result.history.append(row)
+        trained_here += 1
+        if ckpt_path is not None:
+            _save(ckpt_path, model, optimizer, method, result, epoch, fingerprint)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    model.eval()
+    result.final_state = _cpu_state(model)
+    return result
+
+
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method: MethodBase,
+          result: FitResult, epoch: int, fingerprint: str) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "method": method.state_dict(),
+        "rng": rng_state(),
+        "history": result.history,
+        "best_state": result.best_state,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None,
+                 loader: TensorLoader, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 rt: Runtime, epoch: int, desc: str) -> dict[str, float]:
+    lr = learning_rate(cfg, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loader.set_epoch(epoch)
+    device = rt.device
+    totals: dict[str, Tensor] = {}
+    seen = 0
+    correct_adv = torch.zeros((), device=device)
+    correct_nat = torch.zeros((), device=device)
+    n_adv = n_nat = 0
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"[{desc}] epoch {epoch}/{cfg.epochs}", leave=False,
+               disable=not rt.progress, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad(), rt.autocast():
+                teacher_logits = teacher(batch.x).float()  # (B, C)
+        model.eval()
+        with rt.autocast():
+            x_adv = method.perturb(model, batch, teacher_logits)
+        model.train()
+        with rt.autocast():
+            out = method.loss(model, batch, x_adv, teacher_logits)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+
+        size = len(batch.y)
+        seen += size
+        for key, value in {"loss": out.loss.detach(), **out.stats}.items():
+            totals[key] = totals.get(key, torch.zeros((), device=device)) + value.float() * size
+        if out.logits_adv is not None:
+            correct_adv += (out.logits_adv.argmax(1) == batch.y).sum()
+            n_adv += size
+        if out.logits_nat is not None:
+            correct_nat += (out.logits_nat.argmax(1) == batch.y).sum()
+            n_nat += size
+        if rt.progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(totals['loss']) / seen:.4f}",
+                            acc_adv=f"{float(correct_adv) / max(n_adv, 1):.3f}" if n_adv else "-")
+    bar.close()
+    row: dict[str, float] = {"epoch": epoch, "lr": lr}
+    row.update({f"train_{k}": float(v) / max(seen, 1) for k, v in totals.items()})
+    if not math.isfinite(row["train_loss"]):
+        raise TrainingError(f"[{desc}] the training loss became {row['train_loss']} in epoch {epoch}; "
+                            "lower the learning rate or check the data")
+    if n_adv:
+        row["train_acc_adv"] = float(correct_adv) / n_adv
+    if n_nat:
+        row["train_acc_nat"] = float(correct_nat) / n_nat
+    row["epoch_seconds"] = time.perf_counter() - started
+    return row

@@ -1,0 +1,1 @@
+"""One thin click command per DVC stage: parse params, call the absld library, write the outs."""

@@ -1,0 +1,27 @@
+"""The ``absld`` console script: one sub-command per DVC stage."""
+
+from __future__ import annotations
+
+import click
+
+from absld import __version__
+
+from .prepare import prepare
+from .teacher import teacher
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="absld")
+def main() -> None:
+    """Reproduce Anti-Bias Soft Label Distillation (ABSLD) and its baselines.
+
+    Each sub-command is one DVC stage and reads its settings from params.yaml; run the whole
+    pipeline with `dvc repro`, or try settings with `dvc exp run -S key=value`.
+    """
+
+
+main.add_command(prepare)
+main.add_command(teacher)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,70 @@
+"""What every stage command shares: params loading, user-error handling, the file layout."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from absld.attacks import AttackError
+from absld.config import ConfigError, Params, load_params
+from absld.data import DataError
+from absld.models import ModelError
+from absld.runtime import DeviceError
+from absld.teacher import TeacherImportError
+from absld.train import TrainingError
+
+
+class StageError(RuntimeError):
+    """A stage-level problem for the user (e.g. a teacher whose accuracy does not match)."""
+
+
+USER_ERRORS = (
+    ConfigError, DataError, ModelError, AttackError, DeviceError, TrainingError, StageError,
+    TeacherImportError,
+)
+
+params_option = click.option(
+    "--params", "params_path", default="params.yaml", show_default=True,
+    type=click.Path(dir_okay=False), help="The params file (DVC passes params.yaml).",
+)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's user errors into a one-line ``Error: ...`` and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def load(params_path: str) -> Params:
+    return load_params(params_path)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able parts (configuration + data identity) for resumable checkpoints."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# the file layout (ARCHITECTURE.md); the library never sees these paths
+def data_dir(params: Params) -> Path:
+    return Path("data") / params.data.dataset
+
+
+TEACHER_CHECKPOINT = Path("models/teacher.pt")
+TEACHER_INFO = Path("models/teacher.json")
+TEACHER_RESULTS = Path("results/teacher")
+TEACHER_RESUME = Path("checkpoints/teacher/last.pt")
+TEACHER_DOWNLOADS = Path("checkpoints/teacher/downloads")

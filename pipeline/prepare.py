@@ -1,0 +1,34 @@
+"""``absld prepare``: the dataset as uint8 arrays, labels and a manifest under data/<dataset>/."""
+
+from __future__ import annotations
+
+import click
+
+from absld import data
+
+from .common import data_dir, load, params_option, user_errors
+
+
+@click.command()
+@params_option
+@user_errors
+def prepare(params_path: str) -> None:
+    """Read the dataset named by data.dataset and write data/<dataset>/.
+
+    Sources, in order: data.source_dir (an existing directory, e.g. the Debian package's
+    /usr/share/datasets/fashion-mnist), then data.root, then a download when data.download is
+    true. CIFAR archives are md5-checked against torchvision's sums (data.verify_md5). A stratified
+    validation split of data.val_per_class images per class is held out from training. Nothing is
+    written unless every step succeeds; no other dataset is ever substituted.
+    """
+    params = load(params_path)
+    cfg = params.data
+    out = data_dir(params)
+    manifest = data.prepare(
+        cfg.dataset, out, root=cfg.root, source_dir=cfg.source_dir, download=cfg.download,
+        verify_md5=cfg.verify_md5, val_per_class=cfg.val_per_class,
+        train_per_class=cfg.train_per_class, split_seed=cfg.split_seed,
+    )
+    sizes = manifest["sizes"]
+    click.echo(f"prepared {cfg.dataset} from {manifest['source']} -> {out}: "
+               f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images")

@@ -1,0 +1,111 @@
+"""``absld teacher``: train (PGD-AT / TRADES) or import the teacher -> models/teacher.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from absld import data as data_lib
+from absld import teacher as teacher_lib
+from absld.evaluate import clean_and_pgd_accuracy, first_n
+from absld.io import write_csv, write_json
+from absld.methods import MethodContext, build_method
+from absld.models import build_model, save_checkpoint
+from absld.runtime import seed_everything, setup
+from absld.tracking import Tracker
+from absld.train import fit
+
+from .common import (
+    TEACHER_CHECKPOINT, TEACHER_DOWNLOADS, TEACHER_INFO, TEACHER_RESULTS, TEACHER_RESUME,
+    StageError, data_dir, fingerprint, load, params_option, user_errors,
+)
+
+
+@click.command()
+@params_option
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="Stop after this many epochs in this call (the next call resumes).")
+@user_errors
+def teacher(params_path: str, stop_after: int | None) -> None:
+    """Train or import the teacher and check its clean and PGD accuracy on the test split.
+
+    teacher.source selects: `train` (teacher.method: sat = PGD-AT, or trades, with teacher.train
+    and teacher.attack; resumable from checkpoints/teacher/), `file` (teacher.path or teacher.url,
+    sha256-checked against teacher.sha256) or `robustbench` (teacher.robustbench_id through the
+    robustbench package). An imported teacher whose clean accuracy is more than
+    teacher.max_clean_gap from teacher.published_clean_acc stops the stage before anything is
+    written. Writes models/teacher.pt, models/teacher.json and results/teacher/.
+    """
+    params = load(params_path)
+    cfg = params.teacher
+    rt = setup(params.runtime)
+    prepared = data_lib.load_prepared(data_dir(params))
+    mean, std = (prepared.mean, prepared.std) if cfg.model.normalize else (None, None)
+    shape = dict(num_classes=prepared.num_classes, in_channels=prepared.in_channels)
+    info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
+    history: list[dict] = []
+
+    with Tracker(params, "teacher", config=params.model_dump(mode="json", include={"study", "runtime", "data", "teacher"})) as tracker:
+        if cfg.source == "train":
+            seed_everything(cfg.seed)
+            model = rt.to_device(build_model(cfg.model.arch, mean=mean, std=std, **shape))
+            method_cfg = getattr(cfg, cfg.method)
+            train_cfg = method_cfg.train.apply(cfg.train)
+            ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack,
+                                milestones=tuple(train_cfg.milestones), lr_gamma=train_cfg.lr_gamma,
+                                autocast=rt.autocast)
+            method = build_method(cfg.method, method_cfg, ctx)
+            loader = data_lib.TensorLoader(
+                prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,
+                device=rt.device, shuffle=True, drop_last=False,
+                crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip,
+                seed=cfg.seed, channels_last=rt.channels_last,
+            )
+            key = fingerprint(cfg.model_dump(mode="json", exclude={"eval"}), params.data.augment.model_dump(),
+                              prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
+            result = fit(model, method, loader, train_cfg, rt, checkpoint=TEACHER_RESUME,
+                         fingerprint=key, on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
+                         stop_after=stop_after, desc=f"teacher/{cfg.method}")
+            history = result.history
+            if len(history) < train_cfg.epochs:
+                click.echo(f"stopped after epoch {len(history)} of {train_cfg.epochs}; "
+                           "run the stage again to continue")
+                return
+            info.update(method=cfg.method, epochs=train_cfg.epochs, seed=cfg.seed)
+        elif cfg.source == "file":
+            path = teacher_lib.fetch(cfg.url, TEACHER_DOWNLOADS) if cfg.url else Path(cfg.path)
+            model, digest = teacher_lib.import_file(path, cfg.sha256, arch=cfg.model.arch, mean=mean,
+                                                    std=std, **shape)
+            info.update(file=str(cfg.url or cfg.path), sha256=digest)
+        else:
+            model, digest = teacher_lib.import_robustbench(
+                cfg.robustbench_id, params.data.dataset, arch=cfg.model.arch,
+                model_dir=TEACHER_DOWNLOADS, **shape)
+            info.update(robustbench_id=cfg.robustbench_id, sha256=digest)
+
+        model = rt.to_device(model).eval()
+        images, labels = first_n(prepared.test_images, prepared.test_labels, cfg.eval.n_samples)
+        metrics = clean_and_pgd_accuracy(model, images, labels, rt, eps=cfg.eval.eps,
+                                         step=cfg.eval.step, steps=cfg.eval.steps,
+                                         batch_size=cfg.eval.batch_size, desc="teacher")
+        if cfg.source != "train" and cfg.published_clean_acc is not None:
+            gap = abs(metrics["clean_acc"] - cfg.published_clean_acc)
+            if gap > cfg.max_clean_gap:
+                raise StageError(
+                    f"the imported teacher's clean accuracy {metrics['clean_acc']:.2%} on "
+                    f"{metrics['n']} test images is {gap:.2%} from the published "
+                    f"{cfg.published_clean_acc:.2%} (allowed: {cfg.max_clean_gap:.2%}); usual causes: "
+                    "wrong weights, normalisation (teacher.model.normalize) or eval eps. Nothing was written"
+                )
+        info.update(metrics)
+        info["eval"] = cfg.eval.model_dump(mode="json")
+        save_checkpoint(TEACHER_CHECKPOINT, model.cpu(),
+                        **{k: v for k, v in info.items() if k not in ("eval", "arch")})
+        write_json(TEACHER_INFO, info)
+        write_json(TEACHER_RESULTS / "metrics.json", metrics)
+        write_csv(TEACHER_RESULTS / "train_log.csv", history or [{"epoch": 0}])
+        tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
+    click.echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, "
+               f"PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} on {metrics['n']} test images "
+               f"-> {TEACHER_CHECKPOINT}")

@@ -1,0 +1,32 @@
+"""Test-wide settings: no network, no tracking, small fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ.setdefault("WANDB_DIR", "/tmp/absld-tests-wandb")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture()
+def cifar_fixture(tmp_path: Path) -> Path:
+    """A CIFAR-10-format dataset root (20 train / 6 test images per class)."""
+    from tests.fixtures import write_cifar10
+
+    root = tmp_path / "fixture"
+    write_cifar10(root)
+    return root

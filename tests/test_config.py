@@ -1,0 +1,93 @@
+"""params.yaml validation: every mistake is a one-line error naming the key and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from absld.config import ConfigError, Params, deep_merge, load_params, parse_params, read_yaml
+from pipeline.profiles import overrides
+from tests.conftest import REPO
+
+
+def error_for(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_committed_params_are_the_papers_recipe():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.dataset == "cifar10"
+    assert params.teacher.model.arch == "wrn34_10"
+    assert params.teacher.robustbench_id == "Zhang2019Theoretically"
+    assert params.teacher.attack.eps == pytest.approx(8 / 255)
+    assert params.teacher.attack.step == pytest.approx(2 / 255)
+
+
+def test_unknown_dataset_names_the_value_and_the_choices():
+    message = error_for({"data": {"dataset": "cifar11"}})
+    assert "data.dataset" in message and "cifar11" in message and "fashion-mnist" in message
+
+
+def test_bare_float_eps_is_rejected_with_a_fraction_hint():
+    message = error_for({"teacher": {"attack": {"eps": 0.031}}})
+    assert "teacher.attack.eps" in message and "8/255" in message
+
+
+def test_fraction_eps_is_parsed():
+    params = parse_params({"teacher": {"attack": {"eps": "16/255", "step": "4/255"}}})
+    assert params.teacher.attack.eps == pytest.approx(16 / 255)
+
+
+def test_negative_learning_rate_is_rejected():
+    message = error_for({"teacher": {"train": {"lr": -0.1}}})
+    assert "teacher.train.lr" in message and "-0.1" in message and "greater than 0" in message
+
+
+def test_unknown_key_is_rejected_by_its_dotted_name():
+    message = error_for({"teacher": {"train": {"epohcs": 3}}})
+    assert "teacher.train.epohcs" in message and "unknown key" in message
+
+
+def test_step_larger_than_eps_is_rejected():
+    assert "exceeds eps" in error_for({"teacher": {"attack": {"eps": "2/255", "step": "4/255"}}})
+
+
+def test_file_teacher_needs_a_checksum():
+    assert "teacher.sha256" in error_for({"teacher": {"source": "file", "path": "t.pt"}})
+
+
+def test_every_profile_validates_over_params():
+    for profile in sorted((REPO / "profiles").glob("*.yaml")):
+        assert isinstance(load_params(REPO / "params.yaml", profile), Params)
+
+
+def test_profile_overrides_round_trip_through_dvc_set_syntax(tmp_path):
+    import yaml
+
+    lines = overrides(str(REPO / "profiles" / "quick.yaml"), str(REPO / "params.yaml"))
+    assert "data.dataset=fashion-mnist" in lines
+    # every -S value parses back (as YAML, like DVC does) to the profile's value
+    applied: dict = {}
+    for line in lines:
+        key, value = line.split("=", 1)
+        node = applied
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    assert applied == read_yaml(REPO / "profiles" / "quick.yaml")
+
+
+def test_profile_with_a_typo_fails_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  trian: {}\n")
+    with pytest.raises(ConfigError, match="teacher.trian"):
+        overrides(str(bad), str(REPO / "params.yaml"))
+
+
+def test_deep_merge_overrides_leaves_and_keeps_siblings():
+    merged = deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}})
+    assert merged == {"a": {"b": 1, "c": [3]}}

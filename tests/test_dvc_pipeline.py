@@ -1,0 +1,58 @@
+"""End to end: the tiny profile through the real dvc.yaml with `dvc exp run -S` (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.profiles import overrides
+from tests.conftest import REPO
+from tests.fixtures import write_cifar10
+
+PROJECT_FILES = ["absld", "pipeline", "params.yaml", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore",
+                 "pyproject.toml"]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(cwd))
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        target = project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    write_cifar10(project / "fixture")
+    (project / ".gitignore").write_text("/fixture/\n")
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "init"], project)
+
+    args = [item for line in overrides(str(REPO / "profiles" / "tiny.yaml"), str(REPO / "params.yaml"))
+            for item in ("-S", line)]
+    run(["dvc", "exp", "run", *args], project)
+
+    teacher = json.loads((project / "models" / "teacher.json").read_text())
+    assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
+    metrics = run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "clean_acc" in metrics
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status.lower()

@@ -1,0 +1,322 @@
+"""Specifications of absld.fairness: class-wise metrics and their statistics."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+from absld import fairness
+
+# Hand-made records: 3 classes with accuracies 1/2, 3/4 and 2/2 on 2 + 4 + 2 = 8 samples.
+Y_SMALL = np.array([0, 0, 1, 1, 1, 1, 2, 2])
+CORRECT_SMALL = np.array([True, False, True, True, True, False, True, True])
+
+
+def balanced_records(class_acc: list[float], per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Records with *exactly* round(acc_k * per_class) correct samples in each class, shuffled."""
+    y = np.repeat(np.arange(len(class_acc)), per_class)
+    correct = np.zeros(y.size, dtype=bool)
+    for k, acc in enumerate(class_acc):
+        correct[k * per_class : k * per_class + round(acc * per_class)] = True
+    order = rng.permutation(y.size)
+    return correct[order], y[order]
+
+
+def width(interval: list[float]) -> float:
+    return interval[1] - interval[0]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_class_accuracies_are_the_fraction_correct_within_each_class() -> None:
+    np.testing.assert_allclose(fairness.class_accuracies(CORRECT_SMALL, Y_SMALL, 3), [1 / 2, 3 / 4, 1.0])
+
+
+def test_summarize_matches_hand_computed_metrics_with_ddof_0() -> None:
+    # avg = 6 correct / 8 = 0.75; worst = 1/2; mean_k acc_k = (0.5 + 0.75 + 1) / 3 = 0.75;
+    # squared deviations 0.0625 + 0 + 0.0625 = 0.125; std = sqrt(0.125 / 3) = 0.20412415;
+    # nsd = 0.20412415 / 0.75 = 0.27216553
+    summary = fairness.summarize(CORRECT_SMALL, Y_SMALL, 3, ddof=0)
+    assert summary["avg"] == pytest.approx(0.75)
+    assert summary["worst"] == pytest.approx(0.5)
+    assert summary["nsd"] == pytest.approx(math.sqrt(0.125 / 3) / 0.75)
+    assert summary["nsd"] == pytest.approx(0.2721655269759087)
+    assert summary["class_acc"] == pytest.approx([0.5, 0.75, 1.0])
+    assert summary["n"] == 8 and summary["ddof"] == 0
+
+
+def test_nsd_with_ddof_1_divides_by_c_minus_1() -> None:
+    # std = sqrt(0.125 / (3 - 1)) = 0.25; nsd = 0.25 / 0.75 = 1/3
+    assert fairness.summarize(CORRECT_SMALL, Y_SMALL, 3, ddof=1)["nsd"] == pytest.approx(1 / 3)
+    assert fairness.nsd([0.5, 0.75, 1.0], ddof=1) == pytest.approx(1 / 3)
+
+
+def test_nsd_is_zero_when_all_classes_are_equally_accurate() -> None:
+    assert fairness.nsd([0.4, 0.4, 0.4]) == 0.0
+
+
+def test_nsd_is_nan_without_warning_when_every_class_accuracy_is_zero() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(fairness.nsd([0.0, 0.0, 0.0]))
+        assert math.isnan(fairness.summarize(np.zeros(8, dtype=bool), Y_SMALL, 3)["nsd"])
+
+
+def test_nsd_is_nan_when_ddof_leaves_no_degrees_of_freedom() -> None:
+    assert math.isnan(fairness.nsd([0.7], ddof=1))
+
+
+def test_avg_equals_mean_class_accuracy_on_a_balanced_set() -> None:
+    correct, y = balanced_records([0.2, 0.5, 0.9], per_class=10, rng=np.random.default_rng(0))
+    summary = fairness.summarize(correct, y, 3)
+    assert summary["avg"] == pytest.approx(np.mean(summary["class_acc"]))
+
+
+def test_avg_is_overall_accuracy_not_mean_class_accuracy_on_an_unbalanced_set() -> None:
+    # class 0: 1 of 4 correct (0.25); class 1: 1 of 1 correct (1.0)
+    # avg = 2 / 5 = 0.4, while the mean of class accuracies is (0.25 + 1) / 2 = 0.625
+    y = np.array([0, 0, 0, 0, 1])
+    correct = np.array([True, False, False, False, True])
+    summary = fairness.summarize(correct, y, 2)
+    assert summary["avg"] == pytest.approx(0.4)
+    assert np.mean(summary["class_acc"]) == pytest.approx(0.625)
+
+
+# -------------------------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_ci_contains_the_point_estimates() -> None:
+    correct, y = balanced_records([0.3, 0.5, 0.6, 0.8], per_class=50, rng=np.random.default_rng(1))
+    result = fairness.summarize_with_ci(correct, y, 4, n_resamples=500, seed=0)
+    for name, point, (low, high) in [
+        ("avg", result["avg"], result["avg_ci"]),
+        ("worst", result["worst"], result["worst_ci"]),
+        ("nsd", result["nsd"], result["nsd_ci"]),
+    ]:
+        assert low <= point <= high, name
+        assert low < high, name
+
+
+def test_bootstrap_ci_narrows_with_ten_times_the_samples_at_the_same_class_accuracies() -> None:
+    class_acc = [0.3 + 0.05 * k for k in range(10)]
+    small = balanced_records(class_acc, per_class=40, rng=np.random.default_rng(2))
+    large = balanced_records(class_acc, per_class=400, rng=np.random.default_rng(2))
+    ci_small = fairness.bootstrap_ci(*small, 10, n_resamples=1000, seed=0)
+    ci_large = fairness.bootstrap_ci(*large, 10, n_resamples=1000, seed=0)
+    for key in ("avg_ci", "worst_ci", "nsd_ci"):
+        assert width(ci_large[key]) < 0.6 * width(ci_small[key]), key  # expected ratio 1/sqrt(10) ~ 0.32
+
+
+def test_bootstrap_is_deterministic_given_the_seed() -> None:
+    correct, y = balanced_records([0.3, 0.5, 0.7], per_class=30, rng=np.random.default_rng(3))
+    first = fairness.bootstrap_ci(correct, y, 3, n_resamples=300, seed=7)
+    again = fairness.bootstrap_ci(correct, y, 3, n_resamples=300, seed=7)
+    other = fairness.bootstrap_ci(correct, y, 3, n_resamples=300, seed=8)
+    assert first == again
+    assert first != other
+
+
+@pytest.mark.parametrize("method", ["percentile", "basic", "BCa"])
+def test_bootstrap_of_classes_all_wrong_or_all_right_gives_point_intervals_without_warnings(
+    method: fairness.BootstrapMethod,
+) -> None:
+    y = np.repeat(np.arange(3), 5)
+    correct = np.array([False] * 5 + [True] * 5 + [True, False, True, False, True])  # acc 0, 1, 3/5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fairness.bootstrap_ci(correct, y, 3, n_resamples=200, seed=0, method=method)
+        all_right = fairness.bootstrap_ci(np.ones(15, dtype=bool), y, 3, n_resamples=200, seed=0, method=method)
+    assert result["worst_ci"] == [0.0, 0.0]  # class 0 is never right in any resample
+    assert all_right == {"avg_ci": [1.0, 1.0], "worst_ci": [1.0, 1.0], "nsd_ci": [0.0, 0.0]}
+
+
+def test_bootstrap_holds_single_sample_classes_fixed() -> None:
+    # scipy needs >= 2 observations per resampled sample; a one-sample class cannot vary anyway
+    result = fairness.bootstrap_ci(np.array([True, False, True]), np.array([0, 1, 2]), 3, n_resamples=100, seed=0)
+    assert result["avg_ci"] == pytest.approx([2 / 3, 2 / 3])
+    assert result["worst_ci"] == [0.0, 0.0]
+
+
+def test_summarize_with_ci_is_one_entry_of_the_fairness_json_contract() -> None:
+    result = fairness.summarize_with_ci(CORRECT_SMALL, Y_SMALL, 3, n_resamples=100, seed=0)
+    assert {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"} <= set(result)
+    assert all(0.0 <= v <= 1.0 for v in [result["avg"], result["worst"], *result["class_acc"]])
+    assert all(len(result[key]) == 2 for key in ("avg_ci", "worst_ci", "nsd_ci"))
+
+
+# ----------------------------------------------------------------------------------------- seed summary
+
+
+def test_seed_summary_gives_mean_sample_std_and_student_t_interval() -> None:
+    # mean = 0.6; std = sqrt((0.01 + 0 + 0.01) / (3 - 1)) = 0.1;
+    # half-width = t_{0.975, 2} * 0.1 / sqrt(3) = 4.302652729749464 * 0.0577350269 = 0.2484137712
+    summary = fairness.seed_summary([0.5, 0.6, 0.7])
+    assert summary["mean"] == pytest.approx(0.6)
+    assert summary["std"] == pytest.approx(0.1)
+    assert summary["n"] == 3
+    assert summary["ci"] == pytest.approx([0.6 - 0.2484137712, 0.6 + 0.2484137712], rel=1e-9)
+
+
+def test_seed_summary_of_one_seed_has_nan_spread() -> None:
+    summary = fairness.seed_summary([0.42])
+    assert summary["mean"] == 0.42 and summary["n"] == 1
+    assert math.isnan(summary["std"]) and all(math.isnan(v) for v in summary["ci"])
+
+
+# --------------------------------------------------------------------------------------- paired tests
+
+
+def clearly_better_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1000 samples, 10 classes; A's worst class (0) is at 20 %, B fixes 60 % of A's errors there."""
+    rng = np.random.default_rng(4)
+    class_acc = [0.2] + [0.5 + 0.04 * k for k in range(9)]
+    correct_a, y = balanced_records(class_acc, per_class=100, rng=rng)
+    correct_b = correct_a.copy()
+    errors_class_0 = np.flatnonzero((y == 0) & ~correct_a)  # 80 errors
+    correct_b[rng.choice(errors_class_0, size=48, replace=False)] = True
+    return correct_a, correct_b, y
+
+
+def test_mcnemar_counts_discordant_pairs_by_hand() -> None:
+    a = np.array([True, True, False, False, True])
+    b = np.array([True, False, True, True, True])
+    result = fairness.mcnemar_exact(a, b)
+    # n01 (A wrong, B right) = 2, n10 (A right, B wrong) = 1; p = binomial two-sided(1 of 3) = 1
+    assert (result["n01"], result["n10"]) == (2, 1)
+    assert result["diff"] == pytest.approx(3 / 5 - 4 / 5)
+    assert result["p"] == pytest.approx(1.0)
+
+
+def test_mcnemar_of_identical_models_has_p_exactly_1() -> None:
+    correct_a, _, _ = clearly_better_pair()
+    assert fairness.mcnemar_exact(correct_a, correct_a)["p"] == 1.0
+
+
+def test_mcnemar_detects_a_clearly_better_model() -> None:
+    correct_a, correct_b, _ = clearly_better_pair()
+    result = fairness.mcnemar_exact(correct_a, correct_b)
+    assert result["p"] < 0.01
+    assert result["diff"] == pytest.approx(-0.048)
+
+
+@pytest.mark.parametrize("statistic", ["worst", "nsd", "avg"])
+def test_permutation_test_of_identical_models_has_large_p(statistic: fairness.Statistic) -> None:
+    correct_a, _, y = clearly_better_pair()
+    result = fairness.paired_permutation_test(correct_a, correct_a, y, 10, statistic=statistic, n_resamples=999, seed=0)
+    assert result["p"] > 0.5
+    assert result["diff"] == 0.0
+
+
+@pytest.mark.parametrize("statistic", ["worst", "nsd"])
+def test_permutation_test_detects_a_clearly_fairer_model(statistic: fairness.Statistic) -> None:
+    correct_a, correct_b, y = clearly_better_pair()
+    result = fairness.paired_permutation_test(correct_a, correct_b, y, 10, statistic=statistic, n_resamples=999, seed=0)
+    assert result["p"] < 0.01
+    if statistic == "worst":
+        assert result["diff"] == pytest.approx(0.2 - 0.5)  # B's worst class becomes class 1, at 0.5
+    else:
+        assert result["diff"] > 0  # A is less fair
+
+
+def test_permutation_test_equals_brute_force_enumeration_of_all_swaps() -> None:
+    # 12 samples: all 2^12 swap patterns are enumerated by hand; scipy's test is exact here too
+    rng = np.random.default_rng(5)
+    y = np.arange(12) % 3
+    correct_a = rng.random(12) < 0.4
+    correct_b = rng.random(12) < 0.7
+    observed = fairness.summarize(correct_a, y, 3)["worst"] - fairness.summarize(correct_b, y, 3)["worst"]
+    null = []
+    for swap in itertools.product([False, True], repeat=12):
+        swap_arr = np.array(swap)
+        a_star = np.where(swap_arr, correct_b, correct_a)
+        b_star = np.where(swap_arr, correct_a, correct_b)
+        null.append(fairness.summarize(a_star, y, 3)["worst"] - fairness.summarize(b_star, y, 3)["worst"])
+    null_arr = np.array(null)
+    tol = 1e-12
+    expected = min(1.0, 2 * min(np.mean(null_arr <= observed + tol), np.mean(null_arr >= observed - tol)))
+    result = fairness.paired_permutation_test(correct_a, correct_b, y, 3, statistic="worst", n_resamples=10_000, seed=0)
+    assert result["diff"] == pytest.approx(observed)
+    assert result["p"] == pytest.approx(expected)
+
+
+def test_permutation_test_is_deterministic_given_the_seed() -> None:
+    correct_a, correct_b, y = clearly_better_pair()
+    correct_b = correct_b ^ (np.random.default_rng(6).random(y.size) < 0.1)  # make it noisy
+    runs = [
+        fairness.paired_permutation_test(correct_a, correct_b, y, 10, statistic="nsd", n_resamples=200, seed=3)
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+
+
+def test_compare_bundles_mcnemar_on_avg_and_permutation_tests_on_worst_and_nsd() -> None:
+    correct_a, correct_b, y = clearly_better_pair()
+    result = fairness.compare(correct_a, correct_b, y, 10, n_resamples=199, seed=0, ddof=0)
+    assert result["avg"] == {"test": "mcnemar_exact", **fairness.mcnemar_exact(correct_a, correct_b)}
+    assert result["worst"]["test"] == result["nsd"]["test"] == "paired_permutation"
+    assert result["worst"]["diff"] == pytest.approx(-0.3)
+
+
+# ------------------------------------------------------------------------------------------------- holm
+
+
+def test_holm_matches_hand_computed_adjustment_in_input_order() -> None:
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 -> 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    assert fairness.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_holm_is_monotone_never_below_raw_and_capped_at_1() -> None:
+    raw = np.random.default_rng(7).random(20)
+    adjusted = np.array(fairness.holm(raw.tolist()))
+    order = np.argsort(raw)
+    assert np.all(np.diff(adjusted[order]) >= 0)
+    assert np.all(adjusted >= raw) and np.all(adjusted <= 1.0)
+    assert fairness.holm([0.5, 0.6]) == [1.0, 1.0]
+
+
+def test_holm_of_an_empty_family_is_empty() -> None:
+    assert fairness.holm([]) == []
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def test_a_class_without_samples_is_an_error_naming_the_class() -> None:
+    with pytest.raises(ValueError, match=r"class 3 has no samples"):
+        fairness.summarize(CORRECT_SMALL, Y_SMALL, 4)
+
+
+def test_length_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="length mismatch"):
+        fairness.class_accuracies(CORRECT_SMALL[:-1], Y_SMALL, 3)
+    with pytest.raises(ValueError, match="length mismatch"):
+        fairness.mcnemar_exact(CORRECT_SMALL, CORRECT_SMALL[:-1])
+
+
+def test_non_boolean_correct_is_an_error() -> None:
+    with pytest.raises(ValueError, match="boolean"):
+        fairness.summarize(CORRECT_SMALL.astype(int), Y_SMALL, 3)
+
+
+def test_label_out_of_range_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"label 3 out of range"):
+        fairness.summarize(CORRECT_SMALL, np.where(Y_SMALL == 2, 3, Y_SMALL), 3)
+    with pytest.raises(ValueError, match=r"label -1 out of range"):
+        fairness.summarize(CORRECT_SMALL, Y_SMALL - 1, 3)
+
+
+def test_unknown_statistic_or_bootstrap_method_is_an_error() -> None:
+    typo: Any = "mean"
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        fairness.paired_permutation_test(
+            CORRECT_SMALL, CORRECT_SMALL, Y_SMALL, 3, statistic=typo, n_resamples=10, seed=0
+        )
+    lowercase_bca: Any = "bca"
+    with pytest.raises(ValueError, match="method must be one of"):
+        fairness.bootstrap_ci(CORRECT_SMALL, Y_SMALL, 3, n_resamples=10, seed=0, method=lowercase_bca)

@@ -1,0 +1,115 @@
+"""The prepare and teacher stage commands, run in a scratch project directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from absld.config import deep_merge, read_yaml
+from absld.io import sha256_file
+from absld.models import build_model, load_checkpoint
+from pipeline.cli import main
+from tests.conftest import REPO
+from tests.fixtures import write_cifar10
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """A scratch directory with the tiny profile's params.yaml and its fixture dataset."""
+    monkeypatch.chdir(tmp_path)
+    write_cifar10(tmp_path / "fixture")
+    params = deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "profiles" / "tiny.yaml"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def set_params(path, **changes):
+    params = read_yaml(path / "params.yaml")
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_explains_every_stage():
+    result = invoke("--help")
+    assert result.exit_code == 0 and "prepare" in result.output and "teacher" in result.output
+
+
+def test_prepare_then_train_a_teacher(project):
+    assert invoke("prepare").exit_code == 0
+    result = invoke("teacher")
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(project / "models" / "teacher.pt")
+    assert not model.training
+    info = json.loads((project / "models" / "teacher.json").read_text())
+    assert info["source"] == "train" and 0 <= info["pgd_acc"] <= info["clean_acc"] <= 1
+    assert (project / "results" / "teacher" / "train_log.csv").read_text().startswith("epoch,")
+
+
+def test_prepare_without_data_fails_cleanly_and_writes_nothing(project):
+    shutil.rmtree(project / "fixture")
+    result = invoke("prepare")
+    assert result.exit_code == 1
+    assert "Error: dataset 'cifar10' not found" in result.output and "Traceback" not in result.output
+    assert not (project / "data").exists()
+
+
+def test_bad_params_give_a_one_line_error(project):
+    set_params(project, **{"teacher.attack.eps": 0.031})
+    result = invoke("teacher")
+    assert result.exit_code == 1
+    assert "teacher.attack.eps = 0.031" in result.output and result.output.count("\n") == 1
+
+
+def _external_checkpoint(project):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", num_classes=10, in_channels=3)
+    path = project / "external.pt"
+    torch.save(model.state_dict(), path)  # a bare state_dict, like TRADES' model_cifar_wrn.pt
+    return path
+
+
+def test_imported_teacher_with_a_wrong_checksum_stops_before_writing(project):
+    invoke("prepare")
+    path = _external_checkpoint(project)
+    set_params(project, **{"teacher.source": "file", "teacher.path": str(path), "teacher.sha256": "0" * 64})
+    result = invoke("teacher")
+    assert result.exit_code == 1 and "does not match teacher.sha256" in result.output
+    assert not (project / "models").exists()
+
+
+def test_imported_teacher_with_the_right_checksum_is_recorded(project):
+    invoke("prepare")
+    path = _external_checkpoint(project)
+    digest = sha256_file(path)
+    set_params(project, **{"teacher.source": "file", "teacher.path": str(path), "teacher.sha256": digest})
+    result = invoke("teacher")
+    assert result.exit_code == 0, result.output
+    info = json.loads((project / "models" / "teacher.json").read_text())
+    assert info["sha256"] == digest
+    reloaded = load_checkpoint(project / "models" / "teacher.pt")
+    original = torch.load(path, weights_only=True)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in original.items())
+
+
+def test_imported_teacher_far_from_its_published_accuracy_stops(project):
+    invoke("prepare")
+    path = _external_checkpoint(project)
+    set_params(project, **{"teacher.source": "file", "teacher.path": str(path),
+                           "teacher.sha256": sha256_file(path), "teacher.published_clean_acc": 0.8492})
+    result = invoke("teacher")
+    assert result.exit_code == 1 and "published" in result.output and "Nothing was written" in result.output
+    assert not (project / "models" / "teacher.pt").exists()
