@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from .models import ModelName
+
 DATASETS = ("cifar10", "cifar100", "fashion-mnist")
 Dataset = Literal["cifar10", "cifar100", "fashion-mnist"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -184,7 +186,7 @@ class TrainOverride(Section):
 
 
 class ModelConfig(Section):
-    arch: str = "resnet18"
+    arch: ModelName = "resnet18"
     normalize: bool = False
     """Normalise inputs inside the model with the training set's mean/std (the official ABSLD and
     TRADES models take raw [0, 1] inputs: false)."""
@@ -217,6 +219,131 @@ class TradesConfig(MethodConfig):
     """TRADES (Zhang et al. 2019): CE(S(x), y) + beta KL(S(x) || S(x'))."""
 
     beta: Annotated[float, Field(ge=0)] = 6.0
+
+
+class DistillWeights(MethodConfig):
+    """The RSLAD-family loss: kl_scale * (adv_weight * KL_adv + nat_weight * KL_nat)."""
+
+    adv_weight: Num = 5 / 6
+    nat_weight: Num = 1 / 6
+    kl_scale: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    """Multiplies both KL terms (RSLAD uses 10 on CIFAR-100)."""
+
+
+class RsladConfig(DistillWeights):
+    """RSLAD (Zi et al., ICCV 2021): distil the teacher's clean soft labels on x' and x."""
+
+
+class AbsldConfig(DistillWeights):
+    """ABSLD (Zhao et al., NeurIPS 2024): RSLAD with class-wise teacher temperatures (METHOD.md §2-3)."""
+
+    tau_init: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    tau_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.5
+    tau_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5.0
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """The largest temperature change of one end-of-epoch update."""
+    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
+    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update."""
+    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    temperature_mode: TemperatureMode = "separate"
+    """separate: tau_adv for the attack and KL_adv, tau_nat for KL_nat (the intent); aliased: the
+    product tau_adv[y] * tau_nat[y] everywhere (the released code, METHOD.md §4)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AbsldConfig":
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(f"need tau_min <= tau_init <= tau_max, got {self.tau_min}, "
+                             f"{self.tau_init}, {self.tau_max}")
+        return self
+
+
+class ReweightedRsladConfig(DistillWeights):
+    """Control: RSLAD with class weights moved by ABSLD's rule (higher risk -> larger weight)."""
+
+    w_init: Annotated[float, Field(gt=0)] = 1.0
+    w_min: Annotated[float, Field(gt=0)] = 0.5
+    w_max: Annotated[float, Field(gt=0)] = 5.0
+    beta: Annotated[float, Field(ge=0)] = 0.1
+    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
+    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class FairRsladConfig(DistillWeights):
+    """Fair-ARD's re-weighting (Yue et al., ICCV 2023) on RSLAD: w_k ∝ (1/mean kappa_k)^beta."""
+
+    beta: Annotated[float, Field(ge=0)] = 2.0
+    w_min: Num = 5 / 6
+    w_max: Num = 5 / 2
+
+
+class ArdConfig(MethodConfig):
+    """ARD (Goldblum et al., AAAI 2020): alpha t^2 KL(T(x)/t || S(x')/t) + (1-alpha) CE(S(x), y)."""
+
+    temperature: Annotated[float, Field(gt=0)] = 30.0
+    alpha: Prob = 1.0
+
+
+class IadConfig(MethodConfig):
+    """IAD (Zhu et al., ICLR 2022): ARD with the teacher's reliability a_i = P_T(y|x')^beta."""
+
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 0.1
+    begin: NonNegInt = 60
+    """Epoch after which introspection (the (1 - a_i) self-distillation term) starts."""
+
+
+class AdaadConfig(MethodConfig):
+    """AdaAD (Huang et al., AAAI 2023): the teacher is attacked too; KL(T(x') || S(x'))."""
+
+    alpha: Prob = 1.0
+    """alpha KL(T(x')||S(x')) + (1 - alpha) KL(T(x)||S(x))."""
+
+
+class SelectEvalConfig(Section):
+    """PGD evaluation for checkpoint selection (distill.select other than last)."""
+
+    n_samples: PosInt | None = 1000
+    batch_size: PosInt = 256
+    eps: Pixels = 8 / 255
+    step: Pixels = 2 / 255
+    steps: NonNegInt = 20
+
+
+DISTILL_METHODS = ("absld", "rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
+                   "reweighted_rslad")
+DistillMethod = Literal["absld", "rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
+                        "reweighted_rslad"]
+
+
+class DistillConfig(Section):
+    methods: list[DistillMethod] = Field(default_factory=lambda: list(DISTILL_METHODS))
+    student: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    kl_reduction: KLReduction = "element_mean"
+    """element_mean: KL summed over classes, averaged over B x C (the reference codes);
+    batchmean: averaged over B (the textbook KL). TRADES always uses its own batchmean."""
+    select: Selection = "last"
+    select_eval: SelectEvalConfig = Field(default_factory=SelectEvalConfig)
+    absld: AbsldConfig = Field(default_factory=AbsldConfig)
+    rslad: RsladConfig = Field(default_factory=RsladConfig)
+    ard: ArdConfig = Field(default_factory=ArdConfig)
+    iad: IadConfig = Field(default_factory=IadConfig)
+    adaad: AdaadConfig = Field(default_factory=AdaadConfig)
+    sat: SatConfig = Field(default_factory=SatConfig)
+    trades: TradesConfig = Field(default_factory=TradesConfig)
+    fair_rslad: FairRsladConfig = Field(default_factory=FairRsladConfig)
+    reweighted_rslad: ReweightedRsladConfig = Field(default_factory=ReweightedRsladConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"methods {value} must be a non-empty list without repeats")
+        return value
+
+    def method_config(self, name: str) -> MethodConfig:
+        return getattr(self, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +398,7 @@ class Params(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @field_validator("seeds")
     @classmethod

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .io import atomic_path, sha256_file
-from .models import ModelError, build_model
+from .models import ModelError, build_model, load_weights
 
 
 class TeacherImportError(RuntimeError):
@@ -27,20 +27,16 @@ def _state_dict_from(obj: object, source: str) -> dict:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TeacherImportError(f"{source}: not a state_dict (a mapping of names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
 
 
 def load_into(arch: str, state_dict: dict, *, num_classes: int, in_channels: int,
               mean: list[float] | None, std: list[float] | None, source: str) -> nn.Module:
     model = build_model(arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise TeacherImportError(
-            f"{source} does not fit architecture {arch!r}: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
-            "set teacher.model.arch to the checkpoint's architecture"
-        )
+    try:
+        load_weights(model, state_dict, source=source)
+    except ModelError as exc:
+        raise TeacherImportError(f"{exc}; set teacher.model.arch to the checkpoint's architecture") from None
     return model.eval()
 
 
@@ -113,9 +109,6 @@ def import_robustbench(model_id: str, dataset: str, *, arch: str, num_classes: i
         ) from None
     files = sorted(model_dir.rglob(f"{model_id}.pt"))
     digest = sha256_file(files[0]) if files else "unknown"
-    try:
-        model = load_into(arch, rb_model.state_dict(), num_classes=num_classes,
-                          in_channels=in_channels, mean=None, std=None, source=f"robustbench:{model_id}")
-    except ModelError as exc:
-        raise TeacherImportError(str(exc)) from None
+    model = load_into(arch, rb_model.state_dict(), num_classes=num_classes, in_channels=in_channels,
+                      mean=None, std=None, source=f"robustbench:{model_id}")
     return model, digest

@@ -6,6 +6,7 @@ import click
 
 from absld import __version__
 
+from .distill import distill
 from .prepare import prepare
 from .teacher import teacher
 
@@ -22,6 +23,7 @@ def main() -> None:
 
 main.add_command(prepare)
 main.add_command(teacher)
+main.add_command(distill)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

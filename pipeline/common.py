@@ -68,3 +68,23 @@ TEACHER_INFO = Path("models/teacher.json")
 TEACHER_RESULTS = Path("results/teacher")
 TEACHER_RESUME = Path("checkpoints/teacher/last.pt")
 TEACHER_DOWNLOADS = Path("checkpoints/teacher/downloads")
+
+
+def student_id(method: str, seed: int) -> str:
+    return f"{method}/seed{seed}"
+
+
+def student_checkpoint(method: str, seed: int) -> Path:
+    return Path("models/students") / method / f"seed{seed}.pt"
+
+
+def distill_results(method: str, seed: int) -> Path:
+    return Path("results/distill") / method / f"seed{seed}"
+
+
+def distill_resume(method: str, seed: int) -> Path:
+    return Path("checkpoints/distill") / method / f"seed{seed}" / "last.pt"
+
+
+def distill_plots(method: str, seed: int) -> Path:
+    return Path("plots/distill") / method / f"seed{seed}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from absld.models import checkpoint_meta, load_checkpoint
 from pipeline.profiles import overrides
 from tests.conftest import REPO
 from tests.fixtures import write_cifar10
@@ -52,7 +53,17 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
 
     teacher = json.loads((project / "models" / "teacher.json").read_text())
     assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
+    for method in ("absld", "rslad", "sat"):
+        student = load_checkpoint(project / "models" / "students" / method / "seed0.pt")
+        assert student.arch == "tiny_cnn" and not student.training
+        meta = checkpoint_meta(project / "models" / "students" / method / "seed0.pt")
+        assert meta["select"] == "val_fair_best" and meta["selection_split"] == "validation"
+        assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
+    temperatures = (project / "results" / "distill" / "absld" / "seed0" / "temperatures.csv").read_text()
+    lines = temperatures.strip().splitlines()
+    assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 2 * 10
+    assert (project / "plots" / "distill" / "absld" / "seed0" / "temperatures.png").is_file()
     metrics = run(["dvc", "metrics", "show", "--json"], project).stdout
-    assert "clean_acc" in metrics
+    assert "clean_acc" in metrics and "selected_epoch" in metrics
     status = run(["dvc", "status"], project).stdout
     assert "up to date" in status.lower()

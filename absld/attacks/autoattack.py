@@ -53,11 +53,11 @@ from torch import Tensor, nn
 from absld.attacks.errors import AttackError
 
 __all__ = [
+    "STANDARD_ATTACKS",
     "AutoAttackBackend",
     "AutoAttackName",
     "AutoAttackNorm",
     "AutoAttackVersion",
-    "STANDARD_ATTACKS",
     "autoattack",
 ]
 
@@ -102,15 +102,21 @@ def _check_arguments(
     state_path: Path | None,
 ) -> None:
     if backend not in get_args(AutoAttackBackend):
-        raise AttackError(f"backend={backend!r} is not an AutoAttack backend; use one of {list(get_args(AutoAttackBackend))}.")
+        raise AttackError(
+            f"backend={backend!r} is not an AutoAttack backend; use one of {list(get_args(AutoAttackBackend))}."
+        )
     if version not in get_args(AutoAttackVersion):
-        raise AttackError(f"version={version!r} is not an AutoAttack version; use one of {list(get_args(AutoAttackVersion))}.")
+        raise AttackError(
+            f"version={version!r} is not an AutoAttack version; use one of {list(get_args(AutoAttackVersion))}."
+        )
     if norm not in get_args(AutoAttackNorm):
         raise AttackError(f"norm={norm!r} is not supported; use one of {list(get_args(AutoAttackNorm))}.")
     if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
         raise AttackError(f"eps={eps!r} must be a number > 0 in pixel space (e.g. 8/255).")
     if norm == "Linf" and eps > 1:
-        raise AttackError(f"eps={eps!r} is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8).")
+        raise AttackError(
+            f"eps={eps!r} is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8)."
+        )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise AttackError(f"seed={seed!r} must be an integer (AutoAttack is never seeded from the clock here).")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -171,7 +177,7 @@ def _run_pyautoattack(
         version=version,
         seed=seed,
         device=device,
-        attacks=list(attacks) if version == "custom" else None,
+        attacks=list(attacks) if attacks is not None else None,
     )
     n_target_classes = min(_STANDARD_TARGET_CLASSES, n_classes - 1)
     adversary.apgd_targeted.n_target_classes = n_target_classes
@@ -181,7 +187,7 @@ def _run_pyautoattack(
         adversary.apgd_targeted.n_restarts = 1
         adversary.fab.n_restarts = 1
         adversary.square.n_queries = _STANDARD_SQUARE_QUERIES
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+    x_adv: Tensor = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)[0]
     return x_adv
 
 
@@ -303,12 +309,33 @@ def autoattack(
     with _caller_state_preserved(device):
         if backend == "pyautoattack":
             x_adv = _run_pyautoattack(
-                package, model, x, y, eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
-                batch_size=batch_size, device=device, n_classes=n_classes, state_path=state_path,
+                package,
+                model,
+                x,
+                y,
+                eps=eps,
+                norm=norm,
+                version=version,
+                attacks=attacks,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                n_classes=n_classes,
+                state_path=state_path,
             )
         else:
             x_adv = _run_torchattacks(
-                package, model, x, y, eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
-                batch_size=batch_size, device=device, n_classes=n_classes,
+                package,
+                model,
+                x,
+                y,
+                eps=eps,
+                norm=norm,
+                version=version,
+                attacks=attacks,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                n_classes=n_classes,
             )
     return x_adv.detach().to(device=x.device, dtype=x.dtype)

@@ -47,11 +47,12 @@ def kl_to_target(target_probs: Tensor) -> LossFn:
     ``log_softmax``, never ``log(softmax(.))``.
     """
     target = target_probs.detach().float()  # (B, C)
-    target_entropy_term = torch.special.xlogy(target, target).sum(dim=1)  # (B,) sum p log p
+    target_entropy_term: Tensor = torch.special.xlogy(target, target).sum(dim=1)  # (B,) sum p log p
 
     def loss_fn(logits: Tensor) -> Tensor:
         student_log_probs = F.log_softmax(logits.float(), dim=1)  # (B, C)
-        return target_entropy_term - (target * student_log_probs).sum(dim=1)  # (B,)
+        cross_entropy_term: Tensor = (target * student_log_probs).sum(dim=1)  # (B,) sum p log q
+        return target_entropy_term - cross_entropy_term  # (B,)
 
     return loss_fn
 

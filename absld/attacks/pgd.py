@@ -115,6 +115,9 @@ def pgd(
     if not (math.isfinite(gauss_std) and gauss_std >= 0):
         raise AttackError(f"gauss_std={gauss_std!r} must be a finite number >= 0 (the official code uses 0.001).")
 
+    if torch.is_inference_mode_enabled():
+        raise AttackError("pgd needs autograd: call it outside torch.inference_mode() (torch.no_grad() is fine).")
+
     x = x.detach()
     lower, upper = _feasible_box(x, eps)  # computed once, used by every step
     x_adv = _start_point(x, eps, start, gauss_std).detach()

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from .absld import ABSLD, update_temperatures
+from .adaad import AdaAD
+from .ard import ARD
 from .base import Method, MethodBase, MethodContext, StepOutput
+from .fair_rslad import FairRSLAD
+from .iad import IAD
+from .reweighted_rslad import ReweightedRSLAD
+from .rslad import RSLAD
 from .sat import SAT
 from .trades import TRADES
 
-METHODS: dict[str, type[MethodBase]] = {cls.name: cls for cls in (SAT, TRADES)}
+METHODS: dict[str, type[MethodBase]] = {
+    cls.name: cls
+    for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, ReweightedRSLAD)
+}
 
 
 def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
@@ -21,4 +31,5 @@ def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
     return METHODS[name](cfg, ctx)
 
 
-__all__ = ["METHODS", "Method", "MethodBase", "MethodContext", "StepOutput", "build_method"]
+__all__ = ["METHODS", "Method", "MethodBase", "MethodContext", "StepOutput", "build_method",
+           "update_temperatures"]

@@ -38,6 +38,14 @@ def kl(target_probs: Tensor, logits: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"unknown KL reduction {reduction!r}; use element_mean, batchmean or none")
 
 
+def weighted_kl(target_probs: Tensor, logits: Tensor, weight: Tensor, reduction: Reduction) -> Tensor:
+    """``sum_i weight_i KL_i`` reduced like :func:`kl` (divided by ``B * C`` or by ``B``)."""
+    per_sample = weight * kl(target_probs, logits, "none")  # (B,)
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() / (per_sample.numel() * (logits.shape[1] if reduction == "element_mean" else 1))
+
+
 def soft_labels(logits: Tensor, temperature: Tensor | float = 1.0) -> Tensor:
     """``softmax(z / t)``; ``temperature`` a scalar or a per-sample column ``(B, 1)``."""
     return F.softmax(logits.float() / temperature, dim=1)

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-import contextlib
 import os
 from pathlib import Path
-import tempfile
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from absld.io import atomic_path
 from absld.models.common import ImageClassifier, ModelError
 from absld.models.mobilenet_v2 import mobilenet_v2
 from absld.models.preact_resnet import preact_resnet18
 from absld.models.resnet import resnet18
-from absld.models.small_cnn import small_cnn, tiny_cnn
+from absld.models.small_cnn import mini_cnn, small_cnn, tiny_cnn
 from absld.models.wide_resnet import WideResNet, wrn34_10
 
 __all__ = [
@@ -48,7 +47,7 @@ __all__ = [
 ]
 
 ModelName = Literal[
-    "resnet18", "preact_resnet18", "mobilenet_v2", "wrn34_10", "small_cnn", "tiny_cnn"
+    "resnet18", "preact_resnet18", "mobilenet_v2", "wrn34_10", "small_cnn", "mini_cnn", "tiny_cnn"
 ]
 """The registered architecture names (use in config models so typos fail validation)."""
 
@@ -72,6 +71,7 @@ MODELS: dict[str, ModelConstructor] = {
     "mobilenet_v2": mobilenet_v2,
     "wrn34_10": wrn34_10,
     "small_cnn": small_cnn,
+    "mini_cnn": mini_cnn,
     "tiny_cnn": tiny_cnn,
 }
 
@@ -151,23 +151,6 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the target directory, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> Path:
     """Write ``model`` (and ``meta``) as a checkpoint at ``path``, atomically.
 
@@ -211,7 +194,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, **meta: Any)
         **meta,
     }
     destination = Path(path)
-    _atomic_torch_save(checkpoint, destination)
+    with atomic_path(destination) as tmp:
+        torch.save(checkpoint, tmp)
     return destination
 
 

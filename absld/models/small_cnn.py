@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from absld.models.common import ImageClassifier, adaptive_avg_pool2d, global_avg_pool2d
 
-__all__ = ["SmallCNN", "TinyCNN", "small_cnn", "tiny_cnn"]
+__all__ = ["SmallCNN", "TinyCNN", "mini_cnn", "small_cnn", "tiny_cnn"]
 
 
 def _conv_bn_relu(in_planes: int, out_planes: int) -> nn.Sequential:
@@ -34,6 +34,7 @@ class SmallCNN(ImageClassifier):
         arch: registry name recorded in checkpoints.
         num_classes, in_channels, mean, std: see :class:`ImageClassifier`.
         hidden: width of the hidden fully-connected layer.
+        widths: channels of the first and the second pair of convolutions.
     """
 
     pooled_size = 4
@@ -47,20 +48,22 @@ class SmallCNN(ImageClassifier):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         hidden: int = 256,
+        widths: tuple[int, int] = (32, 64),
     ) -> None:
         super().__init__(
             arch=arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std
         )
+        narrow, wide = widths
         self.features = nn.Sequential(
-            _conv_bn_relu(in_channels, 32),
-            _conv_bn_relu(32, 32),
+            _conv_bn_relu(in_channels, narrow),
+            _conv_bn_relu(narrow, narrow),
             nn.MaxPool2d(2),
-            _conv_bn_relu(32, 64),
-            _conv_bn_relu(64, 64),
+            _conv_bn_relu(narrow, wide),
+            _conv_bn_relu(wide, wide),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(64 * self.pooled_size**2, hidden),
+            nn.Linear(wide * self.pooled_size**2, hidden),
             nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
@@ -112,6 +115,20 @@ def small_cnn(
     """Fast CNN for the CPU quick profile (about 0.33M parameters)."""
     return SmallCNN(
         arch="small_cnn", num_classes=num_classes, in_channels=in_channels, mean=mean, std=std
+    )
+
+
+def mini_cnn(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> SmallCNN:
+    """``small_cnn`` at half width (conv16-16-32-32, fc 512-128): quick-profile students."""
+    return SmallCNN(
+        arch="mini_cnn", num_classes=num_classes, in_channels=in_channels, mean=mean, std=std,
+        hidden=128, widths=(16, 32),
     )
 
 

@@ -1,0 +1,71 @@
+"""IAD (Zhu, Ye, Chen, Liu, Han, Zhang, Sugiyama; ICLR 2022): introspective adversarial distillation.
+
+ARD's attack and distillation term, plus student introspection weighted by how little the
+teacher can be trusted on each adversarial example::
+
+    x'  = argmax CE(S(x'), y)                                 PGD, uniform start
+    a_i = P_T(y_i | x'_i) ** beta   after epoch `begin`, else 1
+    L   = t^2 KL(softmax(T(x)/t) ‖ softmax(S(x')/t)) + mean_i (1 - a_i) KL(S(x_i) ‖ S(x'_i))
+
+(METHOD.md §7; t = 1, beta = 0.1, begin = 60. The introspection target S(x) keeps its gradient,
+as in TRADES; the KL reductions follow ``distill.kl_reduction``.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks import ce_loss, pgd
+from ..data import Batch
+from .base import MethodBase, StepOutput
+from .losses import kl, soft_labels, weighted_kl
+
+
+class IAD(MethodBase):
+    name = "iad"
+    uses_teacher = True
+
+    def __init__(self, cfg, ctx) -> None:
+        super().__init__(cfg, ctx)
+        self.epoch = 1  # the epoch being trained (1-based)
+
+    def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor:
+        attack = self.ctx.attack
+        return pgd(student, batch.x, ce_loss(batch.y), eps=attack.eps, step=attack.step,
+                   steps=attack.steps, start="uniform")
+
+    def reliability(self, x_adv: Tensor, y: Tensor) -> Tensor:
+        """``a_i = P_T(y_i | x'_i) ** beta`` (B,) once introspection has begun, else ones."""
+        if self.epoch <= self.cfg.begin:
+            return torch.ones(len(y), device=y.device)
+        with torch.no_grad():
+            teacher_adv_probs = F.softmax(self.teacher(x_adv).float(), dim=1)  # (B, C)
+        return teacher_adv_probs.gather(1, y[:, None]).squeeze(1) ** self.cfg.beta
+
+    def loss(self, student: nn.Module, batch: Batch, x_adv: Tensor,
+             teacher_logits: Tensor | None) -> StepOutput:
+        t = self.cfg.temperature
+        reduction = self.ctx.kl_reduction
+        student_adv = student(x_adv).float()  # (B, C)
+        distill = t * t * kl(soft_labels(teacher_logits, t), student_adv / t, reduction)
+        trust = self.reliability(x_adv, batch.y)  # (B,)
+        stats = {"kl_adv": distill.detach(), "teacher_trust": trust.mean().detach()}
+        if bool((trust < 1).any()):
+            student_nat = student(batch.x).float()  # (B, C)
+            introspection = weighted_kl(F.softmax(student_nat, dim=1), student_adv, 1 - trust, reduction)
+            stats["introspection"] = introspection.detach()
+            return StepOutput(distill + introspection, logits_adv=student_adv,
+                              logits_nat=student_nat, stats=stats)
+        return StepOutput(distill, logits_adv=student_adv, stats=stats)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        self.epoch = epoch + 1
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])

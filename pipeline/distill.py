@@ -1,0 +1,142 @@
+"""``absld distill --method M --seed S``: one student -> models/students/<M>/seed<S>.pt."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from absld import data as data_lib
+from absld.config import DISTILL_METHODS
+from absld.evaluate import fair_score, first_n
+from absld.io import sha256_file, write_csv, write_json
+from absld.methods import METHODS, MethodContext, build_method
+from absld.models import build_model, load_checkpoint, save_checkpoint
+from absld.plots import plot_temperatures, plot_training
+from absld.runtime import seed_everything, setup
+from absld.tracking import Tracker
+from absld.train import fit
+
+from .common import (
+    TEACHER_CHECKPOINT, StageError, data_dir, distill_plots, distill_resume, distill_results,
+    fingerprint, load, params_option, student_checkpoint, user_errors,
+)
+
+TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
+
+
+@click.command()
+@params_option
+@click.option("--method", "method_name", required=True, type=click.Choice(DISTILL_METHODS),
+              help="The training method (its settings: distill.<method> in params.yaml).")
+@click.option("--seed", required=True, type=click.IntRange(min=0),
+              help="The student's seed (initialisation, batch order, augmentation, attacks).")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="Stop after this many epochs in this call (the next call resumes).")
+@user_errors
+def distill(params_path: str, method_name: str, seed: int, stop_after: int | None) -> None:
+    """Train one student with METHOD from the teacher in models/teacher.pt.
+
+    The recipe is distill.train (SGD, milestones) changed by distill.<method>.train, the attack is
+    distill.attack, the student is distill.student. The run resumes from
+    checkpoints/distill/<method>/seed<seed>/ after an interruption. distill.select picks the
+    checkpoint: last (default), val_fair_best or test_fair_best (max PGD avg + worst-class accuracy
+    on the held-out validation split or, like the reference code, on the test set). Writes the
+    student to models/students/<method>/seed<seed>.pt and its logs (for ABSLD the class-wise
+    temperatures, temperatures.csv and a PNG) to results/distill/<method>/seed<seed>/.
+    """
+    params = load(params_path)
+    cfg = params.distill
+    if seed not in params.seeds:
+        click.echo(f"note: seed {seed} is not in params seeds {params.seeds} (DVC will not track it)")
+    rt = setup(params.runtime)
+    prepared = data_lib.load_prepared(data_dir(params))
+    method_cfg = cfg.method_config(method_name)
+    train_cfg = method_cfg.train.apply(cfg.train)
+    if cfg.select == "val_fair_best" and len(prepared.val_labels) == 0:
+        raise StageError("distill.select val_fair_best needs a validation split; set data.val_per_class > 0")
+
+    teacher, teacher_sha = None, None
+    if METHODS[method_name].uses_teacher:
+        if not TEACHER_CHECKPOINT.is_file():
+            raise StageError(f"{TEACHER_CHECKPOINT} is missing; run `absld teacher` (or `dvc repro teacher`)")
+        teacher = load_checkpoint(TEACHER_CHECKPOINT)
+        if teacher.num_classes != prepared.num_classes:
+            raise StageError(f"the teacher predicts {teacher.num_classes} classes but "
+                             f"{params.data.dataset} has {prepared.num_classes}")
+        teacher = rt.to_device(teacher).eval().requires_grad_(False)
+        teacher_sha = sha256_file(TEACHER_CHECKPOINT)
+
+    seed_everything(seed)
+    mean, std = (prepared.mean, prepared.std) if cfg.student.normalize else (None, None)
+    student = rt.to_device(build_model(cfg.student.arch, num_classes=prepared.num_classes,
+                                       in_channels=prepared.in_channels, mean=mean, std=std))
+    ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher,
+                        kl_reduction=cfg.kl_reduction, milestones=tuple(train_cfg.milestones),
+                        lr_gamma=train_cfg.lr_gamma, autocast=rt.autocast)
+    method = build_method(method_name, method_cfg, ctx)
+    loader = data_lib.TensorLoader(
+        prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,
+        device=rt.device, shuffle=True, crop_padding=params.data.augment.crop_padding,
+        flip=params.data.augment.flip, seed=seed, channels_last=rt.channels_last,
+    )
+    select_fn = None
+    if cfg.select != "last":
+        sel = cfg.select_eval
+        images, labels = ((prepared.val_images, prepared.val_labels) if cfg.select == "val_fair_best"
+                          else (prepared.test_images, prepared.test_labels))
+        images, labels = first_n(images, labels, sel.n_samples)
+
+        def select_fn(model: torch.nn.Module) -> dict[str, float]:
+            return fair_score(model, images, labels, prepared.num_classes, rt, eps=sel.eps,
+                              step=sel.step, steps=sel.steps, batch_size=sel.batch_size)
+
+    key = fingerprint(method_name, seed, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
+                      cfg.model_dump(mode="json", include={"student", "attack", "kl_reduction", "select",
+                                                           "select_eval"}),
+                      params.data.augment.model_dump(), prepared.manifest["sha256"],
+                      prepared.manifest["train_indices"][:50], teacher_sha)
+    name = f"distill-{method_name}-seed{seed}"
+    config = {"method": method_name, "seed": seed, "study": params.study,
+              "distill": cfg.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
+                                                              "select", "select_eval", method_name}),
+              "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+    with Tracker(params, "distill", name=name, config=config) as tracker:
+        result = fit(student, method, loader, train_cfg, rt, checkpoint=distill_resume(method_name, seed),
+                     fingerprint=key, select_fn=select_fn,
+                     on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
+                     stop_after=stop_after, desc=f"{method_name}/seed{seed}")
+        if len(result.history) < train_cfg.epochs:
+            click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; "
+                       "run the stage again to continue")
+            return
+        chosen_state, chosen_epoch = result.final_state, train_cfg.epochs
+        if cfg.select != "last":
+            chosen_state, chosen_epoch = result.best_state, result.best_epoch
+        student.load_state_dict(chosen_state)
+        selection = {"select": cfg.select, "selected_epoch": chosen_epoch,
+                     "selection_split": {"last": None, "val_fair_best": "validation",
+                                         "test_fair_best": "test"}[cfg.select],
+                     "selection_score": result.best_score}
+        results = distill_results(method_name, seed)
+        history = result.history
+        metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
+                   "final": {k: v for k, v in history[-1].items() if "/" not in k}}
+        write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
+        figures = distill_plots(method_name, seed)
+        plot_training(history, figures / "training.png",
+                      title=f"{method_name} ({params.data.dataset}, seed {seed})")
+        if method_name == "absld":
+            write_csv(results / "temperatures.csv", method.log, TEMPERATURE_COLUMNS)
+            png = figures / "temperatures.png"
+            plot_temperatures(method.log, prepared.class_names, png,
+                              title=f"ABSLD class-wise temperatures ({params.data.dataset}, seed {seed})")
+            tracker.log_image("temperatures", str(png))
+            final_tau = method.tau_adv.cpu().tolist()
+            metrics["final_tau_adv"] = dict(zip(prepared.class_names, final_tau))
+            metrics["final_tau_nat"] = dict(zip(prepared.class_names, method.tau_nat.cpu().tolist()))
+        write_json(results / "metrics.json", metrics)
+        save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
+                        dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
+        tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select})
+    click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{cfg.select}' "
+               f"(epoch {chosen_epoch}) -> {student_checkpoint(method_name, seed)}")

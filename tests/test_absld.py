@@ -1,0 +1,183 @@
+"""ABSLD as specified in METHOD.md §2-§4: temperatures, their update, the two modes, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from absld.config import AbsldConfig, AttackConfig, RsladConfig, TrainConfig
+from absld.data import Batch, TensorLoader
+from absld.methods import MethodContext, build_method
+from absld.methods.absld import update_temperatures
+from absld.models import build_model
+from absld.runtime import Runtime
+from absld.train import fit
+
+CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False)
+C = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the update rule (contract)
+def test_class_with_largest_gap_moves_by_exactly_beta():
+    tau = torch.ones(4)
+    risk = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, gaps -2, -1, 0, 3
+    new = update_temperatures(tau, risk, beta=0.1, tau_min=0.5, tau_max=5.0)
+    assert new[3].item() == pytest.approx(1.0 - 0.1)
+    assert new.tolist() == pytest.approx([1 + 0.1 * 2 / 3, 1 + 0.1 / 3, 1.0, 0.9])
+
+
+def test_higher_risk_classes_get_lower_temperatures():
+    risk = torch.tensor([5.0, 1.0, 3.0])
+    new = update_temperatures(torch.ones(3), risk, 0.2, 0.5, 5.0)
+    assert new[0] < new[2] < new[1]
+
+
+def test_temperatures_are_clamped_to_their_bounds():
+    tau = torch.tensor([0.55, 4.95])
+    new = update_temperatures(tau, torch.tensor([10.0, 0.0]), beta=0.3, tau_min=0.5, tau_max=5.0)
+    assert new.tolist() == [0.5, 5.0]
+
+
+def test_equal_risks_leave_temperatures_unchanged_instead_of_nan():
+    tau = torch.tensor([0.7, 1.3, 2.0])
+    new = update_temperatures(tau, torch.full((3,), 2.5), 0.1, 0.5, 5.0)
+    assert torch.equal(new, tau) and not torch.isnan(new).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# soft labels
+def absld_with(mode: str, tau_adv, tau_nat):
+    method = build_method("absld", AbsldConfig(temperature_mode=mode),
+                          MethodContext(num_classes=3, attack=AttackConfig(), teacher=torch.nn.Identity()))
+    method.tau_adv, method.tau_nat = torch.tensor(tau_adv), torch.tensor(tau_nat)
+    return method
+
+
+def test_separate_mode_scales_each_term_by_its_own_temperature():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    y = torch.tensor([0, 2])
+    method = absld_with("separate", [2.0, 1.0, 0.5], [0.8, 1.0, 3.0])
+    p_adv, p_nat = method.soft_labels(z, y)
+    assert torch.allclose(p_adv, F.softmax(z / torch.tensor([[2.0], [0.5]]), dim=1))
+    assert torch.allclose(p_nat, F.softmax(z / torch.tensor([[0.8], [3.0]]), dim=1))
+
+
+def test_aliased_mode_uses_the_product_of_both_temperatures_everywhere():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    y = torch.tensor([0, 2])
+    method = absld_with("aliased", [2.0, 1.0, 0.5], [0.8, 1.0, 3.0])
+    p_adv, p_nat = method.soft_labels(z, y)
+    expected = F.softmax(z / torch.tensor([[2.0 * 0.8], [0.5 * 3.0]]), dim=1)
+    assert torch.allclose(p_adv, expected) and torch.allclose(p_nat, expected)
+    separate = absld_with("separate", [2.0, 1.0, 0.5], [0.8, 1.0, 3.0])
+    assert not torch.allclose(separate.soft_labels(z, y)[0], expected)
+
+
+def test_the_student_logits_are_never_temperature_scaled():
+    z = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    x = torch.zeros(1, 1, 1, 1)
+    student = lambda inp: torch.tensor([[0.3, 0.2, -0.4]]).expand(len(inp), 3)  # noqa: E731
+    method = absld_with("separate", [2.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    out = method.loss(student, Batch(x, y, torch.arange(1)), x, z)
+    p_adv = F.softmax(z / 2.0, dim=1)
+    log_s = F.log_softmax(torch.tensor([[0.3, 0.2, -0.4]]), dim=1)
+    kl_adv = (p_adv * (p_adv.log() - log_s)).sum() / 3
+    p_nat = F.softmax(z, dim=1)
+    kl_nat = (p_nat * (p_nat.log() - log_s)).sum() / 3
+    assert out.loss.item() == pytest.approx((5 / 6 * kl_adv + 1 / 6 * kl_nat).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# training with the loop
+def tiny_problem(seed: int = 0):
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % C
+    images = (rng.integers(0, 80, (64, 3, 12, 12)) + 40 * labels[:, None, None, None]).astype(np.uint8)
+    torch.manual_seed(100)
+    teacher = build_model("tiny_cnn", num_classes=C).eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    student = build_model("tiny_cnn", num_classes=C)
+    loader = TensorLoader(images, labels, batch_size=16, shuffle=True, crop_padding=2, flip=True, seed=seed)
+    return teacher, student, loader
+
+
+def make(name, cfg, teacher):
+    ctx = MethodContext(num_classes=C, attack=AttackConfig(eps="8/255", step="4/255", steps=2),
+                        teacher=teacher, kl_reduction="element_mean")
+    return build_method(name, cfg, ctx)
+
+
+TRAIN = TrainConfig(epochs=3, batch_size=16, lr=0.05, milestones=[2])
+
+
+def test_absld_with_zero_beta_equals_rslad_bit_for_bit():
+    teacher, student, loader = tiny_problem()
+    rslad = fit(student, make("rslad", RsladConfig(), teacher), loader, TRAIN.model_copy(update={"epochs": 2}), CPU)
+    teacher, student, loader = tiny_problem()
+    absld = fit(student, make("absld", AbsldConfig(beta=0.0), teacher), loader,
+                TRAIN.model_copy(update={"epochs": 2}), CPU)
+    for key, value in rslad.final_state.items():
+        assert torch.equal(value, absld.final_state[key]), key
+
+
+def test_absld_with_positive_beta_trains_differently_from_rslad():
+    teacher, student, loader = tiny_problem()
+    rslad = fit(student, make("rslad", RsladConfig(), teacher), loader, TRAIN, CPU)
+    teacher, student, loader = tiny_problem()
+    absld = fit(student, make("absld", AbsldConfig(beta=0.5), teacher), loader, TRAIN, CPU)
+    assert any(not torch.equal(v, absld.final_state[k]) for k, v in rslad.final_state.items())
+
+
+def test_logged_temperatures_follow_the_update_rule_row_by_row():
+    teacher, student, loader = tiny_problem()
+    cfg = AbsldConfig(beta=0.3, beta_milestones=[2], beta_gamma=0.5, tau_min=0.6, tau_max=3.0)
+    method = make("absld", cfg, teacher)
+    fit(student, method, loader, TRAIN, CPU)
+    rows = method.log
+    assert len(rows) == TRAIN.epochs * C
+    by_epoch = {e: [r for r in rows if r["epoch"] == e] for e in range(1, TRAIN.epochs + 1)}
+    assert [by_epoch[e][0]["beta"] for e in (1, 2, 3)] == pytest.approx([0.3, 0.15, 0.15])
+    assert all(r["tau_adv"] == 1.0 and r["tau_nat"] == 1.0 for r in by_epoch[1])
+    for epoch in (1, 2):
+        now, after = by_epoch[epoch], by_epoch[epoch + 1]
+        for key in ("adv", "nat"):
+            tau = torch.tensor([r[f"tau_{key}"] for r in now])
+            risk = torch.tensor([r[f"risk_{key}"] for r in now])
+            expected = update_temperatures(tau, risk, now[0]["beta"], cfg.tau_min, cfg.tau_max)
+            assert torch.allclose(torch.tensor([r[f"tau_{key}"] for r in after]), expected, atol=1e-6)
+    final = update_temperatures(torch.tensor([r["tau_adv"] for r in by_epoch[3]]),
+                                torch.tensor([r["risk_adv"] for r in by_epoch[3]]), 0.15, 0.6, 3.0)
+    assert torch.allclose(method.tau_adv, final, atol=1e-6)
+
+
+def test_risks_are_per_class_sums_of_the_epochs_cross_entropy():
+    teacher, student, loader = tiny_problem()
+    method = make("absld", AbsldConfig(), teacher)
+    fit(student, method, loader, TRAIN.model_copy(update={"epochs": 1}), CPU)
+    risk = torch.tensor([r["risk_adv"] for r in method.log])
+    # 16 samples per class, CE of a near-uniform 4-class student is about log 4 each
+    assert risk.shape == (C,) and torch.all(risk > 0)
+    assert risk.sum().item() == pytest.approx(64 * np.log(C), rel=0.5)
+    assert method.risk_adv.total is None  # reset for the next epoch
+
+
+def test_resume_restores_temperatures_risks_and_log_exactly(tmp_path):
+    cfg = AbsldConfig(beta=0.4)
+    teacher, student, loader = tiny_problem()
+    straight = make("absld", cfg, teacher)
+    result = fit(student, straight, loader, TRAIN, CPU, checkpoint=tmp_path / "a.pt", fingerprint="f")
+
+    teacher, student, loader = tiny_problem()
+    fit(student, make("absld", cfg, teacher), loader, TRAIN, CPU, checkpoint=tmp_path / "b.pt",
+        fingerprint="f", stop_after=2)
+    teacher, student, loader = tiny_problem()
+    resumed = make("absld", cfg, teacher)
+    again = fit(student, resumed, loader, TRAIN, CPU, checkpoint=tmp_path / "b.pt", fingerprint="f")
+    assert again.resumed_from == 2
+    assert torch.equal(straight.tau_adv, resumed.tau_adv) and torch.equal(straight.tau_nat, resumed.tau_nat)
+    assert straight.log == resumed.log and straight.beta == resumed.beta
+    assert all(torch.equal(v, again.final_state[k]) for k, v in result.final_state.items())
