@@ -366,3 +366,13 @@ def test_autoattack_rejects_invalid_versions_and_attack_lists(task: Task, kwargs
     params: dict[str, object] = {"eps": EPS, "seed": 0, "batch_size": 4, "backend": "pyautoattack", **kwargs}
     with pytest.raises(AttackError):
         autoattack(task.model, task.x[:4], task.y[:4], **params)  # type: ignore[arg-type]
+
+
+def test_pgd_reports_the_logits_of_every_step_before_its_update():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    seen = []
+    pgd(model, x, ce_loss(y), eps=8 / 255, step=2 / 255, steps=4, start="none", on_logits=seen.append)
+    assert len(seen) == 4 and all(s.shape == (5, 3) and not s.requires_grad for s in seen)
+    assert torch.allclose(seen[0], model(x))

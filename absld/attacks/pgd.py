@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,7 @@ def pgd(
     steps: int,
     start: Start,
     gauss_std: float = 0.001,
+    on_logits: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Maximise ``loss_fn(model(x'))`` over the L-inf ball of radius ``eps`` around ``x``.
 
@@ -105,6 +106,8 @@ def pgd(
         steps: number of steps (0 returns the projected start point).
         start: ``"uniform"``, ``"gaussian"`` or ``"none"`` (see the module docstring).
         gauss_std: standard deviation of the ``"gaussian"`` start (0.001 in the official code).
+        on_logits: called with the (detached) logits of every step's x' before its update, e.g.
+            to count how many steps a sample stays correctly classified (Fair-ARD's kappa).
 
     Returns:
         The detached adversarial inputs, same shape, dtype and device as ``x``.
@@ -128,6 +131,8 @@ def pgd(
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)  # (B, C), possibly bf16 under autocast
+            if on_logits is not None:
+                on_logits(logits.detach())
             loss = loss_fn(logits.float())  # (B,)
             if loss.shape != (x.shape[0],):
                 raise AttackError(
