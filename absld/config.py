@@ -389,6 +389,81 @@ class TeacherConfig(Section):
         return self
 
 
+class FgsmConfig(Section):
+    gauss_std: Annotated[float, Field(ge=0)] = 0.001
+    """Start x + gauss_std * N(0, I), as the reference evaluation code."""
+
+
+class PgdEvalConfig(Section):
+    step: Pixels = 2 / 255
+    steps: PosInt = 20
+
+
+class CwEvalConfig(Section):
+    step: Pixels = 2 / 255
+    steps: PosInt = 20
+    kappa: Annotated[float, Field(ge=0)] = 50.0
+
+
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+
+
+class AutoAttackConfig(Section):
+    backend: Literal["pyautoattack", "torchattacks"] = "pyautoattack"
+    """pyautoattack: Croce & Hein's reference code (report this); torchattacks: a cross-check."""
+    version: Literal["standard", "rand", "custom"] = "standard"
+    attacks: list[Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]] | None = None
+    """The attacks of version custom, in order (e.g. [apgd-ce, apgd-t] on a CPU)."""
+    batch_size: PosInt = 500
+
+    @model_validator(mode="after")
+    def _custom_needs_attacks(self) -> "AutoAttackConfig":
+        if self.version == "custom" and not self.attacks:
+            raise ValueError(f"version custom needs a list of attacks from {', '.join(AA_ATTACKS)}")
+        if self.version != "custom" and self.attacks:
+            raise ValueError(f"attacks {self.attacks} are only used with version custom (got {self.version})")
+        return self
+
+
+EvalAttack = Literal["fgsm", "pgd", "cw", "aa"]
+
+
+class EvaluateConfig(Section):
+    n_samples: PosInt | None = None
+    """Evaluate the first n test images in test-set order (null: all)."""
+    batch_size: PosInt = 256
+    eps: Pixels = 8 / 255
+    seed: NonNegInt = 0
+    """Seeds every random start (per sample, so results do not depend on batching) and AutoAttack."""
+    cascade: bool = False
+    """true: each attack only on the samples robust to every earlier one (per-attack columns then
+    mean 'robust to this and all earlier attacks'); false: every attack on every clean-correct
+    sample. correct_worst is the same either way."""
+    attacks: list[EvalAttack] = Field(default_factory=lambda: ["fgsm", "pgd", "cw", "aa"])
+    fgsm: FgsmConfig = Field(default_factory=FgsmConfig)
+    pgd: PgdEvalConfig = Field(default_factory=PgdEvalConfig)
+    cw: CwEvalConfig = Field(default_factory=CwEvalConfig)
+    aa: AutoAttackConfig = Field(default_factory=AutoAttackConfig)
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_attacks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"attacks {value} lists an attack twice")
+        return value
+
+
+class AnalyzeConfig(Section):
+    nsd_ddof: Literal[0, 1] = 0
+    """ddof of the std in NSD = std(class acc) / mean(class acc); the paper does not state it."""
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    n_bootstrap: PosInt = 1000
+    n_permutations: PosInt = 10000
+    seed: NonNegInt = 0
+    reference: DistillMethod = "absld"
+    """The method compared against every other one (McNemar, permutation tests, Holm)."""
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -399,6 +474,8 @@ class Params(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
 
     @field_validator("seeds")
     @classmethod

@@ -6,8 +6,11 @@ import click
 
 from absld import __version__
 
+from .analyze import analyze
 from .distill import distill
+from .evaluate import evaluate
 from .prepare import prepare
+from .report import report
 from .teacher import teacher
 
 
@@ -24,6 +27,9 @@ def main() -> None:
 main.add_command(prepare)
 main.add_command(teacher)
 main.add_command(distill)
+main.add_command(evaluate)
+main.add_command(analyze)
+main.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

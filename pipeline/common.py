@@ -88,3 +88,26 @@ def distill_resume(method: str, seed: int) -> Path:
 
 def distill_plots(method: str, seed: int) -> Path:
     return Path("plots/distill") / method / f"seed{seed}"
+
+
+def eval_dir(model_id: str) -> Path:
+    """results/eval/<model> with <model> = teacher or <method>/seed<S>."""
+    return Path("results/eval") / model_id
+
+
+def eval_plots(model_id: str) -> Path:
+    return Path("plots/eval") / model_id
+
+
+def model_checkpoint(model_id: str) -> Path:
+    """The checkpoint of a model id (teacher or <method>/seed<S>)."""
+    if model_id == "teacher":
+        return TEACHER_CHECKPOINT
+    method, _, seed = model_id.partition("/seed")
+    return student_checkpoint(method, int(seed))
+
+
+FAIRNESS_JSON = Path("results/fairness.json")
+ANALYSIS_DIR = Path("results")
+ANALYSIS_PLOTS = Path("plots/analyze")
+PUBLISHED = Path("references/published.yaml")
