@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,47 @@ def test_imported_teacher_far_from_its_published_accuracy_stops(project):
     result = invoke("teacher")
     assert result.exit_code == 1 and "published" in result.output and "Nothing was written" in result.output
     assert not (project / "models" / "teacher.pt").exists()
+
+
+def test_robustbench_teacher_is_loaded_into_our_architecture_and_checksummed(project, monkeypatch):
+    """The robustbench path, with the package replaced by a stand-in (tests never download)."""
+    import sys
+    import types
+
+    invoke("prepare")
+    torch.manual_seed(1)
+    published = build_model("tiny_cnn", num_classes=10, in_channels=3)
+    calls = {}
+
+    def load_model(model_name, dataset, threat_model, model_dir):
+        calls.update(model_name=model_name, dataset=dataset, threat_model=threat_model)
+        target = Path(model_dir) / dataset / threat_model / f"{model_name}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(published.state_dict(), target)
+        return published
+
+    fake = types.ModuleType("robustbench")
+    fake.utils = types.SimpleNamespace(load_model=load_model)
+    monkeypatch.setitem(sys.modules, "robustbench", fake)
+    monkeypatch.setitem(sys.modules, "robustbench.utils", fake.utils)
+    set_params(project, **{"teacher.source": "robustbench", "teacher.robustbench_id": "Zhang2019Theoretically",
+                           "teacher.published_clean_acc": None})
+    result = invoke("teacher")
+    assert result.exit_code == 0, result.output
+    assert calls == {"model_name": "Zhang2019Theoretically", "dataset": "cifar10", "threat_model": "Linf"}
+    info = json.loads((project / "models" / "teacher.json").read_text())
+    downloaded = next((project / "checkpoints" / "teacher" / "downloads").rglob("*.pt"))
+    assert info["robustbench_id"] == "Zhang2019Theoretically" and info["sha256"] == sha256_file(downloaded)
+    reloaded = load_checkpoint(project / "models" / "teacher.pt")
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in published.state_dict().items())
+
+
+def test_robustbench_teacher_without_the_package_says_how_to_install_it(project, monkeypatch):
+    import sys
+
+    invoke("prepare")
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # import fails
+    set_params(project, **{"teacher.source": "robustbench"})
+    result = invoke("teacher")
+    assert result.exit_code == 1 and "pip install" in result.output and "robustbench" in result.output
+    assert not (project / "models").exists()

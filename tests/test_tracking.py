@@ -1,0 +1,35 @@
+"""W&B tracking: one offline run per stage, grouped by study, typed by stage, named by DVC."""
+
+from __future__ import annotations
+
+import pytest
+
+from absld.config import Params
+from absld.tracking import Tracker, wandb_mode
+
+
+def test_unset_wandb_mode_means_offline(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode() == "offline"
+
+
+def test_disabled_mode_creates_no_run():
+    tracker = Tracker(Params(), "teacher")
+    assert tracker.run is None
+    tracker.log({"x": 1.0})  # a no-op, not an error
+    tracker.finish()
+
+
+@pytest.mark.slow
+def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-123")
+    params = Params.model_validate({"study": "my-study", "wandb": {"project": "proj"}})
+    with Tracker(params, "distill", name="distill-absld-seed0") as tracker:
+        run = tracker.run
+        assert run.group == "my-study" and run.job_type == "distill"
+        assert run.name == "exp-123-distill-absld-seed0" and run.project == "proj"
+        assert run.config["study"] == "my-study"
+        tracker.log({"train_loss": 1.5}, step=1)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
