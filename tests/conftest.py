@@ -16,6 +16,25 @@ os.environ.setdefault("WANDB_DIR", "/tmp/absld-tests-wandb")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def committed_params_text() -> str:
+    """params.yaml as committed (a profile run leaves its overrides in the workspace copy)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return (REPO / "params.yaml").read_text()
+
+
+@pytest.fixture()
+def paper_params(tmp_path: Path) -> Path:
+    """A copy of the committed params.yaml (the paper's configuration)."""
+    path = tmp_path / "paper-params.yaml"
+    path.write_text(committed_params_text())
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(2)

@@ -17,8 +17,12 @@ def error_for(raw: dict) -> str:
     return message
 
 
-def test_committed_params_are_the_papers_recipe():
-    params = load_params(REPO / "params.yaml")
+def test_workspace_params_validate():
+    assert isinstance(load_params(REPO / "params.yaml"), Params)
+
+
+def test_committed_params_are_the_papers_recipe(paper_params):
+    params = load_params(paper_params)
     assert params.data.dataset == "cifar10"
     assert params.teacher.model.arch == "wrn34_10"
     assert params.teacher.robustbench_id == "Zhang2019Theoretically"
@@ -59,15 +63,15 @@ def test_file_teacher_needs_a_checksum():
     assert "teacher.sha256" in error_for({"teacher": {"source": "file", "path": "t.pt"}})
 
 
-def test_every_profile_validates_over_params():
+def test_every_profile_validates_over_params(paper_params):
     for profile in sorted((REPO / "profiles").glob("*.yaml")):
-        assert isinstance(load_params(REPO / "params.yaml", profile), Params)
+        assert isinstance(load_params(paper_params, profile), Params)
 
 
-def test_profile_overrides_round_trip_through_dvc_set_syntax(tmp_path):
+def test_profile_overrides_round_trip_through_dvc_set_syntax(paper_params):
     import yaml
 
-    lines = overrides(str(REPO / "profiles" / "quick.yaml"), str(REPO / "params.yaml"))
+    lines = overrides(str(REPO / "profiles" / "quick.yaml"), str(paper_params))
     assert "data.dataset=fashion-mnist" in lines
     # every -S value parses back (as YAML, like DVC does) to the profile's value
     applied: dict = {}
@@ -81,11 +85,11 @@ def test_profile_overrides_round_trip_through_dvc_set_syntax(tmp_path):
     assert applied == read_yaml(REPO / "profiles" / "quick.yaml")
 
 
-def test_profile_with_a_typo_fails_before_anything_runs(tmp_path):
+def test_profile_with_a_typo_fails_before_anything_runs(tmp_path, paper_params):
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher:\n  trian: {}\n")
     with pytest.raises(ConfigError, match="teacher.trian"):
-        overrides(str(bad), str(REPO / "params.yaml"))
+        overrides(str(bad), str(paper_params))
 
 
 def test_deep_merge_overrides_leaves_and_keeps_siblings():

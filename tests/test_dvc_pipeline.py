@@ -13,10 +13,10 @@ import pytest
 
 from absld.models import checkpoint_meta, load_checkpoint
 from pipeline.profiles import overrides
-from tests.conftest import REPO
+from tests.conftest import REPO, committed_params_text
 from tests.fixtures import write_cifar10
 
-PROJECT_FILES = ["absld", "pipeline", "params.yaml", "profiles", "dvc.yaml", ".dvc/config", ".dvcignore",
+PROJECT_FILES = ["absld", "pipeline", "params.yaml", "profiles", "references", "dvc.yaml", ".dvc/config", ".dvcignore",
                  "pyproject.toml"]
 
 
@@ -41,13 +41,14 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
+    (project / "params.yaml").write_text(committed_params_text())
     write_cifar10(project / "fixture")
     (project / ".gitignore").write_text("/fixture/\n")
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)
 
-    args = [item for line in overrides(str(REPO / "profiles" / "tiny.yaml"), str(REPO / "params.yaml"))
+    args = [item for line in overrides(str(REPO / "profiles" / "tiny.yaml"), str(project / "params.yaml"))
             for item in ("-S", line)]
     run(["dvc", "exp", "run", *args], project)
 
