@@ -62,8 +62,10 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    """Write dict rows as CSV (the column order of ``columns`` or of the first row)."""
-    columns = columns or (list(rows[0]) if rows else [])
+    """Write dict rows as CSV: ``columns``, or every key of every row in order of appearance
+    (a key missing from a row leaves its cell empty)."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [",".join(columns)]
     for row in rows:
         lines.append(",".join(_csv_cell(row.get(c, "")) for c in columns))
