@@ -498,7 +498,7 @@ class AlwaysClassOne(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def _fair_rslad_epoch() -> tuple[MethodBase, Batch]:
+def _fair_rslad_epoch() -> MethodBase:
     """One epoch (two batches) in which class 0 is wrong from the first PGD step, class 1 never."""
     method = build_method("fair_rslad", FairRsladConfig(),
                           MethodContext(num_classes=C, attack=ATTACK, teacher=TinyConv(5).eval()))
@@ -510,19 +510,41 @@ def _fair_rslad_epoch() -> tuple[MethodBase, Batch]:
         batch = Batch(x=x, y=y, index=torch.arange(6))
         teacher_logits = torch.randn(6, C, generator=generator)  # any soft labels will do
         method.perturb(student, batch, teacher_logits)
-    return method, batch
+    return method
 
 
 def test_fair_rslad_kappa_counts_the_pgd_steps_before_the_first_mistake():
-    method, _ = _fair_rslad_epoch()
+    method = _fair_rslad_epoch()
     mean_kappa = method.kappa_sum / method.count
     assert method.count.tolist() == [6.0, 6.0, 0.0]
     assert mean_kappa[0] == 0.0  # wrong at the first step
     assert mean_kappa[1] == STEPS  # right at every step
 
 
+class CorrectWrongCorrect(nn.Module):
+    """Predicts class 0 on its 1st and 3rd call and class 1 on its 2nd (a small input gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        bias = torch.tensor([0.0, 5.0, 0.0]) if self.calls == 2 else torch.tensor([5.0, 0.0, 0.0])
+        return 0.01 * x.flatten(1)[:, :C] + bias
+
+
+def test_fair_rslad_kappa_stops_counting_at_the_first_mistake_even_if_the_sample_recovers():
+    method = build_method("fair_rslad", FairRsladConfig(),
+                          MethodContext(num_classes=C, attack=ATTACK, teacher=TinyConv(5).eval()))
+    x = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    batch = Batch(x=x, y=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
+    method.perturb(CorrectWrongCorrect(), batch, torch.zeros(4, C))
+    assert method.kappa_sum[0] / method.count[0] == 1.0  # correct, wrong (stop), correct
+
+
 def test_fair_rslad_gives_the_class_broken_first_the_larger_weight_within_the_bounds():
-    method, _ = _fair_rslad_epoch()
+    method = _fair_rslad_epoch()
     cfg = method.cfg
     method.on_epoch_end(1)
     weights = method.weights
@@ -533,7 +555,7 @@ def test_fair_rslad_gives_the_class_broken_first_the_larger_weight_within_the_bo
 
 
 def test_fair_rslad_resets_its_kappa_sums_at_the_end_of_an_epoch():
-    method, _ = _fair_rslad_epoch()
+    method = _fair_rslad_epoch()
     method.on_epoch_end(1)
     assert method.kappa_sum.tolist() == [0.0, 0.0, 0.0]
     assert method.count.tolist() == [0.0, 0.0, 0.0]
