@@ -1,23 +1,90 @@
-"""Evaluation of a model on a fixed set of samples, clean and under attacks."""
+r"""Evaluation of a model on a fixed set of samples, clean and under attacks (METHOD.md §6).
+
+Two layers live here:
+
+- the quick checks the teacher and distill stages use (:func:`predict_correct`,
+  :func:`clean_and_pgd_accuracy`, :func:`fair_score`): global-RNG random starts, a few numbers;
+- the full evaluation of ``absld evaluate`` (:func:`evaluate_model`): every attack of
+  ``evaluate.attacks`` on the first ``evaluate.n_samples`` test images, one boolean per sample
+  and attack (the ``records.npz`` contract of ARCHITECTURE.md), timed.
+
+The attacks of the paper's evaluation, all at ``eps`` (8/255 on CIFAR), inputs in [0, 1], the model
+in eval mode:
+
+| record | attack | start |
+|---|---|---|
+| ``clean`` | none | |
+| ``fgsm`` | one step of size eps on CE (:func:`absld.attacks.fgsm`) | ``x + gauss_std N(0, I)`` |
+| ``pgd{steps}`` | PGD on CE, e.g. ``pgd20``: 20 steps of 2/255 | uniform in the eps-ball |
+| ``cw`` | PGD on the CW margin, kappa 50 (:func:`absld.attacks.cw_inf`) | uniform in the eps-ball |
+| ``aa`` | AutoAttack through its reference code (:func:`absld.attacks.autoattack`) | its own |
+| ``worst`` | robust to every attack run (and clean-correct) | |
+
+Semantics of the records, with ``c_i`` clean correctness and ``r_i^a`` "the model still classifies
+sample i correctly after attack a":
+
+- an attack only runs on clean-correct samples; a clean-wrong sample is not robust (``r_i^a = 0``);
+- ``cascade = false``: every attack runs on every clean-correct sample, ``correct_a = c & r^a``;
+- ``cascade = true``: attack a runs only on the samples robust to every earlier attack in
+  ``evaluate.attacks``, so ``correct_a = c & r^{a_1} & ... & r^a`` ("robust to this one and all the
+  earlier ones"); it saves the time of attacking samples already broken;
+- ``correct_worst = c & r^{a_1} & ... & r^{a_k}`` in both modes.
+
+Per-sample randomness. The random start of FGSM, PGD and CW is drawn once per attack for the whole
+evaluated set from a CPU ``torch.Generator`` seeded from (``evaluate.seed``, record name), and
+indexed by the sample's position: a sample gets the same start whichever batch it lands in. With
+the model in eval mode a sample's result then depends on nothing but the sample, so the cascade and
+the full run give the same ``correct_worst`` for FGSM, PGD and CW (up to floating-point effects of
+batch composition on some GPU kernels; bit-identical on the CPU). AutoAttack cannot be fed noise:
+it reseeds itself with ``evaluate.seed`` on every call (one call per ``evaluate.aa.batch_size``
+samples), so its random restarts depend on which samples share its call. That changes which
+samples it breaks only by chance, yet it means ``correct_aa`` (and so ``correct_worst``) can differ
+between the cascade and the full run, and between two ``n_samples``.
+
+Precision: clean, FGSM, PGD and CW run under ``runtime.amp`` (bf16 autocast on CUDA); AutoAttack
+and its verdict run in float32, as the reference evaluations do.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import ce_loss, pgd
+from .attacks import autoattack, ce_loss, cw_margin_loss, pgd
+from .config import EvalAttack, EvaluateConfig
 from .data import TensorLoader
-from .fairness import class_accuracies
+from .fairness import Summary, class_accuracies, summarize
 from .runtime import Runtime
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``attack(model, x, y) -> x_adv``."""
 
+NoisyAttack = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], Tensor]
+"""``attack(model, x, y, noise) -> x_adv``: ``noise`` (B, ...) holds the samples' start draws
+(None for attacks without a random start, or that draw their own, as AutoAttack)."""
 
+AdversarialHook = Callable[[str, Tensor, Tensor, Tensor], None]
+"""``hook(record_name, positions (B,), x (B, ...), x_adv (B, ...))``, called on every evaluated
+batch (for checks and debugging; ``x_adv is x`` for ``clean``)."""
+
+NoiseKind = Literal["uniform", "gaussian"]
+
+CLEAN = "clean"
+WORST = "worst"
+
+
+# ----------------------------------------------------------------------------------------------
+# quick checks (teacher and distill stages)
 def first_n(images: np.ndarray, labels: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` samples in test-set order (all when ``n`` is None)."""
     if n is None:
@@ -71,3 +138,258 @@ def fair_score(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_cla
     class_acc = class_accuracies(robust, labels, num_classes)
     avg, worst = float(robust.mean()), float(class_acc.min())
     return {"score": avg + worst, "pgd_avg": avg, "pgd_worst": worst}
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation attacks
+@dataclass(frozen=True)
+class EvalAttackSpec:
+    """One column of the records: how to attack a batch, and how to batch it.
+
+    ``run(model, x, y, noise)`` returns ``x_adv``; ``noise`` is drawn by :func:`start_noise` with
+    ``noise_kind`` (None: the attack has no random start it can take from outside).
+    """
+
+    name: str  # record name: "clean", "fgsm", "pgd20", "cw", "aa"
+    run: NoisyAttack
+    batch_size: int
+    noise_kind: NoiseKind | None = None
+    autocast: bool = True  # run (and judge) under runtime.amp
+
+
+def record_name(attack: EvalAttack, cfg: EvaluateConfig) -> str:
+    """The records' name of an attack of ``evaluate.attacks``: ``pgd`` -> ``pgd{steps}``."""
+    return f"pgd{cfg.pgd.steps}" if attack == "pgd" else attack
+
+
+def record_names(cfg: EvaluateConfig) -> list[str]:
+    """Every column of the records, in order: clean, the attacks of ``cfg.attacks``, worst."""
+    return [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
+
+
+def _clean(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
+    return x
+
+
+def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None) -> list[EvalAttackSpec]:
+    """The attacks of ``cfg.attacks``, in order, as the evaluation runs them (clean not included).
+
+    FGSM is :func:`absld.attacks.pgd` with ``steps=1, step=eps, start="gaussian"`` (the same as
+    :func:`absld.attacks.fgsm`) and CW-inf is :func:`absld.attacks.pgd` on
+    :func:`absld.attacks.cw_margin_loss` (the same as :func:`absld.attacks.cw_inf`): both called
+    directly so that their start noise can be given per sample.
+    """
+    eps = cfg.eps
+    specs: list[EvalAttackSpec] = []
+    for attack in cfg.attacks:
+        name = record_name(attack, cfg)
+        if attack == "fgsm":
+            gauss_std = cfg.fgsm.gauss_std
+
+            def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
+                return pgd(model, x, ce_loss(y), eps=eps, step=eps, steps=1, start="gaussian",
+                           gauss_std=gauss_std, noise=noise)
+
+            specs.append(EvalAttackSpec(name, run_fgsm, cfg.batch_size, noise_kind="gaussian"))
+        elif attack == "pgd":
+            pgd_cfg = cfg.pgd
+
+            def run_pgd(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
+                return pgd(model, x, ce_loss(y), eps=eps, step=pgd_cfg.step, steps=pgd_cfg.steps,
+                           start="uniform", noise=noise)
+
+            specs.append(EvalAttackSpec(name, run_pgd, cfg.batch_size, noise_kind="uniform"))
+        elif attack == "cw":
+            cw_cfg = cfg.cw
+
+            def run_cw(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
+                return pgd(model, x, cw_margin_loss(y, cw_cfg.kappa), eps=eps, step=cw_cfg.step,
+                           steps=cw_cfg.steps, start="uniform", noise=noise)
+
+            specs.append(EvalAttackSpec(name, run_cw, cfg.batch_size, noise_kind="uniform"))
+        else:  # "aa"
+            aa_cfg = cfg.aa
+            seed = cfg.seed
+
+            def run_aa(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
+                return autoattack(model, x, y, eps=eps, version=aa_cfg.version, attacks=aa_cfg.attacks,
+                                  seed=seed, batch_size=aa_cfg.batch_size, backend=aa_cfg.backend,
+                                  device=device)
+
+            specs.append(EvalAttackSpec(name, run_aa, aa_cfg.batch_size, autocast=False))
+    return specs
+
+
+def attack_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed from (``evaluate.seed``, record name), stable across runs and
+    platforms (sha256, not Python's salted ``hash``)."""
+    digest = hashlib.sha256(f"absld-evaluate/{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def start_noise(kind: NoiseKind, shape: tuple[int, ...], *, seed: int, name: str) -> Tensor:
+    """Standard start draws for a whole evaluated set, on the CPU: ``shape = (N, C, H, W)``.
+
+    ``uniform``: U(-1, 1) (PGD's start ``x + eps * noise``); ``gaussian``: N(0, 1) (FGSM's start
+    ``x + gauss_std * noise``). Row i belongs to the i-th evaluated sample, whatever its batch.
+    """
+    generator = torch.Generator().manual_seed(attack_seed(seed, name))
+    if kind == "uniform":
+        return torch.rand(shape, generator=generator).mul_(2.0).sub_(1.0)
+    return torch.randn(shape, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# the records
+@dataclass
+class Records:
+    """Per-sample results of one model (``results/eval/<model>/records.npz``, contract).
+
+    ``correct`` maps record names to ``(N,)`` bool arrays in order: ``clean``, the attacks of
+    ``evaluate.attacks`` (``fgsm``, ``pgd20``, ``cw``, ``aa``), ``worst``. ``seconds`` holds each
+    attack's wall time (``clean`` included).
+    """
+
+    index: npt.NDArray[np.int64]  # (N,) test-set positions, in order
+    y: npt.NDArray[np.int64]  # (N,) labels
+    correct: dict[str, npt.NDArray[np.bool_]]  # name -> (N,)
+    eps: float
+    cascade: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.correct)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The contract's arrays: ``index``, ``y``, ``correct_<name>`` for every name, scalar ``eps``."""
+        out: dict[str, np.ndarray] = {"index": self.index.astype(np.int64), "y": self.y.astype(np.int64)}
+        out.update({f"correct_{name}": c.astype(np.bool_) for name, c in self.correct.items()})
+        out["eps"] = np.asarray(self.eps, dtype=np.float64)  # 0-d
+        return out
+
+
+def summarize_records(records: Records, num_classes: int, ddof: int = 0) -> dict[str, Summary]:
+    """Avg, Worst, NSD (std with ``ddof``) and class accuracies for every column of the records."""
+    return {name: summarize(correct, records.y, num_classes, ddof) for name, correct in records.correct.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# the cascade
+def _check_model(model: nn.Module, x: Tensor, num_classes: int) -> None:
+    if model.training:
+        raise ValueError(
+            "evaluate_model needs the model in eval mode (model.eval()): BatchNorm must use its "
+            "running statistics, so that a sample's result does not depend on its batch"
+        )
+    with torch.no_grad():
+        logits = model(x)
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(
+            f"the model outputs logits of shape {tuple(logits.shape)} for a batch of {x.shape[0]}, "
+            f"but the data has {num_classes} classes; evaluate it on the dataset it was trained for"
+        )
+
+
+def _chunks(positions: Tensor, size: int) -> Iterator[Tensor]:
+    for begin in range(0, positions.shape[0], size):
+        yield positions[begin : begin + size]
+
+
+class _Evaluator:
+    """The evaluated set on the device, and one pass of one attack over a subset of it."""
+
+    def __init__(self, model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime,
+                 cfg: EvaluateConfig, desc: str, hook: AdversarialHook | None) -> None:
+        self.model, self.rt, self.cfg, self.desc, self.hook = model, rt, cfg, desc, hook
+        self.images = torch.as_tensor(images, dtype=torch.uint8).to(rt.device)  # (N, C, H, W) uint8
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(rt.device)  # (N,)
+
+    def inputs(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, H, W) float in [0, 1] and y (B,) of the samples at ``positions`` (B,)."""
+        on_device = positions.to(self.rt.device)
+        x = self.images[on_device].float().div_(255)
+        if self.rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[on_device]
+
+    def run(self, spec: EvalAttackSpec, mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_], float]:
+        """Run ``spec`` on the samples where ``mask`` (N,) is true; return (robust (N,), seconds).
+
+        ``robust[i]``: sample i was attacked and the model still classifies it correctly.
+        """
+        n = mask.shape[0]
+        positions = torch.from_numpy(np.flatnonzero(mask))  # (M,) CPU
+        robust = np.zeros(n, dtype=np.bool_)
+        start = time.perf_counter()
+        noise = None
+        if spec.noise_kind is not None and positions.numel():
+            noise = start_noise(spec.noise_kind, (n, *self.images.shape[1:]), seed=self.cfg.seed,
+                                name=spec.name)  # (N, C, H, W) CPU
+        verdicts: list[Tensor] = []
+        with tqdm(total=positions.numel(), desc=f"[{self.desc} {spec.name}]", unit="img", leave=False,
+                  disable=not self.rt.progress) as bar:
+            for chunk in _chunks(positions, spec.batch_size):
+                x, y = self.inputs(chunk)
+                batch_noise = None if noise is None else noise[chunk].to(self.rt.device, non_blocking=True)
+                with self._precision(spec):
+                    x_adv = spec.run(self.model, x, y, batch_noise)
+                if self.hook is not None:
+                    self.hook(spec.name, chunk, x, x_adv)
+                with torch.no_grad(), self._precision(spec):
+                    verdicts.append(self.model(x_adv).argmax(dim=1) == y)  # (B,)
+                bar.update(chunk.numel())
+        if verdicts:
+            robust[positions.numpy()] = torch.cat(verdicts).cpu().numpy()  # syncs the device
+        return robust, time.perf_counter() - start
+
+    def _precision(self, spec: EvalAttackSpec) -> AbstractContextManager:
+        """runtime.amp's autocast, or float32 (autocast switched off) for AutoAttack."""
+        if spec.autocast:
+            return self.rt.autocast()
+        return torch.autocast(device_type=self.rt.device.type, enabled=False)
+
+
+def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime,
+                   cfg: EvaluateConfig, *, num_classes: int, desc: str = "evaluate",
+                   on_adversarial: AdversarialHook | None = None) -> Records:
+    """Clean accuracy and every attack of ``cfg.attacks`` on the first ``cfg.n_samples`` images.
+
+    Args:
+        model: maps inputs in [0, 1] to logits (B, num_classes); must be in eval mode and on
+            ``rt.device`` (it is not moved, and its mode is not changed).
+        images: the test images (N, C, H, W) uint8, in test-set order.
+        labels: their labels (N,) int.
+        rt: device, autocast, channels_last and progress bars.
+        cfg: the ``evaluate`` section (attacks, their settings, cascade, seed, batch sizes).
+        num_classes: number of classes of the data; the model must output that many logits.
+        desc: prefix of the progress bars.
+        on_adversarial: optional :data:`AdversarialHook`, called on every attacked batch.
+
+    Returns:
+        :class:`Records` of the first ``cfg.n_samples`` images (all when None): ``index``, ``y``,
+        ``correct`` (``clean``, the attacks in ``cfg.attacks`` order, ``worst``; semantics and the
+        cascade in the module docstring), ``eps``, ``cascade`` and ``seconds`` per column.
+
+    Raises:
+        ValueError: the model is in training mode or does not output ``num_classes`` logits.
+    """
+    images, labels = first_n(images, labels, cfg.n_samples)
+    n = int(labels.shape[0])
+    evaluator = _Evaluator(model, images, labels, rt, cfg, desc, on_adversarial)
+    if n:
+        _check_model(model, evaluator.inputs(torch.zeros(1, dtype=torch.int64))[0], num_classes)
+
+    correct: dict[str, npt.NDArray[np.bool_]] = {}
+    seconds: dict[str, float] = {}
+    clean_spec = EvalAttackSpec(CLEAN, _clean, cfg.batch_size)
+    correct[CLEAN], seconds[CLEAN] = evaluator.run(clean_spec, np.ones(n, dtype=np.bool_))
+    robust_to_all = correct[CLEAN].copy()  # (N,) clean-correct and robust to every attack so far
+    for spec in build_attacks(cfg, rt.device):
+        attacked = robust_to_all if cfg.cascade else correct[CLEAN]
+        robust, seconds[spec.name] = evaluator.run(spec, attacked)
+        correct[spec.name] = robust  # cascade: robust is False wherever an earlier attack won
+        robust_to_all = robust_to_all & robust
+    correct[WORST] = robust_to_all
+    return Records(index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
+                   correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds)

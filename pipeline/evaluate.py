@@ -1,15 +1,176 @@
-"""``absld evaluate``: work in progress."""
+"""``absld evaluate --model ID``: every attack on the same test samples -> per-sample records."""
 
 from __future__ import annotations
 
-import click
+import re
+from pathlib import Path
+from typing import Any
 
-from .common import params_option, user_errors
+import click
+import numpy as np
+
+from absld import data as data_lib
+from absld.config import DISTILL_METHODS, fraction_of_255
+from absld.evaluate import Records, evaluate_model, first_n, summarize_records
+from absld.fairness import Summary
+from absld.io import atomic_dir, sha256_file, write_json, write_npz
+from absld.models import checkpoint_meta, load_checkpoint
+from absld.plots import plot_classwise
+from absld.runtime import setup
+from absld.tracking import Tracker
+
+from .common import StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors
+
+_STUDENT_ID = re.compile(r"(?P<method>[a-z_]+)/seed(?P<seed>\d+)")
+SELECTION_KEYS = ("select", "selected_epoch", "selection_split", "selection_score")
+"""Checkpoint meta written by the distill stage about how the checkpoint was chosen."""
+
+
+def parse_model_id(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """``teacher`` or ``<method>/seed<S>`` with a known method; the canonical form (``seed007`` -> ``seed7``)."""
+    if value == "teacher":
+        return value
+    match = _STUDENT_ID.fullmatch(value)
+    if match is None or match["method"] not in DISTILL_METHODS:
+        raise click.BadParameter(
+            f"{value!r} is not a model id; use 'teacher' or '<method>/seed<S>' (e.g. absld/seed0) "
+            f"with <method> one of: {', '.join(DISTILL_METHODS)}"
+        )
+    return f"{match['method']}/seed{int(match['seed'])}"
+
+
+def _missing_checkpoint(model_id: str, path: Path) -> StageError:
+    if model_id == "teacher":
+        how = "`absld teacher` (or `dvc repro teacher`)"
+    else:
+        method, _, seed = model_id.partition("/seed")
+        how = f"`absld distill --method {method} --seed {seed}` (or `dvc repro distill@{method}-{seed}`)"
+    return StageError(f"{path} is missing; run {how} first")
+
+
+def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], class_names: list[str],
+             meta: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """metrics.json: one entry per attack (avg, worst, nsd, class_acc) and the run's context."""
+    out: dict[str, Any] = {
+        name: {"avg": s["avg"], "worst": s["worst"], "nsd": s["nsd"], "class_acc": s["class_acc"]}
+        for name, s in summaries.items()
+    }
+    out.update({
+        "model": model_id,
+        "n": int(records.y.shape[0]),
+        "eps": records.eps,
+        "eps_255": fraction_of_255(records.eps),
+        "cascade": records.cascade,
+        "nsd_ddof": 0,
+        "columns": records.names,
+        "class_names": class_names,
+        "seconds": {name: round(t, 3) for name, t in records.seconds.items()},
+        "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+    })
+    selection = {key: meta[key] for key in SELECTION_KEYS if key in meta}
+    if selection:
+        out["selection"] = selection
+    return out
 
 
 @click.command()
 @params_option
+@click.option("--model", "model_id", required=True, callback=parse_model_id, metavar="ID",
+              help="teacher, or <method>/seed<S> for the student models/students/<method>/seed<S>.pt.")
 @user_errors
-def evaluate(params_path: str) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("absld evaluate is not implemented yet")
+def evaluate(params_path: str, model_id: str) -> None:
+    """Attack one model and record, per test sample, whether it survives each attack.
+
+    ID is `teacher` (models/teacher.pt) or `<method>/seed<S>` (models/students/<method>/seed<S>.pt).
+    The model is evaluated on the first evaluate.n_samples test images in test-set order (all when
+    null), the same for every model, at eps = evaluate.eps, in eval mode: clean, then the attacks
+    of evaluate.attacks in order (METHOD.md §6) -- fgsm (one step of eps from x + gauss_std N(0, I)),
+    pgd (PGD-<steps> on CE from a uniform start, recorded as pgd<steps>, e.g. pgd20), cw (the PGD
+    loop on the CW margin with confidence kappa) and aa (AutoAttack through evaluate.aa.backend;
+    version custom with a short attack list is a cheap CPU stand-in, not the paper's number).
+
+    An attack only runs on clean-correct samples. evaluate.cascade false runs every attack on every
+    clean-correct sample; true runs each attack only on the samples that survived every earlier
+    one (faster; each column then means 'robust to this and all earlier attacks'). The column
+    worst (robust to every attack) is the same either way for fgsm, pgd and cw: their random
+    starts are drawn per sample from evaluate.seed, whatever the batch. AutoAttack seeds itself
+    with evaluate.seed on each call of evaluate.aa.batch_size samples, so its restarts depend on
+    which samples share a call. Forward passes use runtime.amp (bf16 autocast on CUDA), except
+    AutoAttack's, which run in float32 as the reference evaluations do.
+
+    \b
+    Writes (each directory replaced as a whole):
+      results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps
+      results/eval/ID/metrics.json  per attack: avg, worst, nsd (ddof 0), class_acc; n, eps,
+                                    cascade, seconds per attack, checkpoint sha256, selection
+      plots/eval/ID/<attack>.json   class-wise accuracy for DVC's bar_horizontal plots
+      plots/eval/ID/classwise.png   grouped bars, one group per class
+    and logs a class x attack table, one bar chart per attack and the summary to W&B.
+    """
+    params = load(params_path)
+    cfg = params.evaluate
+    checkpoint = model_checkpoint(model_id)
+    if not checkpoint.is_file():
+        raise _missing_checkpoint(model_id, checkpoint)
+    if model_id != "teacher":
+        method, _, seed = model_id.partition("/seed")
+        if method not in params.distill.methods or int(seed) not in params.seeds:
+            click.echo(f"note: {model_id} is not among distill.methods x seeds in {params_path} "
+                       "(DVC does not track its evaluation)")
+    rt = setup(params.runtime)
+    prepared = data_lib.load_prepared(data_dir(params))
+    num_classes, class_names = prepared.num_classes, prepared.class_names
+    _, labels = first_n(prepared.test_images, prepared.test_labels, cfg.n_samples)
+    empty = [class_names[k] for k in np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)]
+    if empty:
+        raise StageError(f"the first {len(labels)} test images (evaluate.n_samples) hold no image of class(es) "
+                         f"{', '.join(empty)}; raise evaluate.n_samples or set it to null (all)")
+
+    meta = checkpoint_meta(checkpoint)
+    model = load_checkpoint(checkpoint)
+    if model.num_classes != num_classes:
+        raise StageError(f"{checkpoint} predicts {model.num_classes} classes but {params.data.dataset} "
+                         f"has {num_classes}; evaluate it with the dataset it was trained on")
+    model = rt.to_device(model).eval().requires_grad_(False)
+
+    config = {"model": model_id, "study": params.study, "evaluate": cfg.model_dump(mode="json"),
+              "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+    with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
+        records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
+                                 num_classes=num_classes, desc=model_id)
+        summaries = summarize_records(records, num_classes, ddof=0)
+        metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint)
+
+        with atomic_dir(eval_dir(model_id)) as out:
+            write_npz(out / "records.npz", **records.arrays())
+            write_json(out / "metrics.json", metrics)
+        figures = eval_plots(model_id)
+        class_acc = {name: s["class_acc"] for name, s in summaries.items()}
+        with atomic_dir(figures) as out:
+            for name, accs in class_acc.items():
+                write_json(out / f"{name}.json",
+                           [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
+            plot_classwise(class_acc, class_names, out / "classwise.png",
+                           title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
+                                 f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
+
+        rows = [[c, *(class_acc[name][k] for name in records.names)] for k, c in enumerate(class_names)]
+        tracker.log_table("classwise", ["class", *records.names], rows)
+        for name in records.names:
+            tracker.log_bar(f"classwise/{name}", class_names, class_acc[name], title=f"{model_id} {name}")
+        tracker.log_image("classwise_png", str(figures / "classwise.png"))
+        tracker.summary({f"{name}/{key}": summaries[name][key]  # type: ignore[literal-required]
+                         for name in records.names for key in ("avg", "worst", "nsd")})
+        tracker.summary({f"seconds/{name}": t for name, t in records.seconds.items()})
+
+    mode = "cascade" if cfg.cascade else "every attack on every clean-correct sample"
+    click.echo(f"{model_id}: {len(records.y)} test images, eps {fraction_of_255(cfg.eps)}, {mode} "
+               f"-> {eval_dir(model_id) / 'records.npz'}")
+    for name, s in summaries.items():
+        worst_class = class_names[int(np.argmin(s["class_acc"]))]
+        seconds = f"{records.seconds[name]:8.1f}s" if name in records.seconds else ""
+        click.echo(f"  {name:<7} avg {s['avg']:7.2%}  worst {s['worst']:7.2%} ({worst_class})  "
+                   f"nsd {s['nsd']:.3f}{seconds}")
+    if metrics.get("selection", {}).get("selection_split") == "test":
+        click.echo("note: this checkpoint was selected on the test set (distill.select test_fair_best), "
+                   "like the reference code; its numbers are optimistic")

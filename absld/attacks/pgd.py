@@ -27,7 +27,11 @@ keep their ``.grad`` untouched. It never calls ``model.train()``/``model.eval()`
 chooses the mode (the distillation methods attack the student in eval mode, as the official code).
 It runs with gradients enabled even inside a caller's ``torch.no_grad()``, works under an
 enclosing ``torch.autocast`` (the loss is computed in float32) and with channels_last inputs.
-Random starts draw from the global torch RNG (the training loop saves/restores it for exact resume).
+Random starts draw from the global torch RNG (the training loop saves/restores it for exact resume),
+unless the caller passes ``noise``: standard draws of x's shape, U(-1, 1) for ``"uniform"``
+(start ``clamp(x + eps * noise)``) and N(0, 1) for ``"gaussian"`` (start ``x + gauss_std * noise``).
+The evaluation draws them per sample from a seeded generator, so that a sample's start does not
+depend on the batch it lands in.
 """
 
 from __future__ import annotations
@@ -75,12 +79,23 @@ def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.clamp(x_adv, lower, upper)
 
 
-def _start_point(x: Tensor, eps: float, start: Start, gauss_std: float) -> Tensor:
+def _start_point(x: Tensor, eps: float, start: Start, gauss_std: float, noise: Tensor | None) -> Tensor:
     if start == "uniform":
-        return torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps), 0.0, 1.0)
+        offset = torch.empty_like(x).uniform_(-eps, eps) if noise is None else eps * noise
+        return torch.clamp(x + offset, 0.0, 1.0)
     if start == "gaussian":
-        return x + gauss_std * torch.randn_like(x)
+        unit = torch.randn_like(x) if noise is None else noise
+        return x + gauss_std * unit
     return x.clone()
+
+
+def _check_noise(noise: Tensor, x: Tensor, start: Start) -> Tensor:
+    """``noise`` as x's device and dtype; it must have x's shape and a random start to feed."""
+    if start == "none":
+        raise AttackError('noise is only used by a random start; pass start="uniform" or "gaussian".')
+    if noise.shape != x.shape:
+        raise AttackError(f"noise must have the shape of x, {tuple(x.shape)}; got {tuple(noise.shape)}.")
+    return noise.detach().to(device=x.device, dtype=x.dtype)
 
 
 def pgd(
@@ -94,6 +109,7 @@ def pgd(
     start: Start,
     gauss_std: float = 0.001,
     on_logits: Callable[[Tensor], None] | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Maximise ``loss_fn(model(x'))`` over the L-inf ball of radius ``eps`` around ``x``.
 
@@ -108,6 +124,9 @@ def pgd(
         gauss_std: standard deviation of the ``"gaussian"`` start (0.001 in the official code).
         on_logits: called with the (detached) logits of every step's x' before its update, e.g.
             to count how many steps a sample stays correctly classified (Fair-ARD's kappa).
+        noise: standard draws with x's shape to use instead of the global RNG: U(-1, 1) for the
+            ``"uniform"`` start (``x + eps * noise``, clamped), N(0, 1) for ``"gaussian"``
+            (``x + gauss_std * noise``); None draws them from the global RNG.
 
     Returns:
         The detached adversarial inputs, same shape, dtype and device as ``x``.
@@ -122,8 +141,10 @@ def pgd(
         raise AttackError("pgd needs autograd: call it outside torch.inference_mode() (torch.no_grad() is fine).")
 
     x = x.detach()
+    if noise is not None:
+        noise = _check_noise(noise, x, start)
     lower, upper = _feasible_box(x, eps)  # computed once, used by every step
-    x_adv = _start_point(x, eps, start, gauss_std).detach()
+    x_adv = _start_point(x, eps, start, gauss_std, noise).detach()
     if steps == 0:
         return torch.clamp(x_adv, lower, upper)
 

@@ -1,0 +1,320 @@
+"""Specification of the evaluation: per-sample random starts, the attack cascade, the records contract.
+
+A tiny CNN (absld's ``tiny_cnn``) is trained for a second or two with plain CE on the fixtures'
+learnable synthetic images, so that clean accuracy is high and robust accuracy mid-range: the
+attacks have something to break, and something to leave.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from click.testing import CliRunner
+from torch import Tensor, nn
+
+from absld.attacks import AttackError, ce_loss, pgd
+from absld.config import EvaluateConfig, RuntimeConfig, deep_merge, read_yaml
+from absld.evaluate import Records, evaluate_model, record_names, start_noise, summarize_records
+from absld.models import build_model
+from absld.runtime import Runtime, setup
+from pipeline.cli import main
+from tests.conftest import REPO
+from tests.fixtures import synthetic_images, write_cifar10
+
+EPS = 8 / 255
+N_CLASSES = 10
+IMAGE_SHAPE = (3, 16, 16)
+TEST_PER_CLASS = 16
+ATTACKS_WITHOUT_AA = ["fgsm", "pgd", "cw"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread for this module: tiny models gain nothing from more, and on a shared CPU
+    two spinning threads made AutoAttack 10-80x slower (oversubscription)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    """Replaces conftest's per-test two threads by the module's one (see ``_one_thread``)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    model: nn.Module  # trained tiny_cnn, eval mode
+    images: np.ndarray  # (N, 3, 16, 16) uint8 test images
+    labels: np.ndarray  # (N,) int64
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    rng = np.random.default_rng(0)
+    train_labels = rng.integers(0, N_CLASSES, 2000)
+    train_images = torch.as_tensor(synthetic_images(train_labels, IMAGE_SHAPE, seed=1)).float() / 255
+    test_labels = rng.permutation(np.repeat(np.arange(N_CLASSES), TEST_PER_CLASS))
+    test_images = synthetic_images(test_labels, IMAGE_SHAPE, seed=2)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", num_classes=N_CLASSES, in_channels=3)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    targets = torch.as_tensor(train_labels)
+    for _ in range(150):
+        index = torch.randint(0, len(targets), (128,))
+        loss = F.cross_entropy(model(train_images[index]), targets[index])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return Task(model.eval().requires_grad_(False), test_images, test_labels.astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def rt() -> Runtime:
+    return setup(RuntimeConfig(device="cpu", progress=False))
+
+
+def config(**changes: object) -> EvaluateConfig:
+    base = {"batch_size": 64, "eps": "8/255", "seed": 0, "attacks": ATTACKS_WITHOUT_AA,
+            "pgd": {"step": "2/255", "steps": 20}, "cw": {"step": "2/255", "steps": 20},
+            "aa": {"version": "custom", "attacks": ["apgd-ce"], "batch_size": 80}}
+    return EvaluateConfig.model_validate({**base, **changes})
+
+
+def run(task: Task, rt: Runtime, cfg: EvaluateConfig, **kwargs: object) -> Records:
+    return evaluate_model(task.model, task.images, task.labels, rt, cfg, num_classes=N_CLASSES, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def full_run(task: Task, rt: Runtime) -> Records:
+    """Every attack on every clean-correct sample (fgsm, pgd20, cw)."""
+    return run(task, rt, config(cascade=False))
+
+
+# ---------------------------------------------------------------- the noise keyword of pgd
+
+
+def test_pgd_noise_gives_the_uniform_start_x_plus_eps_noise() -> None:
+    x = torch.rand(4, *IMAGE_SHAPE)
+    noise = torch.rand(4, *IMAGE_SHAPE) * 2 - 1
+    model = build_model("tiny_cnn", num_classes=N_CLASSES).eval()
+    start = pgd(model, x, ce_loss(torch.zeros(4, dtype=torch.long)), eps=EPS, step=0.0, steps=0,
+                start="uniform", noise=noise)
+    assert torch.allclose(start, torch.clamp(x + EPS * noise, 0, 1))
+
+
+def test_pgd_noise_gives_the_gaussian_start_x_plus_std_noise_and_leaves_the_global_rng_alone() -> None:
+    x = torch.rand(4, *IMAGE_SHAPE)
+    noise = torch.randn(4, *IMAGE_SHAPE)
+    model = build_model("tiny_cnn", num_classes=N_CLASSES).eval()
+    rng_before = torch.get_rng_state()
+    start = pgd(model, x, ce_loss(torch.zeros(4, dtype=torch.long)), eps=EPS, step=0.0, steps=0,
+                start="gaussian", gauss_std=0.01, noise=noise)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    lower, upper = torch.clamp(x - EPS, min=0), torch.clamp(x + EPS, max=1)
+    assert torch.allclose(start, torch.clamp(x + 0.01 * noise, lower, upper))
+
+
+def test_pgd_with_the_same_noise_ignores_the_global_seed(task: Task) -> None:
+    x = torch.as_tensor(task.images[:32]).float() / 255
+    y = torch.as_tensor(task.labels[:32])
+    noise = torch.rand_like(x) * 2 - 1
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outputs.append(pgd(task.model, x, ce_loss(y), eps=EPS, step=2 / 255, steps=5, start="uniform",
+                           noise=noise))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize(("start", "shape"), [("none", (4, *IMAGE_SHAPE)), ("uniform", (3, *IMAGE_SHAPE))])
+def test_pgd_rejects_noise_it_cannot_use(start: str, shape: tuple[int, ...]) -> None:
+    model = build_model("tiny_cnn", num_classes=N_CLASSES).eval()
+    with pytest.raises(AttackError, match="noise"):
+        pgd(model, torch.rand(4, *IMAGE_SHAPE), ce_loss(torch.zeros(4, dtype=torch.long)), eps=EPS,
+            step=EPS, steps=1, start=start, noise=torch.zeros(shape))  # type: ignore[arg-type]
+
+
+def test_start_noise_is_a_pure_function_of_seed_and_attack() -> None:
+    shape = (5, *IMAGE_SHAPE)
+    uniform = start_noise("uniform", shape, seed=0, name="pgd20")
+    assert torch.equal(uniform, start_noise("uniform", shape, seed=0, name="pgd20"))
+    assert not torch.equal(uniform, start_noise("uniform", shape, seed=1, name="pgd20"))
+    assert not torch.equal(uniform, start_noise("uniform", shape, seed=0, name="cw"))
+    assert uniform.min() >= -1 and uniform.max() <= 1
+
+
+# ---------------------------------------------------------------- attacks and records
+
+
+def test_every_attack_stays_in_the_eps_ball_and_the_unit_box(task: Task, rt: Runtime) -> None:
+    seen: dict[str, int] = {}
+
+    def check(name: str, positions: Tensor, x: Tensor, x_adv: Tensor) -> None:
+        assert x_adv.shape == x.shape and positions.shape == (x.shape[0],)
+        assert (x_adv - x).abs().max().item() <= EPS + 1e-6, name
+        assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0, name
+        seen[name] = seen.get(name, 0) + x.shape[0]
+
+    records = run(task, rt, config(attacks=["fgsm", "pgd", "cw", "aa"]), on_adversarial=check)
+    n_clean = int(records.correct["clean"].sum())
+    assert seen == {"clean": len(task.labels), "fgsm": n_clean, "pgd20": n_clean, "cw": n_clean, "aa": n_clean}
+
+
+def test_records_have_one_column_per_attack_in_order_and_time_each(full_run: Records) -> None:
+    assert list(full_run.correct) == ["clean", "fgsm", "pgd20", "cw", "worst"]
+    assert list(full_run.correct) == record_names(config())
+    assert set(full_run.seconds) == {"clean", "fgsm", "pgd20", "cw"}
+    assert all(t >= 0 for t in full_run.seconds.values())
+
+
+def test_records_cover_the_first_n_test_images_in_test_order(task: Task, rt: Runtime) -> None:
+    records = run(task, rt, config(n_samples=50, attacks=["fgsm"]))
+    assert np.array_equal(records.index, np.arange(50))
+    assert np.array_equal(records.y, task.labels[:50])
+
+
+def test_robust_accuracy_never_exceeds_clean_accuracy_sample_wise(full_run: Records) -> None:
+    clean = full_run.correct["clean"]
+    assert 0.8 < clean.mean(), "the tiny task should be learnt"
+    for name, correct in full_run.correct.items():
+        assert not np.any(correct & ~clean), name
+        assert not np.any(full_run.correct["worst"] & ~correct), name
+
+
+def test_pgd20_is_at_least_as_strong_as_fgsm(full_run: Records) -> None:
+    fgsm, pgd20 = full_run.correct["fgsm"].mean(), full_run.correct["pgd20"].mean()
+    assert 0.1 < pgd20 < full_run.correct["clean"].mean(), "robust accuracy should sit mid-range"
+    assert pgd20 <= fgsm + 0.01
+
+
+def test_cascade_gives_the_same_worst_case_and_running_intersections(task: Task, rt: Runtime,
+                                                                     full_run: Records) -> None:
+    cascade = run(task, rt, config(cascade=True))
+    assert np.array_equal(cascade.correct["worst"], full_run.correct["worst"])
+    running = full_run.correct["clean"].copy()
+    for name in ("fgsm", "pgd20", "cw"):
+        running &= full_run.correct[name]
+        assert np.array_equal(cascade.correct[name], running), name
+
+
+def test_a_sample_start_does_not_depend_on_its_batch(task: Task, rt: Runtime, full_run: Records) -> None:
+    other_batches = run(task, rt, config(batch_size=23))
+    for name, correct in full_run.correct.items():
+        assert np.array_equal(other_batches.correct[name], correct), name
+
+
+def test_same_seed_gives_identical_records(task: Task, rt: Runtime) -> None:
+    cfg = config(attacks=["fgsm", "pgd", "cw", "aa"], n_samples=80)
+    torch.manual_seed(1)
+    first = run(task, rt, cfg)
+    torch.manual_seed(2)  # only evaluate.seed may matter
+    second = run(task, rt, cfg)
+    assert first.correct.keys() == second.correct.keys()
+    for name in first.correct:
+        assert np.array_equal(first.correct[name], second.correct[name]), name
+
+
+def test_records_arrays_follow_the_contract(full_run: Records) -> None:
+    arrays = full_run.arrays()
+    assert list(arrays) == ["index", "y", "correct_clean", "correct_fgsm", "correct_pgd20", "correct_cw",
+                            "correct_worst", "eps"]
+    assert arrays["index"].dtype == np.int64 and arrays["y"].dtype == np.int64
+    assert all(arrays[k].dtype == np.bool_ for k in arrays if k.startswith("correct_"))
+    assert arrays["eps"].shape == () and float(arrays["eps"]) == pytest.approx(EPS)
+
+
+def test_summaries_give_avg_worst_nsd_and_class_accuracies(full_run: Records) -> None:
+    summaries = summarize_records(full_run, N_CLASSES)
+    pgd20 = summaries["pgd20"]
+    assert pgd20["avg"] == pytest.approx(full_run.correct["pgd20"].mean())
+    assert pgd20["worst"] == pytest.approx(min(pgd20["class_acc"])) and len(pgd20["class_acc"]) == N_CLASSES
+    assert pgd20["ddof"] == 0
+
+
+def test_model_in_training_mode_is_rejected(task: Task, rt: Runtime) -> None:
+    model = build_model("tiny_cnn", num_classes=N_CLASSES).train()
+    with pytest.raises(ValueError, match="eval mode"):
+        evaluate_model(model, task.images, task.labels, rt, config(), num_classes=N_CLASSES)
+
+
+def test_model_with_the_wrong_number_of_classes_is_rejected(task: Task, rt: Runtime) -> None:
+    model = build_model("tiny_cnn", num_classes=N_CLASSES + 1).eval()
+    with pytest.raises(ValueError, match=f"{N_CLASSES} classes"):
+        evaluate_model(model, task.images, task.labels, rt, config(), num_classes=N_CLASSES)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def invoke(*args: str):  # noqa: ANN201 - click's Result
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scratch project on the tiny profile: prepare, teacher, evaluate --model teacher."""
+    root = tmp_path_factory.mktemp("project")
+    write_cifar10(root / "fixture")
+    params = deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "profiles" / "tiny.yaml"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert invoke("prepare").exit_code == 0
+        assert invoke("teacher").exit_code == 0
+        result = invoke("evaluate", "--model", "teacher")
+        assert result.exit_code == 0, result.output
+        yield root
+
+
+def test_evaluate_stage_writes_records_as_the_contract(evaluated_project: Path) -> None:
+    params = read_yaml(evaluated_project / "params.yaml")
+    n = params["evaluate"]["n_samples"]
+    with np.load(evaluated_project / "results/eval/teacher/records.npz") as records:
+        names = ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
+        assert sorted(records.files) == sorted(["index", "y", "eps", *(f"correct_{a}" for a in names)])
+        assert records["index"].dtype.kind == "i" and np.array_equal(records["index"], np.arange(n))
+        test_labels = np.load(evaluated_project / "data/cifar10/test_labels.npy")
+        assert np.array_equal(records["y"], test_labels[:n])
+        for name in names:
+            assert records[f"correct_{name}"].dtype == np.bool_ and records[f"correct_{name}"].shape == (n,)
+        assert records["eps"].shape == () and float(records["eps"]) == pytest.approx(EPS)
+        worst = records["correct_worst"]
+        assert all(not np.any(worst & ~records[f"correct_{a}"]) for a in names)
+
+
+def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path) -> None:
+    metrics = json.loads((evaluated_project / "results/eval/teacher/metrics.json").read_text())
+    assert metrics["n"] == 40 and metrics["cascade"] is False and metrics["eps"] == pytest.approx(EPS)
+    assert set(metrics["seconds"]) == {"clean", "fgsm", "pgd3", "cw", "aa"}
+    assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd3"])
+    plots = evaluated_project / "plots/eval/teacher"
+    bars = json.loads((plots / "aa.json").read_text())
+    assert [bar["class"] for bar in bars][:2] == ["airplane", "automobile"]
+    assert [bar["accuracy"] for bar in bars] == metrics["aa"]["class_acc"]
+    assert (plots / "classwise.png").stat().st_size > 0
+
+
+def test_bad_model_id_is_a_one_line_usage_error() -> None:
+    result = CliRunner().invoke(main, ["evaluate", "--model", "absld/0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "'teacher'" in error[0] and "<method>/seed<S>" in error[0] and "absld" in error[0]
+
+
+def test_missing_checkpoint_names_the_stage_to_run(evaluated_project: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(evaluated_project)
+    result = invoke("evaluate", "--model", "rslad/seed0")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "models/students/rslad/seed0.pt is missing" in result.output
+    assert "absld distill --method rslad --seed 0" in result.output
