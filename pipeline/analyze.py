@@ -1,15 +1,240 @@
-"""``absld analyze``: work in progress."""
+"""``absld analyze``: fairness statistics over every evaluated model -> fairness.json, tables, report, plots."""
 
 from __future__ import annotations
 
-import click
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
 
-from .common import params_option, user_errors
+import click
+import numpy as np
+import yaml
+
+from absld import report as rep
+from absld.config import Params, fraction_of_255
+from absld.fairness import STATISTICS
+from absld.io import atomic_dir, write_text
+from absld.plots import plot_class_accuracy, plot_fairness_tradeoff, plot_temperatures
+from absld.tracking import Tracker
+
+from .common import (
+    ANALYSIS_DIR, ANALYSIS_PLOTS, FAIRNESS_JSON, PUBLISHED, StageError, data_dir, distill_results, eval_dir, load,
+    params_option, student_id, user_errors,
+)
+
+COMPARISONS_JSON = ANALYSIS_DIR / "comparisons.json"
+"""Seed summaries, paired tests and the analysis meta (fairness.json keeps exactly its contract)."""
+TABLE_MD = ANALYSIS_DIR / "table.md"
+TABLE_TEX = ANALYSIS_DIR / "table.tex"
+TABLE_CSV = ANALYSIS_DIR / "table.csv"
+REPORT_MD = ANALYSIS_DIR / "report.md"
+SELECTION_KEYS = ("select", "selected_epoch", "selection_split")
+
+
+def dumps_strict(obj: Any) -> str:
+    """Strict JSON (NaN/inf -> null), as every reader of the metrics files expects."""
+    return json.dumps(rep.json_safe(obj), indent=2, allow_nan=False) + "\n"
+
+
+def class_names_of(params: Params) -> list[str]:
+    """Class names from data/<dataset>/manifest.json (the arrays are not loaded)."""
+    manifest = data_dir(params) / "manifest.json"
+    if not manifest.is_file():
+        raise StageError(f"{manifest} is missing; run `dvc repro prepare` (or `absld prepare`)")
+    names = json.loads(manifest.read_text()).get("class_names")
+    if not names:
+        raise StageError(f"{manifest} has no class_names; re-run `absld prepare`")
+    return [str(n) for n in names]
+
+
+def evaluate_stage(model: str) -> str:
+    """The DVC stage that writes results/eval/<model> (dvc.yaml's names)."""
+    if model == "teacher":
+        return "evaluate-teacher"
+    method, _, seed = model.partition("/seed")
+    return f"evaluate@{method}-{seed}"
+
+
+def selection_meta(model: str, method: str, seed: int) -> dict[str, Any] | None:
+    """The checkpoint's selection meta (select, selected_epoch, selection_split): from
+    results/eval/<model>/metrics.json (its ``selection`` entry), else the distill stage's metrics.json."""
+    for path in (eval_dir(model) / "metrics.json", distill_results(method, seed) / "metrics.json"):
+        if not path.is_file():
+            continue
+        meta = json.loads(path.read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("selection"), dict):
+            meta = meta["selection"]
+        if isinstance(meta, dict) and "select" in meta:
+            return {k: meta.get(k) for k in SELECTION_KEYS}
+    return None
+
+
+def read_temperatures(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @click.command()
 @params_option
 @user_errors
 def analyze(params_path: str) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("absld analyze is not implemented yet")
+    """Class-wise robustness of the teacher and every student, with intervals and paired tests.
+
+    Reads results/eval/<model>/records.npz of the teacher and of every <method>/seed<S> in
+    distill.methods x seeds (all evaluated on the same samples), and writes results/fairness.json
+    (Avg, Worst, NSD, class accuracies and stratified bootstrap intervals per model and attack),
+    results/comparisons.json (seed summaries; McNemar and paired permutation tests of
+    analyze.reference against every other method, Holm-corrected), the paper-style table
+    (results/table.md, .tex, .csv, with published numbers from references/published.yaml where they
+    exist), results/report.md and figures in plots/analyze/. Prints the markdown table.
+    """
+    params = load(params_path)
+    cfg = params.analyze
+    methods, seeds = list(params.distill.methods), list(params.seeds)
+    groups = {m: {s: student_id(m, s) for s in seeds} for m in methods}
+    models = ["teacher"] + [groups[m][s] for m in methods for s in seeds]
+
+    missing = [m for m in models if not (eval_dir(m) / "records.npz").is_file()]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        stages = " ".join(evaluate_stage(m) for m in missing[:6])
+        raise StageError(f"not evaluated yet: {shown} (no results/eval/<model>/records.npz); run "
+                         f"`dvc repro {stages}`{' ...' if len(missing) > 6 else ''} or `dvc repro analyze`")
+    class_names = class_names_of(params)
+    published_raw = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
+
+    try:
+        records = rep.load_evaluations({m: eval_dir(m) / "records.npz" for m in models})
+        fairness = rep.fairness_table(records, len(class_names), cfg)
+        seed_stats = rep.seed_summaries(fairness, groups, cfg.confidence)
+        comparisons = rep.compare_to_reference(records, groups, len(class_names), cfg)
+        published = applicable(rep.published_numbers(published_raw, params.data.dataset), params)
+    except rep.ReportError as exc:
+        raise StageError(str(exc)) from None
+
+    first = records["teacher"]
+    attacks, n_samples, eps = first.attacks, first.n, first.eps
+    metas = {groups[m][s]: selection_meta(groups[m][s], m, s) for m in methods for s in seeds}
+    selection = rep.describe_selection(metas, fallback=params.distill.select)
+    caption = rep.table_caption(dataset=params.data.dataset, n_samples=n_samples, eps=eps, ddof=cfg.nsd_ddof,
+                                confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
+                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), cascade=params.evaluate.cascade)
+    table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published)
+    table_md = rep.table_markdown(table)
+    configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,
+                                               n_samples=n_samples, eps=eps, attacks=attacks, seeds=seeds,
+                                               selection=selection)
+    tests_md = rep.findings_markdown(comparisons, n_samples)
+
+    write_text(FAIRNESS_JSON, dumps_strict(fairness))
+    write_text(COMPARISONS_JSON, dumps_strict({
+        "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models, "attacks": attacks,
+                 "n_samples": n_samples, "eps": eps, "eps_255": fraction_of_255(eps), "nsd_ddof": cfg.nsd_ddof,
+                 "confidence": cfg.confidence, "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed,
+                 "selection": metas, "selection_rule": selection, "configuration": configuration},
+        "seed_summary": seed_stats,
+        "comparisons": comparisons,
+    }))
+    write_text(TABLE_MD, table_md)
+    write_text(TABLE_TEX, rep.table_latex(table))
+    write_text(TABLE_CSV, rep.table_csv(table))
+
+    figures = _write_figures(params, fairness, seed_stats, groups, class_names, attacks)
+    figure_links = [(caption_, os.path.relpath(ANALYSIS_PLOTS / name, ANALYSIS_DIR)) for caption_, name in figures]
+    dataset = rep.dataset_label(params.data.dataset)
+    intro = (f"Study `{params.study}`: the teacher and {len(methods)} method(s) x {len(seeds)} seed(s), every "
+             f"model evaluated on the same {n_samples} {dataset} test images at L∞ eps = {fraction_of_255(eps)}. "
+             "Generated by `absld analyze` from results/eval/; do not edit by hand.")
+    write_text(REPORT_MD, rep.markdown_report(
+        title=f"{rep.method_label(cfg.reference)} and its baselines: class-wise robustness on {dataset}",
+        intro=intro, table_md=table_md, tests_md=tests_md, figures=figure_links, configuration=configuration,
+        seeds_md=rep.seed_markdown(seed_stats, attacks, cfg.confidence),
+        notes=[rep.interval_note(rep.intervals_excluding_the_estimate(fairness),
+                                 int(np.bincount(first.y, minlength=len(class_names)).min()))]))
+
+    _track(params, fairness, models, [name for _, name in figures])
+    click.echo(table_md, nl=False)
+
+
+def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, groups: dict[str, dict[int, str]],
+                   class_names: list[str], attacks: list[str]) -> list[tuple[str, str]]:
+    """Write every PNG of plots/analyze/ afresh (stale figures go); return (caption, file name) pairs."""
+    attack_cols = [(a, rep.attack_label(a)) for a in attacks]
+    rows: list[tuple[str, str | None, list[str]]] = [("Teacher", None, ["teacher"])]
+    rows += [(rep.method_label(m), m, list(by_seed.values())) for m, by_seed in groups.items()]
+    class_acc = {label: {a: [sum(fairness[m][a]["class_acc"][k] for m in ms) / len(ms)
+                             for k in range(len(class_names))] for a in attacks}
+                 for label, _, ms in rows}
+    points: dict[str, dict[str, Any]] = {}
+    for label, method, ms in rows:
+        points[label] = {}
+        for a in attacks:
+            if len(ms) == 1:  # one model: bootstrap intervals
+                entry = fairness[ms[0]][a]
+                points[label][a] = (entry["avg"], tuple(entry["avg_ci"]), entry["nsd"], tuple(entry["nsd_ci"]))
+            else:  # several seeds: mean and t-interval over seeds
+                avg, nsd = seed_stats[method][a]["avg"], seed_stats[method][a]["nsd"]
+                points[label][a] = (avg["mean"], tuple(avg["ci"]), None if nsd is None else nsd["mean"],
+                                    None if nsd is None else tuple(nsd["ci"]))
+    dataset = rep.dataset_label(params.data.dataset)
+    several = len(params.seeds) > 1
+    seeds_note = f", mean over {len(params.seeds)} seeds" if several else ""
+    figures = [
+        (f"Class-wise accuracy per attack ({dataset}{seeds_note})", "class_accuracy.png"),
+        (f"NSD against Avg per attack ({dataset}; error bars: "
+         f"{'t-intervals over seeds' if several else 'bootstrap intervals'})", "tradeoff.png"),
+    ]
+    with atomic_dir(ANALYSIS_PLOTS) as tmp:
+        plot_class_accuracy(class_names, class_acc, attack_cols, tmp / "class_accuracy.png",
+                            title=f"Class-wise accuracy on {dataset}{seeds_note}")
+        plot_fairness_tradeoff(points, attack_cols, tmp / "tradeoff.png",
+                               title=f"Accuracy against class-wise unfairness on {dataset}")
+        if "absld" in groups:
+            for seed in groups["absld"]:
+                csv_path = distill_results("absld", seed) / "temperatures.csv"
+                if not csv_path.is_file():
+                    continue
+                name = f"temperatures_absld_seed{seed}.png"
+                plot_temperatures(read_temperatures(csv_path), class_names, tmp / name,
+                                  title=f"ABSLD class-wise temperatures ({dataset}, seed {seed})")
+                figures.append((f"ABSLD class-wise temperatures per epoch (seed {seed})", name))
+    return figures
+
+
+def _track(params: Params, fairness: rep.Fairness, models: list[str], figure_names: list[str]) -> None:
+    """The summary table, headline numbers and figures in the stage's W&B run."""
+    config = {"study": params.study, "dataset": params.data.dataset, "seeds": list(params.seeds),
+              "methods": list(params.distill.methods), "select": params.distill.select,
+              "evaluate": params.evaluate.model_dump(mode="json"), "analyze": params.analyze.model_dump(mode="json")}
+    columns = ["model", "attack"] + [f"{s}{suffix}" for s in STATISTICS for suffix in ("", "_lo", "_hi")]
+    rows: list[list[Any]] = []
+    summary: dict[str, Any] = {}
+    for model in models:
+        for attack, entry in fairness[model].items():
+            row: list[Any] = [model, attack]
+            for stat in STATISTICS:
+                row += [entry[stat], *entry[f"{stat}_ci"]]  # type: ignore[literal-required]
+                summary[f"{model}/{attack}/{stat}"] = entry[stat]  # type: ignore[literal-required]
+            rows.append(rep.json_safe(row))
+    with Tracker(params, "analyze", config=config) as tracker:
+        tracker.log_table("fairness_table", columns, rows)
+        tracker.summary(rep.json_safe(summary))
+        for name in figure_names:
+            tracker.log_image(f"analyze/{Path(name).stem}", str(ANALYSIS_PLOTS / name))
+
+
+def applicable(published: dict[str, rep.Published], params) -> dict[str, rep.Published]:
+    """Published numbers that describe the models of this study: the teacher's only when it was
+    imported (not trained here), and any entry only for the architecture it was published for."""
+    ours = {"teacher": params.teacher.model.arch}
+    ours.update({m: params.distill.student.arch for m in params.distill.methods})
+    keep = {}
+    for key, entry in published.items():
+        if key == "teacher" and params.teacher.source == "train":
+            continue
+        if entry.arch is not None and ours.get(key) != entry.arch:
+            continue
+        keep[key] = entry
+    return keep

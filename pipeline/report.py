@@ -1,15 +1,96 @@
-"""``absld report``: work in progress."""
+"""``absld report [--publish]``: the W&B report of the study, from results/fairness.json."""
 
 from __future__ import annotations
 
+import json
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
 import click
 
-from .common import params_option, user_errors
+from absld import report as rep
+
+from .analyze import COMPARISONS_JSON, TABLE_MD
+from .common import FAIRNESS_JSON, StageError, data_dir, load, params_option, user_errors
+
+
+def wandb_credentials_available() -> bool:
+    """Whether a W&B API key can be found without the network: ``WANDB_API_KEY`` (or an identity
+    token file), else a ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``wandb login`` writes it)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
 
 
 @click.command()
 @params_option
+@click.option("--publish", is_flag=True,
+              help="Upload the report to W&B (needs WANDB_API_KEY or `wandb login`); without it, print its outline.")
 @user_errors
-def report(params_path: str) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("absld report is not implemented yet")
+def report(params_path: str, publish: bool) -> None:
+    """Build the W&B report of the study from results/fairness.json (written by `absld analyze`).
+
+    The report holds the results table (results/table.md), the paired tests in words
+    (results/comparisons.json), bar panels per attack over the study's evaluate runs, ABSLD's
+    temperature curves from its distill runs, the analyze run's summary table and the configuration.
+    Without --publish the report's outline is printed and nothing leaves the machine; with --publish
+    it is saved to wandb.project (wandb.entity, or your default entity). Writes no files.
+    """
+    params = load(params_path)
+    if not FAIRNESS_JSON.is_file():
+        raise StageError(f"{FAIRNESS_JSON} is missing; run `absld analyze` (or `dvc repro analyze`) first")
+    fairness = json.loads(FAIRNESS_JSON.read_text())
+    if not fairness:
+        raise StageError(f"{FAIRNESS_JSON} holds no models; run `absld analyze` again")
+    extra = json.loads(COMPARISONS_JSON.read_text()) if COMPARISONS_JSON.is_file() else {}
+    meta = extra.get("meta", {})
+    attacks = rep.order_attacks(list(next(iter(fairness.values()))))
+    class_names = meta.get("class_names")
+    manifest = data_dir(params) / "manifest.json"
+    if class_names is None and manifest.is_file():
+        class_names = json.loads(manifest.read_text()).get("class_names")
+    tests_md = rep.findings_markdown(extra["comparisons"], meta.get("n_samples")) if "comparisons" in extra else None
+
+    entity = params.wandb.entity
+    if publish:
+        if not wandb_credentials_available():
+            raise StageError("no W&B API key: set WANDB_API_KEY or run `wandb login`, then `absld report --publish`")
+        if entity is None:
+            entity = _default_entity()
+    wandb_report = rep.build_wandb_report(
+        params.wandb.project, entity, params.study, fairness, attacks, class_names=class_names,
+        reference=params.analyze.reference, table_md=TABLE_MD.read_text() if TABLE_MD.is_file() else None,
+        tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
+    )
+    if not publish:
+        click.echo(rep.report_outline(wandb_report))
+        click.echo("(not published: `absld report --publish` uploads it)")
+        return
+    try:
+        wandb_report.save()
+    except Exception as exc:  # noqa: BLE001 - any failure of the upload is one line for the user
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StageError(f"W&B did not save the report ({type(exc).__name__}: {message})") from None
+    click.echo(f"published: {wandb_report.url}")
+
+
+def _default_entity() -> str:
+    """The logged-in user's default W&B entity (a network call)."""
+    import wandb
+
+    try:
+        entity = wandb.Api().default_entity
+    except Exception as exc:  # noqa: BLE001
+        raise StageError(f"cannot reach W&B to find your default entity ({type(exc).__name__}); "
+                         "set wandb.entity in params.yaml") from None
+    if not entity:
+        raise StageError("W&B reports no default entity for this key; set wandb.entity in params.yaml")
+    return str(entity)

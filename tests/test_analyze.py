@@ -1,0 +1,412 @@
+"""The analyze stage on synthetic records: fairness.json, tests, tables, report and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from absld import report as rep
+from absld.config import AnalyzeConfig, read_yaml
+from pipeline.cli import main
+from tests.conftest import REPO
+from tests.fixtures import CIFAR10_NAMES
+
+ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+PER_CLASS = 20
+NUM_CLASSES = len(CIFAR10_NAMES)
+FAST = {"n_bootstrap": 200, "n_permutations": 500}
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic projects
+def labels(per_class: int = PER_CLASS, num_classes: int = NUM_CLASSES, seed: int = 0) -> np.ndarray:
+    """(N,) labels, every class ``per_class`` times, in a fixed shuffled order."""
+    y = np.repeat(np.arange(num_classes), per_class)
+    return np.random.default_rng(seed).permutation(y)
+
+
+def first_correct(y: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Correct on the first ``counts[k]`` samples of class k (in index order), wrong elsewhere."""
+    correct = np.zeros(len(y), dtype=bool)
+    for k, count in enumerate(counts):
+        correct[np.flatnonzero(y == k)[:count]] = True
+    return correct
+
+
+def random_correct(y: np.ndarray, p: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(len(y)) < p
+
+
+def write_records(root: Path, model: str, y: np.ndarray, correct: Mapping[str, np.ndarray], *,
+                  index: np.ndarray | None = None, eps: float = 8 / 255) -> Path:
+    """results/eval/<model>/records.npz as the evaluate stage writes it (``correct_worst`` = AND)."""
+    folder = root / "results" / "eval" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    worst = np.logical_and.reduce([correct[a] for a in correct])
+    arrays = {f"correct_{a}": np.asarray(c, dtype=bool) for a, c in correct.items()}
+    np.savez(folder / "records.npz", index=np.arange(len(y)) if index is None else index, y=y, eps=np.float64(eps),
+             correct_worst=worst, **arrays)
+    return folder / "records.npz"
+
+
+def write_params(root: Path, **changes: object) -> None:
+    """The repository's params.yaml with dotted-key changes."""
+    params = read_yaml(REPO / "params.yaml")
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def write_manifest(root: Path, dataset: str = "cifar10", names: Sequence[str] = CIFAR10_NAMES) -> None:
+    folder = root / "data" / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"class_names": list(names), "num_classes": len(names)}))
+
+
+def write_temperatures(root: Path, seed: int = 0, epochs: int = 4) -> None:
+    folder = root / "results" / "distill" / "absld" / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta"]
+    for epoch in range(1, epochs + 1):
+        for k in range(NUM_CLASSES):
+            tau = 1.0 + 0.05 * epoch * (k - 4.5) / 4.5
+            lines.append(f"{epoch},{k},{tau:.4f},{1 + (tau - 1) / 2:.4f},{0.5 + 0.01 * k},{0.3},{0.1}")
+    (folder / "temperatures.csv").write_text("\n".join(lines) + "\n")
+
+
+def write_selection(root: Path, model: str, select: str = "val_fair_best", epoch: int = 3) -> None:
+    folder = root / "results" / "eval" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    selection = {"select": select, "selected_epoch": epoch, "selection_split": "validation"}
+    (folder / "metrics.json").write_text(json.dumps({"n": 200, "selection": selection}))  # as evaluate writes it
+
+
+def teacher_correct(y: np.ndarray) -> dict[str, np.ndarray]:
+    """Clean: class k right on its first 10 + k samples (acc_k = (10 + k) / 20); attacks at random."""
+    out = {"clean": first_correct(y, [10 + k for k in range(NUM_CLASSES)])}
+    out.update({a: random_correct(y, 0.5, seed=i) for i, a in enumerate(ATTACKS[1:], start=1)})
+    return out
+
+
+def better_and_worse(y: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """ABSLD-like and RSLAD-like records: the second is the first with extra errors under AA, and
+    never right on class 3 (cat) under AA: a clearly better reference."""
+    good = {a: random_correct(y, 0.8 if a == "clean" else 0.6, seed=10 + i) for i, a in enumerate(ATTACKS)}
+    bad = {a: c.copy() for a, c in good.items()}
+    bad["aa"] = good["aa"] & random_correct(y, 0.6, seed=99) & (y != 3)
+    return good, bad
+
+
+def make_project(root: Path, methods: Sequence[str] = ("absld", "rslad"), seeds: Sequence[int] = (0,),
+                 dataset: str = "cifar10") -> Path:
+    """A scratch project: params, published numbers, manifest, the teacher's and every student's records."""
+    (root / "references").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "references" / "published.yaml", root / "references" / "published.yaml")
+    write_params(root, **{"distill.methods": list(methods), "seeds": list(seeds), "data.dataset": dataset,
+                          "study": "absld-test", **{f"analyze.{k}": v for k, v in FAST.items()}})
+    write_manifest(root, dataset)
+    y = labels()
+    write_records(root, "teacher", y, teacher_correct(y))
+    good, bad = better_and_worse(y)
+    for i, method in enumerate(methods):
+        for seed in seeds:
+            correct = good if method == "absld" else bad
+            if seed:  # another seed: a few flipped outcomes
+                flip = random_correct(y, 0.05, seed=100 * seed + i)
+                correct = {a: c ^ flip for a, c in correct.items()}
+            write_records(root, f"{method}/seed{seed}", y, correct)
+            write_selection(root, f"{method}/seed{seed}")
+    if "absld" in methods:
+        for seed in seeds:
+            write_temperatures(root, seed)
+    return root
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """One project analysed once (absld clearly better than rslad under AA); (root, stdout)."""
+    root = make_project(tmp_path_factory.mktemp("analyzed"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = invoke("analyze")
+        assert result.exit_code == 0, result.output
+        yield root, result.output
+
+
+def fairness_of(root: Path) -> dict:
+    return json.loads((root / "results" / "fairness.json").read_text())
+
+
+def strict_json(text: str) -> object:
+    def refuse(name: str) -> object:
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# --------------------------------------------------------------------------------------------------
+# fairness.json
+def test_fairness_cell_equals_hand_computed_values(analyzed):
+    root, _ = analyzed
+    clean = fairness_of(root)["teacher"]["clean"]
+    # class k right on 10 + k of 20 samples: acc_k = (10 + k) / 20, k = 0..9
+    assert clean["class_acc"] == pytest.approx([(10 + k) / 20 for k in range(10)])
+    assert clean["avg"] == pytest.approx(0.725)  # 145 / 200
+    assert clean["worst"] == pytest.approx(0.5)
+    # std of (10..19) / 20 with ddof 0 is sqrt(8.25) / 20; divided by the mean 14.5 / 20
+    assert clean["nsd"] == pytest.approx(math.sqrt(8.25) / 14.5)
+
+
+def test_fairness_json_has_exactly_the_contract_shape(analyzed):
+    root, _ = analyzed
+    fairness = fairness_of(root)
+    assert list(fairness) == ["teacher", "absld/seed0", "rslad/seed0"]
+    for by_attack in fairness.values():
+        assert list(by_attack) == ["clean", "fgsm", "pgd20", "cw", "aa", "worst"]
+        for entry in by_attack.values():
+            assert set(entry) == {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
+            assert len(entry["class_acc"]) == NUM_CLASSES
+            assert all(0.0 <= v <= 1.0 for v in [entry["avg"], entry["worst"], *entry["class_acc"]])
+
+
+def test_bootstrap_interval_contains_the_point_estimate(analyzed):
+    root, _ = analyzed
+    for by_attack in fairness_of(root).values():
+        for entry in by_attack.values():
+            low, high = entry["avg_ci"]
+            assert low <= entry["avg"] <= high
+            if np.mean(entry["class_acc"]) >= 0.2:  # see the next test for nearly-all-wrong classes
+                for stat in ("worst", "nsd"):
+                    low, high = entry[f"{stat}_ci"]
+                    assert low <= entry[stat] <= high, stat
+
+
+def test_intervals_excluding_the_estimate_are_flagged_in_the_report(analyzed):
+    # ABSLD's worst case: class accuracies around 0.08 from 20 samples each; resampling inflates
+    # their spread, so the NSD percentile interval lies wholly above the estimate: say so
+    root, _ = analyzed
+    entry = fairness_of(root)["absld/seed0"]["worst"]
+    assert entry["nsd_ci"][0] > entry["nsd"]
+    assert "ABSLD (seed 0) Worst-case NSD) the bootstrap interval does not contain the point estimate" in (
+        root / "results" / "report.md").read_text()
+
+
+def test_undefined_nsd_is_null_in_strict_json(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    y = labels()
+    never = {**teacher_correct(y), "aa": np.zeros(len(y), dtype=bool)}  # every class at 0 under AA
+    write_records(tmp_path, "teacher", y, never)
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    for name in ("fairness.json", "comparisons.json"):
+        strict_json((tmp_path / "results" / name).read_text())  # no NaN anywhere
+    assert fairness_of(tmp_path)["teacher"]["aa"]["nsd"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# tests of the reference against the baselines
+def in_memory_records(correct_by_model: Mapping[str, Mapping[str, np.ndarray]], y: np.ndarray) -> dict[str, rep.Records]:
+    out = {}
+    for model, correct in correct_by_model.items():
+        worst = np.logical_and.reduce(list(correct.values()))
+        out[model] = rep.Records(model, np.arange(len(y)), y, {**dict(correct), "worst": worst}, 8 / 255)
+    return out
+
+
+def test_identical_models_are_not_significantly_different():
+    y = labels()
+    good, _ = better_and_worse(y)
+    noisy = {a: c ^ random_correct(y, 0.3, seed=7) for a, c in good.items()}  # many discordant pairs
+    records = in_memory_records({"absld/seed0": good, "rslad/seed0": good, "sat/seed0": noisy}, y)
+    groups = {"absld": {0: "absld/seed0"}, "rslad": {0: "rslad/seed0"}, "sat": {0: "sat/seed0"}}
+    result = rep.compare_to_reference(records, groups, NUM_CLASSES, AnalyzeConfig(**FAST))
+    assert result is not None and result["baselines"] == ["rslad", "sat"]
+    for attack, by_baseline in result["attacks"].items():
+        same = by_baseline["rslad"]
+        assert same["avg"]["p"] == 1.0 and same["avg"]["diff"] == 0.0
+        assert same["worst"]["p"] > 0.5 and same["nsd"]["p"] > 0.5
+        for stat in ("avg", "worst", "nsd"):  # Holm never lowers a p-value
+            for test in by_baseline.values():
+                assert test[stat]["p_holm"] >= test[stat]["p"]
+
+
+def test_clearly_better_reference_is_significant_and_the_report_says_so(analyzed):
+    root, _ = analyzed
+    comparisons = json.loads((root / "results" / "comparisons.json").read_text())["comparisons"]
+    aa = comparisons["attacks"]["aa"]["rslad"]
+    assert aa["avg"]["diff"] > 0.1 and aa["avg"]["p_holm"] < 1e-3
+    assert aa["worst"]["diff"] > 0.3 and aa["worst"]["p_holm"] < 0.05
+    report = (root / "results" / "report.md").read_text()
+    assert re.search(r"Under AA, ABSLD's Avg accuracy is \d+\.\d\d points higher than RSLAD's \(McNemar exact test, "
+                     r"Holm-adjusted p < 0\.001: significant at α = 0\.05\); its worst-class accuracy is \d+\.\d\d "
+                     r"points higher than RSLAD's \(paired permutation test, Holm-adjusted p = 0\.0\d\d: significant",
+                     report), report
+    # identical records under clean: the sentence says so, without significance
+    assert "Under Clean, ABSLD's Avg accuracy is the same as RSLAD's (McNemar exact test, Holm-adjusted p = 1: " \
+           "not significant)" in report
+
+
+def test_without_the_reference_method_no_tests_are_run(tmp_path, monkeypatch):
+    make_project(tmp_path, methods=("rslad", "sat"))
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    assert json.loads((tmp_path / "results" / "comparisons.json").read_text())["comparisons"] is None
+    assert "not trained" in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_several_seeds_give_seed_summaries_and_mean_std_cells(tmp_path, monkeypatch):
+    make_project(tmp_path, seeds=(0, 1))
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    extra = json.loads((tmp_path / "results" / "comparisons.json").read_text())
+    summary = extra["seed_summary"]["absld"]["aa"]["avg"]
+    assert summary["n"] == 2 and summary["ci"][0] <= summary["mean"] <= summary["ci"][1]
+    assert extra["comparisons"]["attacks"]["aa"]["rslad"]["seeds"] == [0, 1]
+    assert extra["comparisons"]["attacks"]["aa"]["rslad"]["n_pairs"] == 2 * PER_CLASS * NUM_CLASSES
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "mean ± std over 2 seeds" in table and re.search(r"\| ABSLD \| \d+\.\d\d ± \d+\.\d\d", table)
+    assert (tmp_path / "plots" / "analyze" / "temperatures_absld_seed1.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+COLUMN_LABELS = ("Clean", "FGSM", "PGD-20", "AA", "Worst-case")
+
+
+def test_tables_contain_every_method_and_attack(analyzed):
+    root, _ = analyzed
+    results = root / "results"
+    for name, cw in (("table.md", "CW∞"), ("table.csv", "CW∞"), ("table.tex", r"CW$_\infty$")):
+        text = (results / name).read_text()
+        for label in (*COLUMN_LABELS, cw, "Teacher", "ABSLD", "RSLAD"):
+            assert label in text, (name, label)
+    rows = (results / "table.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["Method", "Clean Avg (%)", "Clean Worst (%)", "Clean NSD"]
+    assert len(rows[0].split(",")) == 1 + 3 * 6
+    assert [r.split(",")[0] for r in rows[1:]] == ["Teacher", "Teacher (published)", "ABSLD", "RSLAD",
+                                                   "RSLAD (published)"]
+
+
+def test_table_shows_intervals_compactly_and_names_the_rules(analyzed):
+    root, _ = analyzed
+    table = (root / "results" / "table.md").read_text()
+    assert "| Teacher | 72.50 [" in table  # 72.50 [lo, hi]: the point estimate, then the interval
+    assert "ddof = 0" in table and "held-out validation split" in table and "8/255" in table
+    tex = (root / "results" / "table.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\caption{" in tex
+    assert "ddof = 0" in tex and "held-out validation split" in tex
+
+
+def test_published_anchors_appear_where_they_exist(analyzed):
+    root, _ = analyzed
+    for name in ("table.md", "table.csv", "table.tex"):
+        text = (root / "results" / name).read_text()
+        assert "84.92" in text and "53.08" in text and "51.49" in text, name
+        assert "RobustBench" in text or name == "table.csv"
+    published_row = next(r for r in (root / "results" / "table.md").read_text().splitlines()
+                         if r.startswith("| *Teacher (published)*"))
+    cells = [c.strip() for c in published_row.strip("|").split("|")]
+    assert cells[1] == "84.92" and cells[2] == "–"  # clean Avg published, clean Worst not
+
+
+def test_published_anchors_appear_nowhere_else(tmp_path, monkeypatch):
+    make_project(tmp_path, dataset="cifar100")  # published.yaml has no cifar100 numbers
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    for name in ("table.md", "table.csv", "table.tex", "report.md"):
+        text = (tmp_path / "results" / name).read_text()
+        assert "published" not in text.lower() and "84.92" not in text, name
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+def test_models_evaluated_on_different_samples_are_a_clear_error(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    y = labels()
+    index = np.arange(len(y))
+    index[5] = 999  # another test image at position 5
+    write_records(tmp_path, "rslad/seed0", y, teacher_correct(y), index=index)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 1
+    assert "different test samples" in result.output and "same samples" in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "results" / "fairness.json").exists()
+
+
+def test_models_attacked_at_different_eps_are_a_clear_error(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    y = labels()
+    write_records(tmp_path, "rslad/seed0", y, teacher_correct(y), eps=4 / 255)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 1 and "different eps (8/255 vs 4/255)" in result.output
+
+
+def test_a_missing_evaluation_names_the_stage_to_run(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    (tmp_path / "results" / "eval" / "rslad" / "seed0" / "records.npz").unlink()
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "rslad/seed0" in result.output and "dvc repro evaluate@rslad-0" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+def test_analyze_writes_every_output_and_prints_the_table(analyzed):
+    root, output = analyzed
+    for name in ("fairness.json", "comparisons.json", "table.md", "table.tex", "table.csv", "report.md"):
+        assert (root / "results" / name).stat().st_size > 0, name
+    pngs = sorted(p.name for p in (root / "plots" / "analyze").glob("*.png"))
+    assert pngs == ["class_accuracy.png", "temperatures_absld_seed0.png", "tradeoff.png"]
+    assert (root / "results" / "table.md").read_text() in output
+    report = (root / "results" / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == 3 and all((root / "results" / link).resolve().is_file() for link in links)
+    for phrase in ("## Configuration", "8/255", "| test samples | 200", "NSD ddof", "val_fair_best"):
+        assert phrase in report, phrase
+
+
+def test_figures_are_pngs_of_a_readable_size(analyzed):
+    root, _ = analyzed
+    # the PNGs are checked by eye; here: they are real PNGs of a sensible size
+    for png in (root / "plots" / "analyze").glob("*.png"):
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        assert 600 < width < 5000 and 300 < height < 5000, png.name
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
+def test_published_numbers_only_describe_matching_models():
+    from absld.config import Params
+    from absld.report import Published
+    from pipeline.analyze import applicable
+
+    published = {"teacher": Published({"clean": {"avg": 0.8492}}, "RobustBench", arch="wrn34_10"),
+                 "rslad": Published({"aa": {"avg": 0.5149}}, "RSLAD", arch="resnet18")}
+    paper = Params()
+    assert set(applicable(published, paper)) == {"teacher", "rslad"}
+    trained_teacher = Params.model_validate({"teacher": {"source": "train"}})
+    assert set(applicable(published, trained_teacher)) == {"rslad"}
+    other_student = Params.model_validate({"distill": {"student": {"arch": "mobilenet_v2"}}})
+    assert set(applicable(published, other_student)) == {"teacher"}

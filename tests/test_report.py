@@ -1,0 +1,151 @@
+"""The report builders (pure functions) and the ``absld report`` command, without any network."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from absld import report as rep
+from absld.config import AnalyzeConfig
+from pipeline.cli import main
+from tests.fixtures import CIFAR10_NAMES
+from tests.test_analyze import ATTACKS, FAST, labels, make_project, teacher_correct
+
+ALL_ATTACKS = [*ATTACKS, "worst"]
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test."""
+
+    class NoSocket:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(socket, "socket", NoSocket)
+
+
+def small_fairness() -> rep.Fairness:
+    y = labels()
+    correct = teacher_correct(y)
+    worst = np.logical_and.reduce(list(correct.values()))
+    records = {m: rep.Records(m, np.arange(len(y)), y, {**correct, "worst": worst}, 8 / 255)
+               for m in ("teacher", "absld/seed0", "rslad/seed0")}
+    return rep.fairness_table(records, len(CIFAR10_NAMES), AnalyzeConfig(**FAST))
+
+
+# --------------------------------------------------------------------------------------------------
+# vocabulary and checks
+def test_attacks_are_ordered_and_labelled_like_the_paper():
+    assert rep.order_attacks(["worst", "aa", "cw", "pgd20", "fgsm", "clean"]) == ALL_ATTACKS
+    assert [rep.attack_label(a) for a in ALL_ATTACKS] == ["Clean", "FGSM", "PGD-20", "CW∞", "AA", "Worst-case"]
+    assert rep.model_label("fair_rslad/seed2") == "Fair-RSLAD (seed 2)"
+
+
+def test_records_with_different_eps_cannot_be_compared():
+    y = labels()
+    correct = {"clean": np.ones(len(y), dtype=bool), "worst": np.ones(len(y), dtype=bool)}
+    records = {"teacher": rep.Records("teacher", np.arange(len(y)), y, correct, 8 / 255),
+               "rslad/seed0": rep.Records("rslad/seed0", np.arange(len(y)), y, correct, 4 / 255)}
+    with pytest.raises(rep.ReportError, match="different eps"):
+        rep.check_same_samples(records)
+
+
+def test_json_safe_turns_nan_into_null():
+    assert rep.json_safe({"a": [float("nan"), np.float64(0.5), np.int64(3)], "b": float("inf")}) == {
+        "a": [None, 0.5, 3], "b": None}
+
+
+def test_published_numbers_exist_only_for_their_dataset():
+    raw = {"cifar10": {"teacher": {"source": "RobustBench", "clean": {"avg": 0.8492}}}}
+    assert rep.published_numbers(raw, "cifar10")["teacher"].values == {"clean": {"avg": 0.8492}}
+    assert rep.published_numbers(raw, "cifar100") == {}
+    with pytest.raises(rep.ReportError, match="fraction"):
+        rep.published_numbers({"cifar10": {"teacher": {"clean": {"avg": 84.92}}}}, "cifar10")
+
+
+def test_selection_rule_is_stated_with_its_epochs():
+    test_set = {"select": "test_fair_best", "selection_split": "test"}
+    text = rep.describe_selection({"absld/seed0": {**test_set, "selected_epoch": 212},
+                                   "rslad/seed0": {**test_set, "selected_epoch": 190}})
+    assert "on the test set" in text and "ABSLD 212" in text and "RSLAD 190" in text
+    assert "the last epoch's checkpoint" in rep.describe_selection({"absld/seed0": None}, fallback="last")
+
+
+def test_latex_table_escapes_and_uses_booktabs():
+    fairness = small_fairness()
+    table = rep.results_table(fairness, rep.row_specs([], [0]), ALL_ATTACKS,
+                              caption="100% of 8/255 & more")
+    tex = rep.table_latex(table)
+    assert r"\caption{100\% of 8/255 \& more}" in tex
+    assert tex.count(r"\cmidrule") == len(ALL_ATTACKS) and r"\multicolumn{3}{c}{CW$_\infty$}" in tex
+
+
+# --------------------------------------------------------------------------------------------------
+# the W&B report spec
+def test_wandb_report_has_the_expected_blocks_without_network(no_network):
+    report = rep.build_wandb_report("absld-repro", None, "absld-cifar10", small_fairness(), ALL_ATTACKS,
+                                    class_names=CIFAR10_NAMES, table_md="| a |\n|---|\n| 1 |",
+                                    tests_md="ABSLD is better.", configuration=[("eps", "8/255")])
+    kinds = [type(b).__name__ for b in report.blocks]
+    headings = [b.text for b in report.blocks if type(b).__name__ == "H1"]
+    assert headings == ["Class-wise robustness", "Statistical tests", "Per-attack accuracy of the evaluated models",
+                        "ABSLD temperatures", "Summary table", "Configuration"]
+    assert kinds.count("PanelGrid") == 2 and "WeaveBlockSummaryTable" in kinds and "MarkdownBlock" in kinds
+    bars, taus = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
+    assert [type(p).__name__ for p in bars.panels] == ["BarPlot"] * (len(ALL_ATTACKS) + 1)
+    assert bars.panels[4].metrics == ["aa/avg", "aa/worst"] and bars.panels[4].title.startswith("AA")
+    assert [type(p).__name__ for p in taus.panels] == ["LinePlot"]
+    assert taus.panels[0].y == [f"tau_adv/{k}" for k in range(10)]
+    assert report.blocks[kinds.index("MarkdownBlock")].text == "| a |\n|---|\n| 1 |"
+    report._to_model()  # the spec W&B would receive serialises, still offline
+
+
+def test_report_outline_lists_every_block(no_network):
+    report = rep.build_wandb_report("proj", "me", "study", small_fairness(), ALL_ATTACKS)
+    outline = rep.report_outline(report)
+    assert outline.splitlines()[0] == f"W&B report '{report.title}' (me/proj)"
+    for line in ("H1: Class-wise robustness", "H1: Summary table", "BarPlot 'PGD-20: Avg and worst-class accuracy'",
+                 "LinePlot 'τ_adv per class", "WeaveBlockSummaryTable: fairness_table",
+                 "PanelGrid over runset 'evaluate runs'"):
+        assert line in outline, line
+
+
+# --------------------------------------------------------------------------------------------------
+# absld report
+def test_report_without_publish_prints_the_outline(tmp_path, monkeypatch, no_network):
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["analyze"]).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, ["report"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "W&B report 'absld-test: class-wise robustness of ABSLD" in result.output
+    assert "H1: Statistical tests" in result.output and "not published" in result.output
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before  # writes nothing
+
+
+def test_publish_without_a_wandb_key_is_a_one_line_error(tmp_path, monkeypatch, no_network):
+    make_project(tmp_path)
+    (tmp_path / "results").mkdir(exist_ok=True)
+    (tmp_path / "results" / "fairness.json").write_text('{"teacher": {"clean": {"avg": 0.5, "worst": 0.4, '
+                                                         '"nsd": 0.1, "class_acc": [0.5], "avg_ci": [0.4, 0.6], '
+                                                         '"worst_ci": [0.3, 0.5], "nsd_ci": [0.0, 0.2]}}}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    result = CliRunner().invoke(main, ["report", "--publish"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: no W&B API key: set WANDB_API_KEY or run `wandb login`, then "
+                             "`absld report --publish`\n")
+
+
+def test_report_before_analyze_says_what_to_run(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["report"])
+    assert result.exit_code == 1 and "run `absld analyze`" in result.output and result.output.count("\n") == 1
