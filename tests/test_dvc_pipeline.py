@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from absld.models import checkpoint_meta, load_checkpoint
@@ -64,6 +65,16 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     lines = temperatures.strip().splitlines()
     assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 2 * 10
     assert (project / "plots" / "distill" / "absld" / "seed0" / "temperatures.png").is_file()
+    records = np.load(project / "results" / "eval" / "absld" / "seed0" / "records.npz")
+    assert {"index", "y", "eps", "correct_clean", "correct_fgsm", "correct_pgd3", "correct_cw", "correct_aa",
+            "correct_worst"} <= set(records.files)
+    assert records["index"].tolist() == list(range(40))
+    fairness = json.loads((project / "results" / "fairness.json").read_text())
+    assert set(fairness) == {"teacher", "absld/seed0", "rslad/seed0", "sat/seed0"}
+    assert set(fairness["absld/seed0"]["aa"]) >= {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
+    table = (project / "results" / "table.md").read_text()
+    assert "ABSLD" in table and "RSLAD" in table and "SAT" in table
+    assert (project / "results" / "report.md").is_file() and (project / "plots" / "analyze").is_dir()
     metrics = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "clean_acc" in metrics and "selected_epoch" in metrics
     status = run(["dvc", "status"], project).stdout
