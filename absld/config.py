@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -83,6 +84,13 @@ Pixels = Annotated[float, BeforeValidator(_parse_pixels), Field(ge=0, le=1)]
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Prob = Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, le=1)]
+
+
+def _distinct(values: list, what: str, allow_empty: bool = False) -> list:
+    """A list validator: no repeats (and not empty unless allowed)."""
+    if (not values and not allow_empty) or len(set(values)) != len(values):
+        raise ValueError(f"{what} {values} must be a {'' if allow_empty else 'non-empty '}list without repeats")
+    return values
 
 
 class Section(BaseModel):
@@ -234,17 +242,26 @@ class RsladConfig(DistillWeights):
     """RSLAD (Zi et al., ICCV 2021): distil the teacher's clean soft labels on x' and x."""
 
 
-class AbsldConfig(DistillWeights):
+class RiskRuleConfig(DistillWeights):
+    """The step size of ABSLD's end-of-epoch rule and its decay."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """The largest change of one end-of-epoch update."""
+    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
+    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update."""
+    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    def beta_after(self, beta: float, epoch: int) -> float:
+        """beta for the update at the end of ``epoch`` (decayed first at a milestone)."""
+        return beta * self.beta_gamma if epoch in self.beta_milestones else beta
+
+
+class AbsldConfig(RiskRuleConfig):
     """ABSLD (Zhao et al., NeurIPS 2024): RSLAD with class-wise teacher temperatures (METHOD.md §2-3)."""
 
     tau_init: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
     tau_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.5
     tau_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5.0
-    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
-    """The largest temperature change of one end-of-epoch update."""
-    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
-    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update."""
-    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     temperature_mode: TemperatureMode = "separate"
     """separate: tau_adv for the attack and KL_adv, tau_nat for KL_nat (the intent); aliased: the
     product tau_adv[y] * tau_nat[y] everywhere (the released code, METHOD.md §4)."""
@@ -257,15 +274,12 @@ class AbsldConfig(DistillWeights):
         return self
 
 
-class ReweightedRsladConfig(DistillWeights):
+class ReweightedRsladConfig(RiskRuleConfig):
     """Control: RSLAD with class weights moved by ABSLD's rule (higher risk -> larger weight)."""
 
     w_init: Annotated[float, Field(gt=0)] = 1.0
     w_min: Annotated[float, Field(gt=0)] = 0.5
     w_max: Annotated[float, Field(gt=0)] = 5.0
-    beta: Annotated[float, Field(ge=0)] = 0.1
-    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
-    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
 class FairRsladConfig(DistillWeights):
@@ -316,7 +330,7 @@ DistillMethod = Literal["absld", "rslad", "ard", "iad", "adaad", "sat", "trades"
 
 
 class DistillConfig(Section):
-    methods: list[DistillMethod] = Field(default_factory=lambda: list(DISTILL_METHODS))
+    methods: Annotated[list[DistillMethod], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(default_factory=lambda: list(DISTILL_METHODS))
     student: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
@@ -335,12 +349,6 @@ class DistillConfig(Section):
     fair_rslad: FairRsladConfig = Field(default_factory=FairRsladConfig)
     reweighted_rslad: ReweightedRsladConfig = Field(default_factory=ReweightedRsladConfig)
 
-    @field_validator("methods")
-    @classmethod
-    def _unique_methods(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError(f"methods {value} must be a non-empty list without repeats")
-        return value
 
     def method_config(self, name: str) -> MethodConfig:
         return getattr(self, name)
@@ -439,18 +447,12 @@ class EvaluateConfig(Section):
     """true: each attack only on the samples robust to every earlier one (per-attack columns then
     mean 'robust to this and all earlier attacks'); false: every attack on every clean-correct
     sample. correct_worst is the same either way."""
-    attacks: list[EvalAttack] = Field(default_factory=lambda: ["fgsm", "pgd", "cw", "aa"])
+    attacks: Annotated[list[EvalAttack], AfterValidator(lambda v: _distinct(v, "attacks", True))] = Field(default_factory=lambda: ["fgsm", "pgd", "cw", "aa"])
     fgsm: FgsmConfig = Field(default_factory=FgsmConfig)
     pgd: PgdEvalConfig = Field(default_factory=PgdEvalConfig)
     cw: CwEvalConfig = Field(default_factory=CwEvalConfig)
     aa: AutoAttackConfig = Field(default_factory=AutoAttackConfig)
 
-    @field_validator("attacks")
-    @classmethod
-    def _unique_attacks(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"attacks {value} lists an attack twice")
-        return value
 
 
 class AnalyzeConfig(Section):
@@ -468,7 +470,7 @@ class Params(Section):
     """The whole of params.yaml."""
 
     study: str = "absld-cifar10"
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[NonNegInt], AfterValidator(lambda v: _distinct(v, "seeds"))] = Field(default_factory=lambda: [0])
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -477,12 +479,6 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
 
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, value: list[int]) -> list[int]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError(f"seeds {value} must be a non-empty list without repeats")
-        return value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,8 +71,7 @@ class ABSLD(RSLAD):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         risk_adv, risk_nat = self.end_of_epoch_risks()  # (C,) each, this epoch
-        if epoch in self.cfg.beta_milestones:
-            self.beta *= self.cfg.beta_gamma  # decays before the update of that epoch
+        self.beta = self.cfg.beta_after(self.beta, epoch)  # decays before this epoch's update
         used_adv, used_nat = self.tau_adv.cpu(), self.tau_nat.cpu()
         risk_adv_cpu, risk_nat_cpu = risk_adv.cpu(), risk_nat.cpu()
         for k in range(len(used_adv)):

@@ -34,8 +34,7 @@ class ReweightedRSLAD(RSLAD):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         risk_adv, risk_nat = self.end_of_epoch_risks()
-        if epoch in self.cfg.beta_milestones:
-            self.beta *= self.cfg.beta_gamma
+        self.beta = self.cfg.beta_after(self.beta, epoch)  # decays before this epoch's update
         cfg = self.cfg
         self.w_adv = update_temperatures(self.w_adv, -risk_adv.to(self.w_adv.device), self.beta, cfg.w_min, cfg.w_max)
         self.w_nat = update_temperatures(self.w_nat, -risk_nat.to(self.w_nat.device), self.beta, cfg.w_min, cfg.w_max)
