@@ -306,36 +306,11 @@ def autoattack(
     if n_classes < 2:
         raise AttackError(f"the model has {n_classes} output(s); AutoAttack needs logits for at least 2 classes.")
 
+    common = dict(eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
+                  batch_size=batch_size, device=device, n_classes=n_classes)
     with _caller_state_preserved(device):
         if backend == "pyautoattack":
-            x_adv = _run_pyautoattack(
-                package,
-                model,
-                x,
-                y,
-                eps=eps,
-                norm=norm,
-                version=version,
-                attacks=attacks,
-                seed=seed,
-                batch_size=batch_size,
-                device=device,
-                n_classes=n_classes,
-                state_path=state_path,
-            )
+            x_adv = _run_pyautoattack(package, model, x, y, state_path=state_path, **common)
         else:
-            x_adv = _run_torchattacks(
-                package,
-                model,
-                x,
-                y,
-                eps=eps,
-                norm=norm,
-                version=version,
-                attacks=attacks,
-                seed=seed,
-                batch_size=batch_size,
-                device=device,
-                n_classes=n_classes,
-            )
+            x_adv = _run_torchattacks(package, model, x, y, **common)
     return x_adv.detach().to(device=x.device, dtype=x.dtype)

@@ -3,8 +3,8 @@
 Every model takes images in [0, 1] and normalises them inside ``forward`` (see
 :mod:`absld.models.common`), so eps is always in pixel space.
 
-A checkpoint (**contract**) is a plain dict readable with ``torch.load(path,
-weights_only=True)``::
+A checkpoint (**contract**) is a plain dict that
+``torch.load(path, weights_only=True)`` reads::
 
     {"arch": "resnet18", "num_classes": 10, "in_channels": 3,
      "mean": [..] or None, "std": [..] or None, "state_dict": {...}, **meta}
