@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass
 from typing import ContextManager
@@ -48,6 +49,9 @@ def setup(cfg: RuntimeConfig) -> Runtime:
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     if use_cuda:
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
