@@ -55,6 +55,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
 
     teacher = json.loads((project / "models" / "teacher.json").read_text())
     assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
+    assert teacher["clean_acc"] > 0.2  # learnt something (10 classes: chance is 0.1)
     for method in ("absld", "rslad", "sat"):
         student = load_checkpoint(project / "models" / "students" / method / "seed0.pt")
         assert student.arch == "tiny_cnn" and not student.training
@@ -63,7 +64,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
     temperatures = (project / "results" / "distill" / "absld" / "seed0" / "temperatures.csv").read_text()
     lines = temperatures.strip().splitlines()
-    assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 2 * 10
+    assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 3 * 10
     assert (project / "plots" / "distill" / "absld" / "seed0" / "temperatures.png").is_file()
     records = np.load(project / "results" / "eval" / "absld" / "seed0" / "records.npz")
     assert {"index", "y", "eps", "correct_clean", "correct_fgsm", "correct_pgd3", "correct_cw", "correct_aa",
