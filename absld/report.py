@@ -801,8 +801,10 @@ def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: 
 
 
 def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confidence: float, n_bootstrap: int,
-                  selection: str, several_seeds: bool = False, n_seeds: int = 1, cascade: bool = False) -> str:
-    """The caption: what the numbers are, the intervals, the NSD ddof and the selection rule."""
+                  selection: str, several_seeds: bool = False, n_seeds: int = 1, cascade: bool = False,
+                  aa_version: str = "standard", aa_attacks: Sequence[str] | None = None) -> str:
+    """The caption: what the numbers are, the intervals, the NSD ddof, the selection rule, and any
+    AutoAttack that is not the standard version (so a CPU stand-in is never read as AA)."""
     spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {int(round(confidence * 100))}% "
               f"stratified bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
               f"Brackets: {int(round(confidence * 100))}% stratified bootstrap intervals ({n_bootstrap} resamples)")
@@ -812,6 +814,10 @@ def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confid
     if cascade:
         text += (" Attacks run as a cascade: each column counts samples robust to that attack and every "
                  "earlier one.")
+    if aa_version != "standard":
+        listed = f": {', '.join(aa_attacks)}" if aa_attacks else ""
+        text += (f" AA is AutoAttack version {aa_version}{listed}, not the standard AutoAttack of the "
+                 "literature.")
     return text
 
 

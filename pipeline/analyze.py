@@ -120,7 +120,8 @@ def analyze(params_path: str) -> None:
     selection = rep.describe_selection(metas, fallback=params.distill.select)
     caption = rep.table_caption(dataset=params.data.dataset, n_samples=n_samples, eps=eps, ddof=cfg.nsd_ddof,
                                 confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
-                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), cascade=params.evaluate.cascade)
+                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), cascade=params.evaluate.cascade,
+                                aa_version=params.evaluate.aa.version, aa_attacks=params.evaluate.aa.attacks)
     table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published)
     table_md = rep.table_markdown(table)
     configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,

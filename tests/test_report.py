@@ -149,3 +149,13 @@ def test_report_before_analyze_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["report"])
     assert result.exit_code == 1 and "run `absld analyze`" in result.output and result.output.count("\n") == 1
+
+
+def test_caption_says_when_aa_is_not_the_standard_autoattack():
+    from absld.report import table_caption
+
+    common = dict(dataset="cifar10", n_samples=100, eps=8 / 255, ddof=0, confidence=0.95, n_bootstrap=10,
+                  selection="last epoch.")
+    assert "not the standard AutoAttack" not in table_caption(**common)
+    custom = table_caption(**common, aa_version="custom", aa_attacks=["apgd-ce"])
+    assert "AutoAttack version custom: apgd-ce, not the standard AutoAttack" in custom
