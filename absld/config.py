@@ -460,6 +460,9 @@ class AnalyzeConfig(Section):
     """ddof of the std in NSD = std(class acc) / mean(class acc); the paper does not state it."""
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     n_bootstrap: PosInt = 1000
+    bootstrap_method: Literal["percentile", "basic", "BCa"] = "percentile"
+    """scipy.stats.bootstrap's interval: percentile, basic, or BCa (bias-corrected; can help when
+    the percentile interval of Worst/NSD misses the point estimate on small classes)."""
     n_permutations: PosInt = 10000
     seed: NonNegInt = 0
     reference: DistillMethod = "absld"

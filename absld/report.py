@@ -262,7 +262,8 @@ def fairness_table(records: Mapping[str, Records], num_classes: int, cfg: Analyz
         out[model] = {}
         for attack, correct in rec.correct.items():
             entry = summarize_with_ci(correct, rec.y, num_classes, n_resamples=cfg.n_bootstrap, seed=cfg.seed,
-                                      ddof=cfg.nsd_ddof, confidence=cfg.confidence)
+                                      ddof=cfg.nsd_ddof, confidence=cfg.confidence,
+                                      method=cfg.bootstrap_method)
             out[model][attack] = {key: entry[key] for key in FAIRNESS_KEYS}  # type: ignore[literal-required]
     return out
 
@@ -802,12 +803,14 @@ def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: 
 
 def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confidence: float, n_bootstrap: int,
                   selection: str, several_seeds: bool = False, n_seeds: int = 1, cascade: bool = False,
-                  aa_version: str = "standard", aa_attacks: Sequence[str] | None = None) -> str:
+                  aa_version: str = "standard", aa_attacks: Sequence[str] | None = None,
+                  bootstrap_method: str = "percentile") -> str:
     """The caption: what the numbers are, the intervals, the NSD ddof, the selection rule, and any
     AutoAttack that is not the standard version (so a CPU stand-in is never read as AA)."""
     spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {int(round(confidence * 100))}% "
-              f"stratified bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
-              f"Brackets: {int(round(confidence * 100))}% stratified bootstrap intervals ({n_bootstrap} resamples)")
+              f"stratified {bootstrap_method} bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
+              f"Brackets: {int(round(confidence * 100))}% stratified {bootstrap_method} bootstrap intervals "
+              f"({n_bootstrap} resamples)")
     text = (f"Class-wise robustness on {dataset_label(dataset)} ({n_samples} test samples, L∞ eps = "
             f"{fraction_of_255(eps)}). Avg: overall accuracy (%); Worst: worst-class accuracy (%); "
             f"NSD: std/mean of the class accuracies (ddof = {ddof}; lower is fairer). {spread}. {selection}")

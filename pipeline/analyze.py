@@ -121,7 +121,8 @@ def analyze(params_path: str) -> None:
     caption = rep.table_caption(dataset=params.data.dataset, n_samples=n_samples, eps=eps, ddof=cfg.nsd_ddof,
                                 confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
                                 several_seeds=len(seeds) > 1, n_seeds=len(seeds), cascade=params.evaluate.cascade,
-                                aa_version=params.evaluate.aa.version, aa_attacks=params.evaluate.aa.attacks)
+                                aa_version=params.evaluate.aa.version, aa_attacks=params.evaluate.aa.attacks,
+                                bootstrap_method=cfg.bootstrap_method)
     table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published)
     table_md = rep.table_markdown(table)
     configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,

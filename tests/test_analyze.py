@@ -410,3 +410,19 @@ def test_published_numbers_only_describe_matching_models():
     assert set(applicable(published, trained_teacher)) == {"rslad"}
     other_student = Params.model_validate({"distill": {"student": {"arch": "mobilenet_v2"}}})
     assert set(applicable(published, other_student)) == {"teacher"}
+
+
+def test_bootstrap_method_param_reaches_the_intervals():
+    import numpy as np
+
+    from absld.config import AnalyzeConfig
+    from absld.report import Records, fairness_table
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    correct = rng.random(90) < np.repeat([0.3, 0.6, 0.9], 30)
+    records = {"m": Records(model="m", index=np.arange(90), y=y, correct={"clean": correct}, eps=8 / 255)}
+    cells = {method: fairness_table(records, 3, AnalyzeConfig(n_bootstrap=200, bootstrap_method=method))["m"]["clean"]
+             for method in ("percentile", "BCa")}
+    assert cells["percentile"]["avg"] == cells["BCa"]["avg"]
+    assert cells["percentile"]["nsd_ci"] != cells["BCa"]["nsd_ci"]
