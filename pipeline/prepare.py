@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from absld import data
+from absld.tracking import Tracker
 
 from .common import data_dir, load, params_option, user_errors
 
@@ -30,5 +31,8 @@ def prepare(params_path: str) -> None:
         train_per_class=cfg.train_per_class, split_seed=cfg.split_seed,
     )
     sizes = manifest["sizes"]
+    with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"study", "data"})) as tracker:
+        tracker.summary({**{f"size/{k}": v for k, v in sizes.items()}, "source": manifest["source"],
+                         "sha256": manifest["sha256"]})
     click.echo(f"prepared {cfg.dataset} from {manifest['source']} -> {out}: "
                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images")
