@@ -71,8 +71,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     student = rt.to_device(build_model(cfg.student.arch, num_classes=prepared.num_classes,
                                        in_channels=prepared.in_channels, mean=mean, std=std))
     ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher,
-                        kl_reduction=cfg.kl_reduction, milestones=tuple(train_cfg.milestones),
-                        lr_gamma=train_cfg.lr_gamma, autocast=rt.autocast)
+                        kl_reduction=cfg.kl_reduction)
     method = build_method(method_name, method_cfg, ctx)
     loader = data_lib.TensorLoader(
         prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,

@@ -52,9 +52,7 @@ def teacher(params_path: str, stop_after: int | None) -> None:
             model = rt.to_device(build_model(cfg.model.arch, mean=mean, std=std, **shape))
             method_cfg = getattr(cfg, cfg.method)
             train_cfg = method_cfg.train.apply(cfg.train)
-            ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack,
-                                milestones=tuple(train_cfg.milestones), lr_gamma=train_cfg.lr_gamma,
-                                autocast=rt.autocast)
+            ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack)
             method = build_method(cfg.method, method_cfg, ctx)
             loader = data_lib.TensorLoader(
                 prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,

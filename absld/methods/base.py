@@ -15,9 +15,7 @@ code, so ``epoch in milestones`` means "the epoch after which the learning rate 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Protocol, runtime_checkable
-
-import contextlib
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -43,9 +41,6 @@ class MethodContext:
     attack: AttackConfig
     teacher: nn.Module | None = None
     kl_reduction: str = "element_mean"
-    milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext
 
 
 @runtime_checkable
