@@ -314,13 +314,30 @@ class AdaadConfig(MethodConfig):
 
 
 class SelectEvalConfig(Section):
-    """PGD evaluation for checkpoint selection (distill.select other than last)."""
+    """PGD evaluation for checkpoint selection (distill.select val_fair_best / test_fair_best).
 
-    n_samples: PosInt | None = 1000
+    The defaults are the official ABSLD script's: PGD-20 on CE, uniform start, eps 8/255, step
+    0.003 (= 0.765/255), on the whole split, after every 10th epoch before the first LR milestone
+    and after every epoch from that milestone on.
+    """
+
+    n_samples: PosInt | None = None
+    """The first n images of the split (null: all of them, as the official script)."""
     batch_size: PosInt = 256
     eps: Pixels = 8 / 255
-    step: Pixels = 2 / 255
+    step: Pixels = 0.765 / 255
     steps: NonNegInt = 20
+    every: PosInt = 10
+    """Evaluate after epoch e when e % every == 0 or e >= the method's first LR milestone
+    (1: after every epoch); see :meth:`epochs`."""
+
+    def epochs(self, train: TrainConfig) -> list[int]:
+        """The epochs (1-based) after which the selection PGD runs, for the recipe ``train``:
+        ``e % every == 0`` before the first of ``train.milestones``, every epoch from it on
+        (the official script: ``(e % 10 == 0 and e < 215) or e >= 215``); with no milestones,
+        every ``every``-th epoch."""
+        first = train.milestones[0] if train.milestones else train.epochs + 1
+        return [e for e in range(1, train.epochs + 1) if e % self.every == 0 or e >= first]
 
 
 DISTILL_METHODS = ("absld", "rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
@@ -332,6 +349,9 @@ DistillMethod = Literal["absld", "rslad", "ard", "iad", "adaad", "sat", "trades"
 class DistillConfig(Section):
     methods: Annotated[list[DistillMethod], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(default_factory=lambda: list(DISTILL_METHODS))
     student: ModelConfig = Field(default_factory=ModelConfig)
+    train_per_class: PosInt | None = None
+    """Students train on a stratified subset of the prepared training split, this many images per
+    class (null: all); nested in teacher.train_per_class's subset (same data.split_seed)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     kl_reduction: KLReduction = "element_mean"
@@ -353,11 +373,31 @@ class DistillConfig(Section):
     def method_config(self, name: str) -> MethodConfig:
         return getattr(self, name)
 
+    def selection_epochs(self, name: str) -> list[int]:
+        """The epochs after which method ``name``'s checkpoint-selection PGD runs (select_eval.every
+        against the method's effective recipe, its own milestones included); [] for select last."""
+        if self.select == "last":
+            return []
+        return self.select_eval.epochs(self.method_config(name).train.apply(self.train))
+
+    @model_validator(mode="after")
+    def _selection_evaluates_some_epoch(self) -> "DistillConfig":
+        for name in self.methods:
+            if self.select != "last" and not self.selection_epochs(name):
+                train = self.method_config(name).train.apply(self.train)
+                raise ValueError(
+                    f"select_eval.every = {self.select_eval.every} picks no epoch of {name}'s {train.epochs} "
+                    f"(milestones {train.milestones}), so select {self.select} has nothing to choose from; "
+                    "lower select_eval.every (1: every epoch)")
+        return self
+
 
 # ----------------------------------------------------------------------------------------------
 # stages
 class TeacherConfig(Section):
     source: TeacherSource = "robustbench"
+    train_per_class: PosInt | None = None
+    """source train: a stratified subset of the prepared training split per class (null: all)."""
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="wrn34_10"))
     robustbench_id: str | None = "Zhang2019Theoretically"
     path: str | None = None

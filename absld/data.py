@@ -293,6 +293,26 @@ def stratified_split(
     return np.sort(order[is_train]), np.sort(order[is_val])
 
 
+def class_subset(labels: np.ndarray, num_classes: int, per_class: int | None, seed: int,
+                 key: str = "train_per_class") -> np.ndarray:
+    """Sorted indices of a stratified subset: per class, the first ``per_class`` samples of a
+    seeded shuffle (all when None). Subsets of one seed are nested: a smaller ``per_class``
+    picks a prefix of a larger one, so students trained on fewer images per class only see
+    images their teacher saw. ``key`` names the param in the error message."""
+    if per_class is None:
+        return np.arange(len(labels))
+    counts = np.bincount(labels, minlength=num_classes)
+    if counts.min() < per_class:
+        k = int(counts.argmin())
+        raise DataError(f"{key} = {per_class} but class {k} has only {counts[k]} prepared training "
+                        f"images; lower {key} (or data.val_per_class)")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, shuffled within
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(labels)) - np.repeat(starts, counts)  # position within its class
+    return np.sort(order[rank < per_class])
+
+
 def prepare(
     dataset: str,
     out_dir: str | Path,
@@ -383,6 +403,12 @@ class Prepared:
     @property
     def in_channels(self) -> int:
         return int(self.manifest["image_shape"][0])
+
+    def training_subset(self, per_class: int | None, seed: int,
+                        key: str = "train_per_class") -> tuple[np.ndarray, np.ndarray]:
+        """The training images and labels of :func:`class_subset` (all when ``per_class`` is None)."""
+        index = class_subset(self.train_labels, self.num_classes, per_class, seed, key)
+        return self.train_images[index], self.train_labels[index]
 
 
 def load_prepared(directory: str | Path, verify: bool = True) -> Prepared:

@@ -3,7 +3,8 @@ r"""Evaluation of a model on a fixed set of samples, clean and under attacks (ME
 Two layers live here:
 
 - the quick checks the teacher and distill stages use (:func:`predict_correct`,
-  :func:`clean_and_pgd_accuracy`, :func:`fair_score`): global-RNG random starts, a few numbers;
+  :func:`clean_and_pgd_accuracy`, :func:`fair_score`): a few numbers; random starts from the
+  global RNG, except :func:`fair_score`'s (a seeded generator of its own);
 - the full evaluation of ``absld evaluate`` (:func:`evaluate_model`): every attack of
   ``evaluate.attacks`` on the first ``evaluate.n_samples`` test images, one boolean per sample
   and attack (the ``records.npz`` contract of ARCHITECTURE.md), timed.
@@ -92,11 +93,18 @@ def first_n(images: np.ndarray, labels: np.ndarray, n: int | None) -> tuple[np.n
     return images[:n], labels[:n]
 
 
-def pgd_attack(eps: float, step: float, steps: int) -> Attack:
-    """PGD on the CE loss with a uniform random start (the PGD-20 of METHOD.md §6)."""
+def pgd_attack(eps: float, step: float, steps: int, generator: torch.Generator | None = None) -> Attack:
+    """PGD on the CE loss with a uniform random start (the PGD-20 of METHOD.md §6).
+
+    The start is drawn from ``generator`` (a CPU generator; each call draws the next batch's
+    U(-1, 1) noise) when given, else from the global torch RNG.
+    """
 
     def attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return pgd(model, x, ce_loss(y), eps=eps, step=step, steps=steps, start="uniform")
+        noise = None
+        if generator is not None:
+            noise = torch.rand(tuple(x.shape), generator=generator).mul_(2.0).sub_(1.0).to(x.device)
+        return pgd(model, x, ce_loss(y), eps=eps, step=step, steps=steps, start="uniform", noise=noise)
 
     return attack
 
@@ -131,10 +139,17 @@ def clean_and_pgd_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndar
 
 
 def fair_score(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
-               rt: Runtime, *, eps: float, step: float, steps: int, batch_size: int) -> dict[str, float]:
-    """The reference code's checkpoint-selection score: PGD avg + worst-class accuracy."""
+               rt: Runtime, *, eps: float, step: float, steps: int, batch_size: int,
+               seed: int) -> dict[str, float]:
+    """The reference code's checkpoint-selection score: PGD avg + worst-class accuracy.
+
+    The PGD starts come from a CPU generator seeded from (``seed``, "select"), never from the global
+    RNG: called inside :func:`absld.train.fit`, the selection leaves the training's random stream
+    (and so the trained weights) exactly as without it; every call uses the same starts.
+    """
+    generator = torch.Generator().manual_seed(attack_seed(seed, "select"))
     robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
-                             attack=pgd_attack(eps, step, steps), desc=f"select PGD-{steps}")
+                             attack=pgd_attack(eps, step, steps, generator), desc=f"select PGD-{steps}")
     class_acc = class_accuracies(robust, labels, num_classes)
     avg, worst = float(robust.mean()), float(class_acc.min())
     return {"score": avg + worst, "pgd_avg": avg, "pgd_worst": worst}

@@ -50,8 +50,9 @@ def plot_training(history: Sequence[dict], path: str | Path, title: str) -> None
                               ("train_acc_nat", "on x (natural)", "tab:green"),
                               ("select_pgd_avg", "selection PGD avg", "tab:purple"),
                               ("select_pgd_worst", "selection PGD worst class", "tab:gray")):
-        if all(key in r for r in history):
-            ax_acc.plot(epochs, [r[key] for r in history], marker="o", ms=3, color=color, label=label)
+        points = [(int(r["epoch"]), r[key]) for r in history if key in r]  # selection: its epochs only
+        if points:
+            ax_acc.plot(*zip(*points), marker="o", ms=3, color=color, label=label)
     ax_acc.set_title("accuracy")
     ax_acc.set_ylim(0, 1)
     if ax_acc.lines:

@@ -3,8 +3,9 @@
 Per epoch ``e`` (counted from 1, as the reference code): learning rate
 ``lr * gamma ** #{m in milestones : m < e}`` (so the rate drops *after* epoch ``m``), one pass over
 the :class:`~absld.data.TensorLoader`, ``method.on_epoch_end(e)``, an optional selection
-evaluation, and an atomic checkpoint holding everything needed to continue exactly: model,
-optimiser, method state, RNG states, history and the best weights so far. Calling :func:`fit`
+evaluation (after the epochs of ``select_epochs``; it leaves the training RNG alone), and an
+atomic checkpoint holding everything needed to continue exactly: model, optimiser, method state,
+RNG states, history and the best weights so far. Calling :func:`fit`
 again with the same ``fingerprint`` continues after the last finished epoch; a different
 fingerprint (other params or data) starts afresh.
 """
@@ -15,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Callable
 
 import torch
@@ -68,6 +70,7 @@ def fit(
     checkpoint: str | Path | None = None,
     fingerprint: str = "",
     select_fn: SelectFn | None = None,
+    select_epochs: Collection[int] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_after: int | None = None,
     desc: str = "train",
@@ -80,7 +83,11 @@ def fit(
         loader: shuffled, augmenting batches of the training split.
         checkpoint: where the resumable state is kept (None: no checkpoints).
         fingerprint: identifies the configuration; a checkpoint with another one is not resumed.
-        select_fn: evaluated after each epoch for checkpoint selection (keeps the best ``score``).
+        select_fn: evaluated for checkpoint selection (keeps the best ``score``; the first of equal
+            scores) after each epoch of ``select_epochs``, after the method's epoch-end hook; its
+            metrics enter that epoch's row as ``select_<key>``. It must not draw from the global
+            RNG (:func:`absld.evaluate.fair_score` does not), or training would depend on it.
+        select_epochs: the epochs (1-based) after which ``select_fn`` runs (None: every epoch).
         on_epoch: receives the metrics row of each epoch trained in this call (logging).
         stop_after: stop after this many epochs in this call (tests of resume; preemptible hosts).
     """
@@ -115,7 +122,7 @@ def fit(
             break
         row = _train_epoch(model, method, teacher, loader, optimizer, cfg, rt, epoch, desc)
         row.update(method.on_epoch_end(epoch))
-        if select_fn is not None:
+        if select_fn is not None and (select_epochs is None or epoch in select_epochs):
             model.eval()
             selection = select_fn(model)
             row.update({f"select_{k}": v for k, v in selection.items()})
@@ -123,6 +130,8 @@ def fit(
             if result.best_score is None or score > result.best_score:
                 result.best_score, result.best_epoch = float(score), epoch
                 result.best_state = _cpu_state(model)
+            tqdm.write(f"[{desc}] epoch {epoch}: selection score {float(score):.4f} "
+                       f"(best {result.best_score:.4f}, epoch {result.best_epoch})")
         result.history.append(row)
         trained_here += 1
         if ckpt_path is not None:

@@ -6,10 +6,11 @@ import click
 import torch
 
 from absld import data as data_lib
-from absld.config import DISTILL_METHODS
+from absld.config import DISTILL_METHODS, DistillConfig, TrainConfig, fraction_of_255
 from absld.evaluate import fair_score, first_n
 from absld.io import sha256_file, write_csv, write_json
 from absld.methods import METHODS, MethodContext, build_method
+from absld.methods.absld import temperatures_used
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
 from absld.runtime import seed_everything, setup
@@ -40,9 +41,13 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     distill.attack, the student is distill.student. The run resumes from
     checkpoints/distill/<method>/seed<seed>/ after an interruption. distill.select picks the
     checkpoint: last (default), val_fair_best or test_fair_best (max PGD avg + worst-class accuracy
-    on the held-out validation split or, like the reference code, on the test set). Writes the
-    student to models/students/<method>/seed<seed>.pt and its logs (for ABSLD the class-wise
-    temperatures, temperatures.csv and a PNG) to results/distill/<method>/seed<seed>/.
+    on the held-out validation split or, like the official script, on the test set: model
+    selection on the test set), evaluated with distill.select_eval after the epochs e with
+    e % every == 0 or e >= the method's first LR milestone (select_* columns of the training log).
+    The selection never changes training. Writes the student to
+    models/students/<method>/seed<seed>.pt and its logs (for ABSLD the class-wise temperatures,
+    temperatures.csv and a PNG; metrics.json's final_tau_* are those used during the selected
+    epoch) to results/distill/<method>/seed<seed>/.
     """
     params = load(params_path)
     cfg = params.distill
@@ -54,6 +59,10 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     train_cfg = method_cfg.train.apply(cfg.train)
     if cfg.select == "val_fair_best" and len(prepared.val_labels) == 0:
         raise StageError("distill.select val_fair_best needs a validation split; set data.val_per_class > 0")
+    select_epochs = cfg.selection_epochs(method_name)  # the method's own milestones count
+    if cfg.select != "last" and not select_epochs:
+        raise StageError(f"distill.select_eval.every = {cfg.select_eval.every} picks no epoch of {method_name}'s "
+                         f"{train_cfg.epochs} (milestones {train_cfg.milestones}); lower it (1: every epoch)")
 
     teacher, teacher_sha = None, None
     if METHODS[method_name].uses_teacher:
@@ -73,24 +82,27 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher,
                         kl_reduction=cfg.kl_reduction)
     method = build_method(method_name, method_cfg, ctx)
+    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed,
+                                              "distill.train_per_class")
     loader = data_lib.TensorLoader(
-        prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,
+        images, labels, batch_size=train_cfg.batch_size,
         device=rt.device, shuffle=True, crop_padding=params.data.augment.crop_padding,
         flip=params.data.augment.flip, seed=seed, channels_last=rt.channels_last,
     )
-    select_fn = None
+    select_fn, selection_rule = None, f"the last epoch ({train_cfg.epochs})"
     if cfg.select != "last":
         sel = cfg.select_eval
         images, labels = ((prepared.val_images, prepared.val_labels) if cfg.select == "val_fair_best"
                           else (prepared.test_images, prepared.test_labels))
         images, labels = first_n(images, labels, sel.n_samples)
+        selection_rule = _selection_rule(cfg, train_cfg, select_epochs, len(labels))
 
         def select_fn(model: torch.nn.Module) -> dict[str, float]:
             return fair_score(model, images, labels, prepared.num_classes, rt, eps=sel.eps,
-                              step=sel.step, steps=sel.steps, batch_size=sel.batch_size)
+                              step=sel.step, steps=sel.steps, batch_size=sel.batch_size, seed=seed)
 
     key = fingerprint(method_name, seed, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
-                      cfg.model_dump(mode="json", include={"student", "attack", "kl_reduction", "select",
+                      cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction", "select",
                                                            "select_eval"}),
                       params.data.augment.model_dump(), prepared.manifest["sha256"],
                       prepared.manifest["train_indices"][:50], teacher_sha)
@@ -101,7 +113,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
     with Tracker(params, "distill", name=name, config=config) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=distill_resume(method_name, seed),
-                     fingerprint=key, select_fn=select_fn,
+                     fingerprint=key, select_fn=select_fn, select_epochs=select_epochs,
                      on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}")
         if len(result.history) < train_cfg.epochs:
@@ -115,7 +127,9 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
         selection = {"select": cfg.select, "selected_epoch": chosen_epoch,
                      "selection_split": {"last": None, "val_fair_best": "validation",
                                          "test_fair_best": "test"}[cfg.select],
-                     "selection_score": result.best_score}
+                     "selection_score": result.best_score,
+                     "selection_on_test_set": cfg.select == "test_fair_best",
+                     "selection_rule": selection_rule}
         results = distill_results(method_name, seed)
         history = result.history
         metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
@@ -130,12 +144,30 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
             plot_temperatures(method.log, prepared.class_names, png,
                               title=f"ABSLD class-wise temperatures ({params.data.dataset}, seed {seed})")
             tracker.log_image("temperatures", str(png))
-            final_tau = method.tau_adv.cpu().tolist()
-            metrics["final_tau_adv"] = dict(zip(prepared.class_names, final_tau))
-            metrics["final_tau_nat"] = dict(zip(prepared.class_names, method.tau_nat.cpu().tolist()))
+            # the temperatures used during the selected epoch (the last one for select last)
+            tau_adv, tau_nat = temperatures_used(method.log, chosen_epoch)
+            metrics["final_tau_adv"] = dict(zip(prepared.class_names, tau_adv))
+            metrics["final_tau_nat"] = dict(zip(prepared.class_names, tau_nat))
+            metrics["final_tau_epoch"] = chosen_epoch
         write_json(results / "metrics.json", metrics)
         save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
                         dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
-        tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select})
+        tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select,
+                         "selection_on_test_set": selection["selection_on_test_set"]})
     click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{cfg.select}' "
                f"(epoch {chosen_epoch}) -> {student_checkpoint(method_name, seed)}")
+    if selection["selection_on_test_set"]:
+        click.echo("note: this checkpoint was selected on the test set (the official script's rule); "
+                   "its test-set numbers are not a held-out estimate")
+
+
+def _selection_rule(cfg: DistillConfig, train_cfg: TrainConfig, epochs: list[int], n: int) -> str:
+    """distill.select in words, for the checkpoint meta and metrics.json."""
+    sel = cfg.select_eval
+    split = "the test set (model selection on the test set, as the official script)" \
+        if cfg.select == "test_fair_best" else "the held-out validation split"
+    first = train_cfg.milestones[0] if train_cfg.milestones else None
+    when = f"e % {sel.every} == 0" + (f" or e >= {first} (the first LR milestone)" if first else "")
+    return (f"max PGD-{sel.steps} avg + worst-class accuracy (CE, uniform start, eps "
+            f"{fraction_of_255(sel.eps)}, step {fraction_of_255(sel.step)}) on {n} images of {split}, "
+            f"after the {len(epochs)} epochs e with {when}")

@@ -54,8 +54,10 @@ def teacher(params_path: str, stop_after: int | None) -> None:
             train_cfg = method_cfg.train.apply(cfg.train)
             ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack)
             method = build_method(cfg.method, method_cfg, ctx)
+            images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed,
+                                                      "teacher.train_per_class")
             loader = data_lib.TensorLoader(
-                prepared.train_images, prepared.train_labels, batch_size=train_cfg.batch_size,
+                images, labels, batch_size=train_cfg.batch_size,
                 device=rt.device, shuffle=True, drop_last=False,
                 crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip,
                 seed=cfg.seed, channels_last=rt.channels_last,

@@ -181,3 +181,13 @@ def test_resume_restores_temperatures_risks_and_log_exactly(tmp_path):
     assert torch.equal(straight.tau_adv, resumed.tau_adv) and torch.equal(straight.tau_nat, resumed.tau_nat)
     assert straight.log == resumed.log and straight.beta == resumed.beta
     assert all(torch.equal(v, again.final_state[k]) for k, v in result.final_state.items())
+
+
+def test_temperatures_used_reads_the_rows_of_the_selected_epoch():
+    from absld.methods.absld import temperatures_used
+
+    log = [{"epoch": e, "class": k, "tau_adv": 10 * e + k, "tau_nat": -(10 * e + k)}
+           for e in (1, 2, 3) for k in (1, 0)]  # class order scrambled on purpose
+    assert temperatures_used(log, 2) == ([20.0, 21.0], [-20.0, -21.0])
+    with pytest.raises(ValueError, match="epoch 4"):
+        temperatures_used(log, 4)

@@ -95,3 +95,33 @@ def test_profile_with_a_typo_fails_before_anything_runs(tmp_path, paper_params):
 def test_deep_merge_overrides_leaves_and_keeps_siblings():
     merged = deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}})
     assert merged == {"a": {"b": 1, "c": [3]}}
+
+
+def test_selection_schedule_is_the_official_scripts():
+    from absld.config import SelectEvalConfig, TrainConfig
+
+    official = [e for e in range(1, 301) if (e % 10 == 0 and e < 215) or e >= 215]
+    assert SelectEvalConfig(every=10).epochs(TrainConfig(epochs=300, milestones=[215, 260, 285])) == official
+    assert SelectEvalConfig(every=1).epochs(TrainConfig(epochs=4, milestones=[])) == [1, 2, 3, 4]
+    assert SelectEvalConfig(every=2).epochs(TrainConfig(epochs=5, milestones=[])) == [2, 4]
+    # a method's own milestones move its schedule (ARD: 200 epochs, milestones [100, 150])
+    params = parse_params({"distill": {"select": "test_fair_best", "ard": {"train": {"epochs": 200, "milestones": [100, 150]}}}})
+    assert params.distill.selection_epochs("ard") == [e for e in range(1, 201) if e % 10 == 0 or e >= 100]
+    assert parse_params({}).distill.selection_epochs("absld") == []  # select last: no selection PGD
+
+
+def test_selection_that_evaluates_no_epoch_is_rejected():
+    message = error_for({"distill": {"select": "val_fair_best", "train": {"epochs": 5, "milestones": []}}})
+    assert "select_eval.every = 10" in message and "no epoch" in message
+    assert "distill.select_eval.every = 0" in error_for({"distill": {"select_eval": {"every": 0}}})
+
+
+def test_params_offer_the_official_test_set_selection():
+    """params.yaml (the workspace copy: profiles leave select_eval alone) carries the official
+    script's selection PGD, and names test_fair_best on the select line."""
+    params = load_params(REPO / "params.yaml")
+    sel = params.distill.select_eval
+    assert sel.n_samples is None and sel.steps == 20 and sel.every == 10
+    assert sel.step == pytest.approx(0.003) and sel.eps == pytest.approx(8 / 255)
+    line = next(l for l in (REPO / "params.yaml").read_text().splitlines() if l.strip().startswith("select:"))
+    assert "test_fair_best is the official script's selection" in line

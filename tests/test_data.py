@@ -143,3 +143,25 @@ def test_loader_epochs_are_reproducible_and_differ_from_each_other():
     assert not torch.equal(x1[0], x2[0])
     assert sorted(torch.cat(y1).tolist()) == sorted(labels.tolist())
     assert len(loader) == 4 and x1[0].min() >= 0 and x1[0].max() <= 1
+
+
+def test_class_subset_takes_per_class_images_nested_across_sizes():
+    from absld.data import class_subset
+
+    labels = np.repeat(np.arange(3), [7, 5, 6])
+    np.random.default_rng(1).shuffle(labels)
+    small = class_subset(labels, 3, 2, seed=4)
+    large = class_subset(labels, 3, 4, seed=4)
+    assert np.bincount(labels[small], minlength=3).tolist() == [2, 2, 2]
+    assert np.bincount(labels[large], minlength=3).tolist() == [4, 4, 4]
+    assert set(small) <= set(large)  # students' images are a subset of the teacher's
+    assert not np.array_equal(class_subset(labels, 3, 2, seed=5), small)  # the seed matters
+    assert np.array_equal(class_subset(labels, 3, None, seed=4), np.arange(len(labels)))
+
+
+def test_class_subset_larger_than_a_class_names_the_key():
+    from absld.data import DataError, class_subset
+
+    labels = np.repeat(np.arange(2), [3, 5])
+    with pytest.raises(DataError, match=r"distill.train_per_class = 4 but class 0 has only 3"):
+        class_subset(labels, 2, 4, seed=0, key="distill.train_per_class")

@@ -158,3 +158,54 @@ def test_robustbench_teacher_without_the_package_says_how_to_install_it(project,
     result = invoke("teacher")
     assert result.exit_code == 1 and "pip install" in result.output and "robustbench" in result.output
     assert not (project / "models").exists()
+
+
+def _student_run(project, select):
+    """One tiny ABSLD distill run with distill.select = ``select``: (final weights, metrics, log rows)."""
+    set_params(project, **{"distill.select": select, "distill.select_eval.n_samples": None})
+    result = invoke("distill", "--method", "absld", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    resume = torch.load(project / "checkpoints" / "distill" / "absld" / "seed0" / "last.pt", weights_only=True)
+    results = project / "results" / "distill" / "absld" / "seed0"
+    log = [line.split(",") for line in (results / "train_log.csv").read_text().splitlines()]
+    rows = [dict(zip(log[0], line)) for line in log[1:]]
+    return resume["model"], json.loads((results / "metrics.json").read_text()), rows, result.output
+
+
+def _temperatures_of(project, epoch):
+    lines = (project / "results" / "distill" / "absld" / "seed0" / "temperatures.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    return ([float(r["tau_adv"]) for r in rows if int(r["epoch"]) == epoch],
+            [float(r["tau_nat"]) for r in rows if int(r["epoch"]) == epoch])
+
+
+def test_test_set_selection_is_labelled_and_does_not_change_training(project):
+    from absld.models import checkpoint_meta, save_checkpoint
+
+    invoke("prepare")
+    torch.manual_seed(0)
+    save_checkpoint(project / "models" / "teacher.pt", build_model("tiny_cnn", num_classes=10, in_channels=3))
+    last_weights, last_metrics, last_log, _ = _student_run(project, "last")
+    # select last: the temperatures used during the last epoch (3), not the ones updated after it
+    assert last_metrics["selected_epoch"] == 3 and last_metrics["final_tau_epoch"] == 3
+    tau_adv, tau_nat = _temperatures_of(project, 3)
+    assert list(last_metrics["final_tau_adv"].values()) == pytest.approx(tau_adv, abs=1e-5)
+    assert list(last_metrics["final_tau_nat"].values()) == pytest.approx(tau_nat, abs=1e-5)
+    assert not last_metrics["selection_on_test_set"] and "select_score" not in last_log[0]
+
+    weights, metrics, log, output = _student_run(project, "test_fair_best")
+    for key, value in last_weights.items():  # the selection PGD leaves the training stream alone
+        assert torch.equal(value, weights[key]), key
+    # tiny profile: 3 epochs, first milestone 2, every 10 -> evaluated after epochs 2 and 3
+    assert [bool(r["select_score"]) for r in log] == [False, True, True]
+    assert metrics["select"] == "test_fair_best" and metrics["selection_split"] == "test"
+    assert metrics["selection_on_test_set"] is True and "model selection on the test set" in metrics["selection_rule"]
+    assert "on 60 images of the test set" in metrics["selection_rule"]  # n_samples null: the whole test set
+    assert "selected on the test set" in output
+    epoch = metrics["selected_epoch"]
+    assert epoch in (2, 3) and metrics["final_tau_epoch"] == epoch
+    tau_adv, tau_nat = _temperatures_of(project, epoch)
+    assert list(metrics["final_tau_adv"].values()) == pytest.approx(tau_adv, abs=1e-5)
+    assert list(metrics["final_tau_nat"].values()) == pytest.approx(tau_nat, abs=1e-5)
+    meta = checkpoint_meta(project / "models" / "students" / "absld" / "seed0.pt")
+    assert meta["selection_on_test_set"] is True and meta["selection_split"] == "test" and meta["selected_epoch"] == epoch

@@ -81,3 +81,34 @@ def test_selection_keeps_the_best_scoring_epoch():
     result = fit(model, meth, loader, cfg, CPU, select_fn=lambda m: {"score": next(scores)})
     assert result.best_epoch == 2 and result.best_score == 0.9
     assert [r["select_score"] for r in result.history] == [0.2, 0.9, 0.5]
+
+
+def test_selection_runs_only_after_its_epochs_and_they_show_in_the_log():
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, milestones=[3])
+    model, meth, loader = tiny_setup("sat")
+    seen = []
+    result = fit(model, meth, loader, cfg, CPU, select_epochs=[2, 3, 4],
+                 select_fn=lambda m: seen.append(1) or {"score": 4.0 - len(seen)})
+    assert len(seen) == 3 and result.best_epoch == 2 and result.best_score == 3.0
+    assert ["select_score" in r for r in result.history] == [False, True, True, True]
+
+
+def test_the_selection_attack_does_not_change_training():
+    """select last vs a test-set PGD selection after every epoch: bit-identical final weights."""
+    from absld.evaluate import fair_score
+
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, milestones=[])
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (24, 3, 16, 16)).astype(np.uint8)
+    labels = np.arange(24) % 4
+
+    def select(model):
+        return fair_score(model, images, labels, 4, CPU, eps=8 / 255, step=0.003, steps=2, batch_size=8, seed=0)
+
+    model, meth, loader = tiny_setup("sat")
+    plain = fit(model, meth, loader, cfg, CPU)
+    model, meth, loader = tiny_setup("sat")
+    selected = fit(model, meth, loader, cfg, CPU, select_fn=select)
+    assert all("select_score" in r for r in selected.history)
+    for key, value in plain.final_state.items():
+        assert torch.equal(value, selected.final_state[key]), key

@@ -102,3 +102,13 @@ class ABSLD(RSLAD):
         self.tau_adv, self.tau_nat = state["tau_adv"].clone(), state["tau_nat"].clone()
         self.beta = float(state["beta"])
         self.log = list(state["log"])
+
+
+def temperatures_used(log: list[dict[str, float]], epoch: int) -> tuple[list[float], list[float]]:
+    """``(tau_adv, tau_nat)``, one value per class in class order: the temperatures *used during*
+    ``epoch`` (1-based), read from the :attr:`ABSLD.log` rows (= temperatures.csv) of that epoch,
+    i.e. before that epoch's end-of-epoch update. Raises ValueError when the log lacks the epoch."""
+    rows = sorted((r for r in log if int(r["epoch"]) == epoch), key=lambda r: int(r["class"]))
+    if not rows:
+        raise ValueError(f"the temperature log has no rows for epoch {epoch}")
+    return [float(r["tau_adv"]) for r in rows], [float(r["tau_nat"]) for r in rows]
