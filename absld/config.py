@@ -167,6 +167,10 @@ class TrainConfig(Section):
     nesterov: bool = False
     milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
     lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    lr_decay: Literal["cumulative", "from_base"] = "cumulative"
+    """cumulative: lr * gamma^(milestones passed) (the intent; ABSLD/RSLAD code); from_base:
+    lr * gamma once any milestone has passed (the released ARD/IAD/Fair-ARD function, which
+    always scales the base rate, so a second milestone leaves it at lr * gamma)."""
 
     @field_validator("milestones")
     @classmethod
@@ -187,6 +191,7 @@ class TrainOverride(Section):
     nesterov: bool | None = None
     milestones: list[PosInt] | None = None
     lr_gamma: Annotated[float, Field(gt=0, le=1)] | None = None
+    lr_decay: Literal["cumulative", "from_base"] | None = None
 
     def apply(self, base: TrainConfig) -> TrainConfig:
         changes = {k: v for k, v in self.model_dump().items() if v is not None}

@@ -37,8 +37,11 @@ class TrainingError(RuntimeError):
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate used during ``epoch`` (1-based)."""
-    return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.milestones if m < epoch)
+    """The learning rate used during ``epoch`` (1-based); see ``TrainConfig.lr_decay``."""
+    passed = sum(1 for m in cfg.milestones if m < epoch)
+    if cfg.lr_decay == "from_base":
+        passed = min(passed, 1)
+    return cfg.lr * cfg.lr_gamma ** passed
 
 
 @dataclass
@@ -182,9 +185,9 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
     for step, batch in enumerate(bar):
         teacher_logits = None
         if teacher is not None:
-            with torch.no_grad(), rt.autocast():
+            with torch.no_grad():  # fp32: soft labels are divided by temperatures down to 0.25
                 teacher_logits = teacher(batch.x).float()  # (B, C)
-        model.eval()
+        model.train(method.attack_mode == "train")  # the BatchNorm mode of the authors' attack
         with rt.autocast():
             x_adv = method.perturb(model, batch, teacher_logits)
         model.train()

@@ -170,7 +170,7 @@ def test_ard_loss_with_alpha_half_adds_natural_cross_entropy_with_weight_one_min
 def test_iad_loss_up_to_epoch_begin_is_only_the_tempered_distillation_term():
     t = 2.0
     distill = sum(kl_sum(softmax(scaled(teacher_logits_of(X[i]), t)), scaled(student_logits(X_ADV[i]), t))
-                  for i in range(B)) / (B * C)
+                  for i in range(B)) / B  # summed over classes, mean over the batch (IAD-I.py)
     cfg = IadConfig(temperature=t, beta=0.5, begin=3)
     # epochs 1..begin are trained without introspection: the method is at epoch `begin` after
     # the end of epoch begin - 1
@@ -182,12 +182,14 @@ def test_iad_loss_after_epoch_begin_adds_introspection_weighted_by_one_minus_tea
     t, beta = 2.0, 0.5
     cfg = IadConfig(temperature=t, beta=beta, begin=3)
     distill = sum(kl_sum(softmax(scaled(teacher_logits_of(X[i]), t)), scaled(student_logits(X_ADV[i]), t))
-                  for i in range(B)) / (B * C)
+                  for i in range(B)) / B
     trust = [softmax(teacher_logits_of(X_ADV[i]))[Y[i]] ** beta for i in range(B)]  # a_i = P_T(y_i|x'_i)^beta
     introspection = sum((1 - trust[i]) * kl_sum(softmax(student_logits(X[i])), student_logits(X_ADV[i]))
-                        for i in range(B)) / (B * C)
-    loss = hand_loss("iad", cfg, prepare=lambda m: m.on_epoch_end(cfg.begin))  # now at epoch begin + 1
-    assert loss == pytest.approx(t * t * distill + introspection, rel=1e-5)
+                        for i in range(B)) / B
+    for reduction in ("element_mean", "batchmean"):  # IAD's own reduction, whatever distill.kl_reduction
+        loss = hand_loss("iad", cfg, kl_reduction=reduction,
+                         prepare=lambda m: m.on_epoch_end(cfg.begin))  # now at epoch begin + 1
+        assert loss == pytest.approx(t * t * distill + introspection, rel=1e-5)
 
 
 def test_adaad_loss_with_alpha_one_is_kl_from_attacked_teacher_to_attacked_student():
@@ -513,7 +515,7 @@ def _fair_rslad_epoch() -> MethodBase:
     return method
 
 
-def test_fair_rslad_kappa_counts_the_pgd_steps_before_the_first_mistake():
+def test_fair_rslad_kappa_counts_the_pgd_steps_at_which_the_prediction_is_right():
     method = _fair_rslad_epoch()
     mean_kappa = method.kappa_sum / method.count
     assert method.count.tolist() == [6.0, 6.0, 0.0]
@@ -534,13 +536,14 @@ class CorrectWrongCorrect(nn.Module):
         return 0.01 * x.flatten(1)[:, :C] + bias
 
 
-def test_fair_rslad_kappa_stops_counting_at_the_first_mistake_even_if_the_sample_recovers():
+def test_fair_rslad_kappa_counts_every_correct_step_also_after_a_recovery():
     method = build_method("fair_rslad", FairRsladConfig(),
                           MethodContext(num_classes=C, attack=ATTACK, teacher=TinyConv(5).eval()))
     x = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     batch = Batch(x=x, y=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
     method.perturb(CorrectWrongCorrect(), batch, torch.zeros(4, C))
-    assert method.kappa_sum[0] / method.count[0] == 1.0  # correct, wrong (stop), correct
+    # correct, wrong, correct (then correct again for the remaining steps): every correct step counts
+    assert method.kappa_sum[0] / method.count[0] == STEPS - 1
 
 
 def test_fair_rslad_gives_the_class_broken_first_the_larger_weight_within_the_bounds():

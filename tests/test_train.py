@@ -8,7 +8,7 @@ import torch
 
 from absld.config import AttackConfig, SatConfig, TradesConfig, TrainConfig
 from absld.data import TensorLoader
-from absld.methods import MethodContext, build_method
+from absld.methods import MethodBase, MethodContext, StepOutput, build_method
 from absld.models import build_model
 from absld.runtime import Runtime
 from absld.train import TrainingError, fit, learning_rate
@@ -112,3 +112,90 @@ def test_the_selection_attack_does_not_change_training():
     assert all("select_score" in r for r in selected.history)
     for key, value in plain.final_state.items():
         assert torch.equal(value, selected.final_state[key]), key
+
+
+# ----------------------------------------------------------------------------------------------
+# the BatchNorm mode of the attack and the precision of the teacher
+class _Spy(MethodBase):
+    """Records the student's mode in perturb/loss and the teacher logits it is handed; its loss
+    touches the weights without a forward pass, so only the attack can move BatchNorm statistics."""
+
+    name = "spy"
+
+    def __init__(self, attack_mode: str, teacher: torch.nn.Module | None = None) -> None:
+        super().__init__(None, MethodContext(num_classes=4, attack=AttackConfig(), teacher=teacher))
+        self.attack_mode = attack_mode  # instance attribute shadows the ClassVar for the test
+        self.seen: list[tuple[str, bool]] = []
+        self.teacher_logits: list[torch.Tensor] = []
+
+    def perturb(self, student, batch, teacher_logits):
+        self.seen.append(("perturb", student.training))
+        if teacher_logits is not None:
+            self.teacher_logits.append(teacher_logits)
+        student(batch.x)  # one forward pass, as an attack step makes
+        return batch.x
+
+    def loss(self, student, batch, x_adv, teacher_logits):
+        self.seen.append(("loss", student.training))
+        weight_norm = sum(p.sum() for p in student.parameters()) * 0.0
+        return StepOutput(weight_norm)
+
+
+def _bn_stats(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.running_mean.clone() for b in model.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("attack_mode", ["eval", "train"])
+def test_fit_attacks_in_the_methods_batchnorm_mode_and_takes_the_loss_in_train_mode(attack_mode):
+    model, _, loader = tiny_setup("sat")
+    before = _bn_stats(model)
+    assert before, "the test model needs BatchNorm layers"
+    spy = _Spy(attack_mode)
+    fit(model, spy, loader, TrainConfig(epochs=1, batch_size=16, lr=0.05, milestones=[]), CPU)
+    assert {mode for step, mode in spy.seen if step == "perturb"} == {attack_mode == "train"}
+    assert {mode for step, mode in spy.seen if step == "loss"} == {True}
+    moved = any(not torch.equal(a, b) for a, b in zip(before, _bn_stats(model)))
+    assert moved == (attack_mode == "train")  # an eval-mode attack leaves running statistics alone
+
+
+def test_ard_and_iad_attack_in_train_mode_the_rslad_family_in_eval_mode():
+    from absld.methods import METHODS
+
+    assert {name for name, cls in METHODS.items() if cls.attack_mode == "train"} == {"ard", "iad"}
+
+
+def test_teacher_logits_are_computed_in_fp32_even_under_autocast():
+    class Bf16Runtime(Runtime):
+        def autocast(self):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    rt = Bf16Runtime(device=torch.device("cpu"), amp=True, channels_last=False, progress=False)
+    torch.manual_seed(0)
+    teacher = build_model("small_cnn", num_classes=4, in_channels=3).eval()
+    model, _, loader = tiny_setup("sat")
+    spy = _Spy("eval", teacher=teacher)
+    fit(model, spy, loader, TrainConfig(epochs=1, batch_size=16, lr=0.05, milestones=[]), rt)
+    loader.set_epoch(1)
+    first = next(iter(loader))
+    with torch.no_grad():
+        expected = teacher(first.x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lowered = teacher(first.x).float()
+    assert not torch.equal(lowered, expected)  # the autocast really lowers the precision here
+    assert torch.equal(spy.teacher_logits[0], expected)
+
+
+def test_from_base_decay_is_the_released_ard_iad_function_that_never_lowers_its_base():
+    released = TrainConfig(lr=0.1, milestones=[100, 150], lr_gamma=0.1, epochs=200, lr_decay="from_base")
+    intent = released.model_copy(update={"lr_decay": "cumulative"})
+    assert [round(learning_rate(released, e), 6) for e in (100, 101, 150, 151, 200)] == [0.1, 0.01, 0.01, 0.01, 0.01]
+    assert [round(learning_rate(intent, e), 6) for e in (100, 101, 150, 151, 200)] == [0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_the_paper_configuration_uses_the_released_lr_function_for_ard_and_iad_only(paper_params):
+    from absld.config import load_params
+
+    cfg = load_params(paper_params).distill
+    decay = {m: cfg.method_config(m).train.apply(cfg.train).lr_decay for m in cfg.methods}
+    assert {m for m, d in decay.items() if d == "from_base"} == {"ard", "iad"}
+    assert cfg.method_config("fair_rslad").train.apply(cfg.train).nesterov is True

@@ -20,6 +20,7 @@ from .losses import kl, soft_labels
 class ARD(MethodBase):
     name = "ard"
     uses_teacher = True
+    attack_mode = "train"  # the official script attacks with the student in train mode
 
     def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor:
         attack = self.ctx.attack

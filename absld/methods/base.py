@@ -3,19 +3,26 @@
 A method is only its math. The loop (:mod:`absld.train`) owns batches, optimiser, schedule,
 precision, checkpoints and logging, and calls per batch::
 
-    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad (if uses_teacher)
-    student.eval();  x_adv = method.perturb(student, batch, teacher_logits)      # inner max
+    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad, fp32 (if uses_teacher)
+    student.train(method.attack_mode == "train")                                  # the authors' BN mode
+    x_adv = method.perturb(student, batch, teacher_logits)                        # inner max
     student.train(); out = method.loss(student, batch, x_adv, teacher_logits)    # outer loss
     out.loss.backward(); optimiser.step()
 
 and once per epoch ``method.on_epoch_end(epoch)`` (epochs count from 1, as in the reference
 code, so ``epoch in milestones`` means "the epoch after which the learning rate decays").
+
+``attack_mode`` is part of a method's definition: the BatchNorm mode of the student while its
+adversarial examples are generated, as in the authors' code. ``"eval"`` (running statistics, left
+untouched) for RSLAD, ABSLD, TRADES, SAT, AdaAD and the re-weighting variants; ``"train"`` (batch
+statistics, running statistics updated by every attack step) for ARD and IAD, whose official
+scripts attack with the network in train mode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -47,6 +54,7 @@ class MethodContext:
 class Method(Protocol):
     name: ClassVar[str]
     uses_teacher: ClassVar[bool]
+    attack_mode: ClassVar[Literal["eval", "train"]]
 
     def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor: ...
 
@@ -66,6 +74,7 @@ class MethodBase:
 
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = False
+    attack_mode: ClassVar[Literal["eval", "train"]] = "eval"
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
         self.cfg = cfg

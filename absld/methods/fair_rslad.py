@@ -1,12 +1,14 @@
 """Fair-RSLAD: Fair-ARD's class re-weighting (Yue, Wang, Sun, Hua, Zhang; ICCV 2023) on RSLAD.
 
-During the attack, kappa_i counts the PGD steps for which the student still classifies x'_i
-correctly (until its first mistake): a small kappa marks a hard sample. At the end of each epoch
+During the attack, kappa_i counts the PGD steps at which the student classifies x'_i correctly
+(every such step, also after a recovery; the prediction is taken before each step's update, as
+the official ``Fair-RSLAD.py`` does): a small kappa marks a hard sample. At the end of each epoch
 the class weights for the next epoch become::
 
     w_k ∝ (1 / mean_{i: y_i = k} kappa_i) ** beta,   normalised to sum to C,   clamped to [w_min, w_max]
 
-and both RSLAD KL terms are weighted per sample by ``w[y_i]`` (weights start at 1).
+and both RSLAD KL terms are weighted per sample by ``w[y_i]`` (weights start at 1). The official
+scripts train with Nesterov momentum: ``distill.fair_rslad.train.nesterov: true`` in params.yaml.
 """
 
 from __future__ import annotations
@@ -37,12 +39,9 @@ class FairRSLAD(RSLAD):
     def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor:
         p_adv, _ = self.soft_labels(teacher_logits, batch.y)
         kappa = torch.zeros(len(batch.y), device=batch.y.device)  # (B,)
-        alive = torch.ones(len(batch.y), dtype=torch.bool, device=batch.y.device)
 
         def count(logits: Tensor) -> None:  # logits of each step's x' before its update
-            nonlocal alive
-            alive = alive & (logits.argmax(1) == batch.y)
-            kappa.add_(alive.float())
+            kappa.add_((logits.argmax(1) == batch.y).float())
 
         attack = self.ctx.attack
         x_adv = pgd(student, batch.x, kl_to_target(p_adv), eps=attack.eps, step=attack.step,

@@ -8,7 +8,9 @@ teacher can be trusted on each adversarial example::
     L   = t^2 KL(softmax(T(x)/t) ‖ softmax(S(x')/t)) + mean_i (1 - a_i) KL(S(x_i) ‖ S(x'_i))
 
 (METHOD.md §7; t = 1, beta = 0.1, begin = 60. The introspection target S(x) keeps its gradient,
-as in TRADES; the KL reductions follow ``distill.kl_reduction``.)
+as in TRADES. Both KL terms are summed over the classes and averaged over the batch (batchmean),
+as the official ``IAD-I.py`` computes them, whatever ``distill.kl_reduction`` says: that switch is
+for the methods whose reference code takes the element mean.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .losses import kl, soft_labels, weighted_kl
 class IAD(MethodBase):
     name = "iad"
     uses_teacher = True
+    attack_mode = "train"  # the official script attacks with the student in train mode
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -47,7 +50,7 @@ class IAD(MethodBase):
     def loss(self, student: nn.Module, batch: Batch, x_adv: Tensor,
              teacher_logits: Tensor | None) -> StepOutput:
         t = self.cfg.temperature
-        reduction = self.ctx.kl_reduction
+        reduction = "batchmean"  # the official code's reduction (see the module docstring)
         student_adv = student(x_adv).float()  # (B, C)
         distill = t * t * kl(soft_labels(teacher_logits, t), student_adv / t, reduction)
         trust = self.reliability(x_adv, batch.y)  # (B,)
