@@ -268,17 +268,23 @@ def _check_raw(dataset: str, raw: RawDataset) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # splits and the prepared layout
+def _ranked_by_class(labels: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded shuffle grouped by class: ``order`` (indices), ``rank`` (each position's place
+    within its class) and the class ``counts``; the first k of every class is a stratified draw."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, shuffled within
+    counts = np.bincount(labels, minlength=num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(labels)) - np.repeat(starts, counts)  # position within its class
+    return order, rank, counts
+
+
 def stratified_split(
     labels: np.ndarray, num_classes: int, val_per_class: int, train_per_class: int | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per class: shuffle (seeded), the first ``val_per_class`` go to validation, the next
     ``train_per_class`` (all remaining when None) to training. Returns sorted index arrays."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, shuffled within
-    counts = np.bincount(labels, minlength=num_classes)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(labels)) - np.repeat(starts, counts)  # position within its class
+    order, rank, counts = _ranked_by_class(labels, num_classes, seed)
     too_small = np.flatnonzero(counts <= val_per_class)
     if too_small.size:
         k = int(too_small[0])
@@ -301,15 +307,11 @@ def class_subset(labels: np.ndarray, num_classes: int, per_class: int | None, se
     images their teacher saw. ``key`` names the param in the error message."""
     if per_class is None:
         return np.arange(len(labels))
-    counts = np.bincount(labels, minlength=num_classes)
+    order, rank, counts = _ranked_by_class(labels, num_classes, seed)
     if counts.min() < per_class:
         k = int(counts.argmin())
         raise DataError(f"{key} = {per_class} but class {k} has only {counts[k]} prepared training "
                         f"images; lower {key} (or data.val_per_class)")
-    order = np.random.default_rng(seed).permutation(len(labels))
-    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, shuffled within
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(labels)) - np.repeat(starts, counts)  # position within its class
     return np.sort(order[rank < per_class])
 
 
