@@ -252,12 +252,20 @@ class RiskRuleConfig(DistillWeights):
 
     beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
     """The largest change of one end-of-epoch update."""
-    beta_milestones: list[PosInt] = Field(default_factory=lambda: [215, 260, 285])
-    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update."""
+    beta_milestones: list[PosInt] | None = None
+    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update; null: the
+    method's LR milestones (the reference code decays beta together with the learning rate). A
+    list that differs from the LR milestones is refused unless beta_decoupled is true."""
     beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    beta_decoupled: bool = False
+    """true: allow beta_milestones that differ from the LR milestones (not the reference's rule)."""
 
     def beta_after(self, beta: float, epoch: int) -> float:
-        """beta for the update at the end of ``epoch`` (decayed first at a milestone)."""
+        """beta for the update at the end of ``epoch`` (decayed first at a milestone). Needs
+        resolved milestones: :meth:`DistillConfig.method_config` fills null with the LR's."""
+        if self.beta_milestones is None:
+            raise ValueError("beta_milestones is unresolved (null): build the method from "
+                             "DistillConfig.method_config, which fills in the LR milestones")
         return beta * self.beta_gamma if epoch in self.beta_milestones else beta
 
 
@@ -376,7 +384,28 @@ class DistillConfig(Section):
 
 
     def method_config(self, name: str) -> MethodConfig:
-        return getattr(self, name)
+        """Method ``name``'s section, with ABSLD-style beta_milestones: null resolved to the
+        method's own LR milestones (distill.train changed by distill.<name>.train)."""
+        cfg = getattr(self, name)
+        if isinstance(cfg, RiskRuleConfig) and cfg.beta_milestones is None:
+            milestones = cfg.train.apply(self.train).milestones
+            return cfg.model_copy(update={"beta_milestones": list(milestones)})
+        return cfg
+
+    @model_validator(mode="after")
+    def _beta_follows_lr(self) -> "DistillConfig":
+        for name in DISTILL_METHODS:
+            cfg = getattr(self, name)
+            if not isinstance(cfg, RiskRuleConfig) or cfg.beta_milestones is None or cfg.beta_decoupled:
+                continue
+            lr_milestones = cfg.train.apply(self.train).milestones
+            if sorted(cfg.beta_milestones) != sorted(lr_milestones):
+                raise ValueError(
+                    f"{name}.beta_milestones {cfg.beta_milestones} differ from {name}'s LR milestones "
+                    f"{lr_milestones}; the reference code decays beta with the learning rate: set "
+                    f"distill.{name}.beta_milestones to null (follow the LR) or "
+                    f"distill.{name}.beta_decoupled to true")
+        return self
 
     def selection_epochs(self, name: str) -> list[int]:
         """The epochs after which method ``name``'s checkpoint-selection PGD runs (select_eval.every

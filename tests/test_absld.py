@@ -50,7 +50,7 @@ def test_equal_risks_leave_temperatures_unchanged_instead_of_nan():
 # ---------------------------------------------------------------------------------------------
 # soft labels
 def absld_with(mode: str, tau_adv, tau_nat):
-    method = build_method("absld", AbsldConfig(temperature_mode=mode),
+    method = build_method("absld", AbsldConfig(beta_milestones=[], temperature_mode=mode),
                           MethodContext(num_classes=3, attack=AttackConfig(), teacher=torch.nn.Identity()))
     method.tau_adv, method.tau_nat = torch.tensor(tau_adv), torch.tensor(tau_nat)
     return method
@@ -118,7 +118,7 @@ def test_absld_with_zero_beta_equals_rslad_bit_for_bit():
     teacher, student, loader = tiny_problem()
     rslad = fit(student, make("rslad", RsladConfig(), teacher), loader, TRAIN.model_copy(update={"epochs": 2}), CPU)
     teacher, student, loader = tiny_problem()
-    absld = fit(student, make("absld", AbsldConfig(beta=0.0), teacher), loader,
+    absld = fit(student, make("absld", AbsldConfig(beta_milestones=[], beta=0.0), teacher), loader,
                 TRAIN.model_copy(update={"epochs": 2}), CPU)
     for key, value in rslad.final_state.items():
         assert torch.equal(value, absld.final_state[key]), key
@@ -128,7 +128,7 @@ def test_absld_with_positive_beta_trains_differently_from_rslad():
     teacher, student, loader = tiny_problem()
     rslad = fit(student, make("rslad", RsladConfig(), teacher), loader, TRAIN, CPU)
     teacher, student, loader = tiny_problem()
-    absld = fit(student, make("absld", AbsldConfig(beta=0.5), teacher), loader, TRAIN, CPU)
+    absld = fit(student, make("absld", AbsldConfig(beta_milestones=[], beta=0.5), teacher), loader, TRAIN, CPU)
     assert any(not torch.equal(v, absld.final_state[k]) for k, v in rslad.final_state.items())
 
 
@@ -156,7 +156,7 @@ def test_logged_temperatures_follow_the_update_rule_row_by_row():
 
 def test_risks_are_per_class_sums_of_the_epochs_cross_entropy():
     teacher, student, loader = tiny_problem()
-    method = make("absld", AbsldConfig(), teacher)
+    method = make("absld", AbsldConfig(beta_milestones=[]), teacher)
     fit(student, method, loader, TRAIN.model_copy(update={"epochs": 1}), CPU)
     risk = torch.tensor([r["risk_adv"] for r in method.log])
     # 16 samples per class, CE of a near-uniform 4-class student is about log 4 each
@@ -166,7 +166,7 @@ def test_risks_are_per_class_sums_of_the_epochs_cross_entropy():
 
 
 def test_resume_restores_temperatures_risks_and_log_exactly(tmp_path):
-    cfg = AbsldConfig(beta=0.4)
+    cfg = AbsldConfig(beta_milestones=[], beta=0.4)
     teacher, student, loader = tiny_problem()
     straight = make("absld", cfg, teacher)
     result = fit(student, straight, loader, TRAIN, CPU, checkpoint=tmp_path / "a.pt", fingerprint="f")

@@ -125,3 +125,35 @@ def test_params_offer_the_official_test_set_selection():
     assert sel.step == pytest.approx(0.003) and sel.eps == pytest.approx(8 / 255)
     line = next(l for l in (REPO / "params.yaml").read_text().splitlines() if l.strip().startswith("select:"))
     assert "test_fair_best is the official script's selection" in line
+
+
+def test_beta_milestones_follow_the_methods_lr_milestones_by_default():
+    """The reference code decays ABSLD's beta with the learning rate: null resolves to the LR
+    milestones the method trains with (distill.train changed by the method's own train)."""
+    params = parse_params({"distill": {"train": {"epochs": 30, "milestones": [20, 25]},
+                                       "reweighted_rslad": {"train": {"milestones": [10]}}}})
+    assert params.distill.absld.beta_milestones is None
+    assert params.distill.method_config("absld").beta_milestones == [20, 25]
+    assert params.distill.method_config("reweighted_rslad").beta_milestones == [10]
+    assert params.distill.method_config("rslad") is params.distill.rslad
+    paper = load_params(REPO / "params.yaml").distill
+    assert paper.method_config("absld").beta_milestones == [215, 260, 285]
+
+
+def test_beta_milestones_that_differ_from_the_lr_need_beta_decoupled():
+    message = error_for({"distill": {"train": {"milestones": [6]}, "absld": {"beta_milestones": [5]}}})
+    assert "absld.beta_milestones [5]" in message and "[6]" in message
+    assert "beta_decoupled" in message and "null" in message
+    assert "reweighted_rslad" in error_for({"distill": {"reweighted_rslad": {"beta_milestones": [1]}}})
+    # the same list (any order) is accepted; a different one when decoupled on purpose
+    same = parse_params({"distill": {"train": {"milestones": [6, 8]}, "absld": {"beta_milestones": [8, 6]}}})
+    assert same.distill.method_config("absld").beta_milestones == [8, 6]
+    decoupled = parse_params({"distill": {"absld": {"beta_milestones": [5], "beta_decoupled": True}}})
+    assert decoupled.distill.method_config("absld").beta_milestones == [5]
+
+
+def test_unresolved_beta_milestones_fail_loudly_instead_of_never_decaying():
+    from absld.config import AbsldConfig
+
+    with pytest.raises(ValueError, match="unresolved"):
+        AbsldConfig().beta_after(0.1, 1)

@@ -231,7 +231,7 @@ def test_reweighted_rslad_loss_weights_adversarial_and_natural_terms_by_their_ow
     kl_nat = sum(w_nat[Y[i]] * kl_sum(softmax(teacher_logits_of(X[i])), student_logits(X[i]))
                  for i in range(B))
     expected = 5 / 6 * kl_adv / (B * C) + 1 / 6 * kl_nat / (B * C)
-    loss = hand_loss("reweighted_rslad", ReweightedRsladConfig(), prepare=set_weights)
+    loss = hand_loss("reweighted_rslad", ReweightedRsladConfig(beta_milestones=[]), prepare=set_weights)
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
@@ -386,7 +386,7 @@ def _move_state(name: str, method: MethodBase) -> None:
 
 IAD_CFG = IadConfig(temperature=2.0, beta=0.5, begin=3)
 STATEFUL = {
-    "rslad": RsladConfig(), "absld": AbsldConfig(), "iad": IAD_CFG,
+    "rslad": RsladConfig(), "absld": AbsldConfig(beta_milestones=[]), "iad": IAD_CFG,
     "fair_rslad": FairRsladConfig(), "reweighted_rslad": ReweightedRsladConfig(beta_milestones=[5]),
 }
 
@@ -580,7 +580,7 @@ class PrefersClassesOneAndTwo(nn.Module):
 def test_reweighted_rslad_raises_the_weight_of_the_riskiest_class_by_exactly_beta():
     beta = 0.1
     teacher = FixedAffine(TEACHER_W, TEACHER_B).eval()
-    method = build_method("reweighted_rslad", ReweightedRsladConfig(beta=beta),
+    method = build_method("reweighted_rslad", ReweightedRsladConfig(beta_milestones=[], beta=beta),
                           MethodContext(num_classes=C, attack=AttackConfig(), teacher=teacher))
     x = torch.rand(6, 1, 1, 2, generator=torch.Generator().manual_seed(0))
     batch = Batch(x=x, y=torch.tensor([0, 1, 2, 0, 1, 2]), index=torch.arange(6))
