@@ -517,6 +517,9 @@ class EvaluateConfig(Section):
     eps: Pixels = 8 / 255
     seed: NonNegInt = 0
     """Seeds every random start (per sample, so results do not depend on batching) and AutoAttack."""
+    amp: bool = False
+    """bf16 autocast (runtime.amp on CUDA) for clean, FGSM, PGD and CW and their verdicts; false
+    (default): float32 throughout, as the reference evaluations. AutoAttack always runs in float32."""
     cascade: bool = False
     """true: each attack only on the samples robust to every earlier one (per-attack columns then
     mean 'robust to this and all earlier attacks'); false: every attack on every clean-correct

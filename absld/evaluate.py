@@ -42,18 +42,26 @@ samples), so its random restarts depend on which samples share its call. That ch
 samples it breaks only by chance, yet it means ``correct_aa`` (and so ``correct_worst``) can differ
 between the cascade and the full run, and between two ``n_samples``.
 
-Precision: clean, FGSM, PGD and CW run under ``runtime.amp`` (bf16 autocast on CUDA); AutoAttack
-and its verdict run in float32, as the reference evaluations do.
+Precision: float32 throughout by default, as the reference evaluations; ``evaluate.amp: true`` runs
+clean, FGSM, PGD and CW (and their verdicts) under ``runtime.amp`` (bf16 autocast on CUDA).
+AutoAttack and its verdict always run in float32.
+
+Provenance: :func:`protocol` describes how the records were made (precision, cascade, seed, every
+attack's settings, the AutoAttack backend with its package version, and whether that AutoAttack is
+the standard one of the literature); it is stored in ``records.npz`` (``protocol``, a JSON string)
+so that an analysis can refuse to compare models evaluated differently and label a non-standard AA.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -169,7 +177,7 @@ class EvalAttackSpec:
     run: NoisyAttack
     batch_size: int
     noise_kind: NoiseKind | None = None
-    autocast: bool = True  # run (and judge) under runtime.amp
+    autocast: bool = False  # run (and judge) under runtime.amp (evaluate.amp; never AutoAttack)
 
 
 def record_name(attack: EvalAttack, cfg: EvaluateConfig) -> str:
@@ -180,6 +188,45 @@ def record_name(attack: EvalAttack, cfg: EvaluateConfig) -> str:
 def record_names(cfg: EvaluateConfig) -> list[str]:
     """Every column of the records, in order: clean, the attacks of ``cfg.attacks``, worst."""
     return [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
+
+
+AA_PACKAGES = {"pyautoattack": "pyautoattack", "torchattacks": "torchattacks"}
+"""The distribution that provides each AutoAttack backend (its version goes into the protocol)."""
+
+
+def _package_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def aa_is_standard(cfg: EvaluateConfig) -> bool:
+    """Whether ``evaluate.aa`` is the standard AutoAttack of the literature: the reference code
+    (pyautoattack), version standard. torchattacks' port is not (its APGD runs 10 iterations, the
+    reference 100), nor is any custom or rand version."""
+    return cfg.aa.backend == "pyautoattack" and cfg.aa.version == "standard"
+
+
+def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, Any]:
+    """How the records of ``cfg`` are made: everything but the model that can change a verdict.
+
+    ``autocast_available``: whether the runtime has bf16 autocast at all (``Runtime.amp``: CUDA with
+    runtime.amp); ``precision`` is ``bf16-autocast`` only when both it and evaluate.amp are on.
+    Keys: ``precision`` (``float32`` | ``bf16-autocast``), ``cascade``, ``seed``, ``eps`` (fraction), ``attacks`` (evaluate.attacks) and, per
+    attack in it, its settings (``fgsm``, ``pgd``, ``cw``, ``aa``; ``aa`` adds ``package_version`` of
+    its backend and ``standard`` from :func:`aa_is_standard`). JSON-able, stable key order.
+    """
+    precision = "bf16-autocast" if cfg.amp and autocast_available else "float32"
+    out: dict[str, Any] = {"precision": precision, "cascade": cfg.cascade, "seed": cfg.seed, "eps": float(cfg.eps),
+                           "attacks": list(cfg.attacks)}
+    for attack in cfg.attacks:
+        section = getattr(cfg, attack).model_dump(mode="json")
+        if attack == "aa":
+            section["package_version"] = _package_version(AA_PACKAGES[cfg.aa.backend])
+            section["standard"] = aa_is_standard(cfg)
+        out[attack] = section
+    return out
 
 
 def _clean(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
@@ -205,7 +252,7 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
                 return pgd(model, x, ce_loss(y), eps=eps, step=eps, steps=1, start="gaussian",
                            gauss_std=gauss_std, noise=noise)
 
-            specs.append(EvalAttackSpec(name, run_fgsm, cfg.batch_size, noise_kind="gaussian"))
+            specs.append(EvalAttackSpec(name, run_fgsm, cfg.batch_size, noise_kind="gaussian", autocast=cfg.amp))
         elif attack == "pgd":
             pgd_cfg = cfg.pgd
 
@@ -213,7 +260,7 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
                 return pgd(model, x, ce_loss(y), eps=eps, step=pgd_cfg.step, steps=pgd_cfg.steps,
                            start="uniform", noise=noise)
 
-            specs.append(EvalAttackSpec(name, run_pgd, cfg.batch_size, noise_kind="uniform"))
+            specs.append(EvalAttackSpec(name, run_pgd, cfg.batch_size, noise_kind="uniform", autocast=cfg.amp))
         elif attack == "cw":
             cw_cfg = cfg.cw
 
@@ -221,7 +268,7 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
                 return pgd(model, x, cw_margin_loss(y, cw_cfg.kappa), eps=eps, step=cw_cfg.step,
                            steps=cw_cfg.steps, start="uniform", noise=noise)
 
-            specs.append(EvalAttackSpec(name, run_cw, cfg.batch_size, noise_kind="uniform"))
+            specs.append(EvalAttackSpec(name, run_cw, cfg.batch_size, noise_kind="uniform", autocast=cfg.amp))
         else:  # "aa"
             aa_cfg = cfg.aa
             seed = cfg.seed
@@ -271,16 +318,19 @@ class Records:
     eps: float
     cascade: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)  # :func:`protocol` of the evaluation
 
     @property
     def names(self) -> list[str]:
         return list(self.correct)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The contract's arrays: ``index``, ``y``, ``correct_<name>`` for every name, scalar ``eps``."""
+        """The contract's arrays: ``index``, ``y``, ``correct_<name>`` for every name, scalar ``eps``,
+        and ``protocol`` (0-d string: the JSON of :func:`protocol`)."""
         out: dict[str, np.ndarray] = {"index": self.index.astype(np.int64), "y": self.y.astype(np.int64)}
         out.update({f"correct_{name}": c.astype(np.bool_) for name, c in self.correct.items()})
         out["eps"] = np.asarray(self.eps, dtype=np.float64)  # 0-d
+        out["protocol"] = np.asarray(json.dumps(self.protocol, sort_keys=True))  # 0-d str (no pickle)
         return out
 
 
@@ -359,7 +409,7 @@ class _Evaluator:
         return robust, time.perf_counter() - start
 
     def _precision(self, spec: EvalAttackSpec) -> AbstractContextManager:
-        """runtime.amp's autocast, or float32 (autocast switched off) for AutoAttack."""
+        """runtime.amp's autocast where evaluate.amp asks for it, else float32 (autocast switched off)."""
         if spec.autocast:
             return self.rt.autocast()
         return torch.autocast(device_type=self.rt.device.type, enabled=False)
@@ -384,7 +434,8 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
     Returns:
         :class:`Records` of the first ``cfg.n_samples`` images (all when None): ``index``, ``y``,
         ``correct`` (``clean``, the attacks in ``cfg.attacks`` order, ``worst``; semantics and the
-        cascade in the module docstring), ``eps``, ``cascade`` and ``seconds`` per column.
+        cascade in the module docstring), ``eps``, ``cascade``, ``seconds`` per column and the
+        evaluation's :func:`protocol`.
 
     Raises:
         ValueError: the model is in training mode or does not output ``num_classes`` logits.
@@ -397,7 +448,7 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
 
     correct: dict[str, npt.NDArray[np.bool_]] = {}
     seconds: dict[str, float] = {}
-    clean_spec = EvalAttackSpec(CLEAN, _clean, cfg.batch_size)
+    clean_spec = EvalAttackSpec(CLEAN, _clean, cfg.batch_size, autocast=cfg.amp)
     correct[CLEAN], seconds[CLEAN] = evaluator.run(clean_spec, np.ones(n, dtype=np.bool_))
     robust_to_all = correct[CLEAN].copy()  # (N,) clean-correct and robust to every attack so far
     for spec in build_attacks(cfg, rt.device):
@@ -407,4 +458,5 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
         robust_to_all = robust_to_all & robust
     correct[WORST] = robust_to_all
     return Records(index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
-                   correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds)
+                   correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds,
+                   protocol=protocol(cfg, rt.amp))

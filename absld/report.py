@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -108,13 +109,45 @@ def order_attacks(attacks: Sequence[str]) -> list[str]:
     return sorted(attacks, key=attack_sort_key)
 
 
-def attack_label(attack: str, latex: bool = False) -> str:
-    """Column label of an attack: ``pgd20`` -> ``PGD-20``, ``cw`` -> ``CW∞``, ``worst`` -> ``Worst-case``."""
+Protocol = Mapping[str, Any]
+"""An evaluation's protocol (``records.npz``'s ``protocol``; :func:`absld.evaluate.protocol`)."""
+
+
+def aa_is_standard(protocol: Protocol | None) -> bool:
+    """Whether the records' AutoAttack is the standard one of the literature (True when the protocol
+    is unknown or has no AA: nothing to flag)."""
+    aa = (protocol or {}).get("aa")
+    return aa is None or bool(aa.get("standard"))
+
+
+def aa_description(protocol: Protocol | None) -> str:
+    """What a non-standard AA column is, in one clause ('' for the standard AutoAttack)."""
+    if aa_is_standard(protocol):
+        return ""
+    aa = protocol["aa"]  # type: ignore[index]
+    version = f"version {aa['version']}" + (f" ({', '.join(a.upper() for a in aa['attacks'])})" if aa.get("attacks") else "")
+    package = f"{aa['backend']} {aa.get('package_version') or '(version unknown)'}"
+    caveat = " (its APGD runs 10 iterations, the reference code's 100)" if aa["backend"] == "torchattacks" else ""
+    return f"AA* is AutoAttack {version} through {package}{caveat}, not the standard AutoAttack of the literature"
+
+
+def metric_name(attack: str, protocol: Protocol | None = None) -> str:
+    """The attack's name in W&B metric keys: the record name, except a non-standard AA, which is
+    ``aa_nonstandard`` (so it is never plotted or compared as AutoAttack)."""
+    return "aa_nonstandard" if attack == "aa" and not aa_is_standard(protocol) else attack
+
+
+def attack_label(attack: str, latex: bool = False, protocol: Protocol | None = None) -> str:
+    """Column label of an attack: ``pgd20`` -> ``PGD-20``, ``cw`` -> ``CW∞``, ``worst`` -> ``Worst-case``;
+    ``aa`` -> ``AA``, or ``AA*`` when ``protocol``'s AutoAttack is not the standard one
+    (:func:`aa_description` says what it is)."""
     match = _PGD.match(attack)
     if match:
         return f"PGD-{match.group(1)}"
     if attack == "cw":
         return r"CW$_\infty$" if latex else "CW∞"
+    if attack == "aa" and not aa_is_standard(protocol):
+        return "AA*"
     return {"clean": "Clean", "fgsm": "FGSM", "aa": "AA", WORST: "Worst-case"}.get(attack, attack.upper())
 
 
@@ -147,6 +180,7 @@ class Records:
     y: npt.NDArray[np.int64]  # (N,) labels
     correct: dict[str, npt.NDArray[np.bool_]]  # attack -> (N,), paper order, ``worst`` last
     eps: float
+    protocol: dict[str, Any] = field(default_factory=dict)  # how the evaluation was made
 
     @property
     def attacks(self) -> list[str]:
@@ -186,8 +220,30 @@ def read_records(model: str, path: str | Path) -> Records:
     eps = np.asarray(arrays["eps"])
     if eps.size != 1:
         raise ReportError(f"{path}: eps must be a scalar, got shape {eps.shape}")
+    if "protocol" not in arrays:
+        raise ReportError(f"{path} does not record how it was evaluated (no protocol: written by an older "
+                          f"absld); re-run the evaluate stage of {model}")
+    try:
+        protocol = json.loads(str(arrays["protocol"]))
+    except ValueError:
+        protocol = None
+    if not isinstance(protocol, dict):
+        raise ReportError(f"{path}: protocol is not a JSON object; re-run the evaluate stage of {model}")
     return Records(model=model, index=index.astype(np.int64), y=y.astype(np.int64),
-                   correct={a: correct[a] for a in order_attacks(list(correct))}, eps=float(eps))
+                   correct={a: correct[a] for a in order_attacks(list(correct))}, eps=float(eps),
+                   protocol=protocol)
+
+
+def protocol_differences(a: Protocol, b: Protocol, prefix: str = "") -> list[str]:
+    """``key: value_a vs value_b`` for every (dotted) key where two protocols differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, Mapping) and isinstance(right, Mapping):
+            out += protocol_differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            out.append(f"{prefix}{key}: {json.dumps(left)} vs {json.dumps(right)}")
+    return out
 
 
 def check_same_samples(records: Mapping[str, Records]) -> None:
@@ -213,6 +269,11 @@ def check_same_samples(records: Mapping[str, Records]) -> None:
         if rec.attacks != first.attacks:
             raise ReportError(f"{pair} were evaluated with different attacks ({', '.join(first.attacks)} vs "
                               f"{', '.join(rec.attacks)}); the worst case would mean different things: {fix}")
+        differences = protocol_differences(first.protocol, rec.protocol)
+        if differences:
+            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            raise ReportError(f"{pair} were evaluated differently ({shown}); models must be compared under the "
+                              f"same evaluation: {fix}")
 
 
 def load_evaluations(paths: Mapping[str, str | Path]) -> dict[str, Records]:
@@ -312,11 +373,13 @@ def intervals_excluding_the_estimate(fairness: Mapping[str, Mapping[str, Mapping
     return out
 
 
-def interval_note(flagged: Sequence[tuple[str, str, str]], min_class_size: int) -> str:
+def interval_note(flagged: Sequence[tuple[str, str, str]], min_class_size: int,
+                  protocol: Protocol | None = None) -> str:
     """A sentence for the report about the cells of :func:`intervals_excluding_the_estimate` ('' if none)."""
     if not flagged:
         return ""
-    shown = ", ".join(f"{model_label(m)} {attack_label(a)} {STAT_LABELS[s]}" for m, a, s in flagged[:4])
+    shown = ", ".join(f"{model_label(m)} {attack_label(a, protocol=protocol)} {STAT_LABELS[s]}"
+                      for m, a, s in flagged[:4])
     more = f" and {len(flagged) - 4} more" if len(flagged) > 4 else ""
     return (f"Note: in {len(flagged)} cell(s) ({shown}{more}) the bootstrap interval does not contain the point "
             f"estimate. Worst and NSD are biased under resampling when classes have few samples (here at least "
@@ -478,7 +541,7 @@ def _clause(stat: Statistic, result: Mapping[str, Any], alpha: float, other: str
     return f"{what} is {abs(points):.2f} points {'higher' if points > 0 else 'lower'}{than} {stats_part}"
 
 
-def findings(comparisons: Comparisons) -> dict[str, list[str]]:
+def findings(comparisons: Comparisons, protocol: Protocol | None = None) -> dict[str, list[str]]:
     """The tests in plain words, ``{attack: [one sentence per baseline]}``, whatever the numbers say:
     "Under AA, ABSLD's Avg accuracy is 1.20 points higher than RSLAD's (McNemar exact test,
     Holm-adjusted p = 0.031: significant at α = 0.05); its worst-class accuracy is 3.10 points higher
@@ -492,12 +555,13 @@ def findings(comparisons: Comparisons) -> dict[str, list[str]]:
         for method, result in by_baseline.items():
             other = method_label(method)
             clauses = [_clause(stat, result[stat], alpha, other) for stat in STATISTICS]
-            sentences.append(f"Under {attack_label(attack)}, {ref}'s " + "; its ".join(clauses) + ".")
+            sentences.append(f"Under {attack_label(attack, protocol=protocol)}, {ref}'s " + "; its ".join(clauses) + ".")
         out[attack] = sentences
     return out
 
 
-def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = None) -> str:
+def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = None,
+                      protocol: Protocol | None = None) -> str:
     """Markdown section body: how the tests were run, one bullet per (attack, baseline), then a compact
     table of differences and Holm-adjusted p-values."""
     if comparisons is None:
@@ -530,10 +594,11 @@ def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = N
     if comparisons["skipped"]:
         lines += [f"- {method_label(m)} was not compared: {reason}." for m, reason in comparisons["skipped"].items()]
         lines.append("")
-    for attack, sentences in findings(comparisons).items():
-        lines += [f"**{attack_label(attack)}**", ""] + [f"- {s}" for s in sentences] + [""]
+    for attack, sentences in findings(comparisons, protocol).items():
+        lines += [f"**{attack_label(attack, protocol=protocol)}**", ""] + [f"- {s}" for s in sentences] + [""]
     # compact table
-    header = ["Baseline"] + [f"{attack_label(a)} Δ{STAT_LABELS[s]}" for a in comparisons["attacks"] for s in STATISTICS]
+    header = ["Baseline"] + [f"{attack_label(a, protocol=protocol)} Δ{STAT_LABELS[s]}"
+                             for a in comparisons["attacks"] for s in STATISTICS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in comparisons["baselines"]:
         cells = [method_label(method)]
@@ -633,6 +698,7 @@ class ResultsTable:
     rows: list[Row]
     caption: str
     notes: list[str] = field(default_factory=list)
+    protocol: dict[str, Any] = field(default_factory=dict)  # the evaluation's (labels a non-standard AA)
 
 
 def row_specs(methods: Sequence[str], seeds: Sequence[int], teacher: bool = True) -> list[RowSpec]:
@@ -656,8 +722,8 @@ def _cell(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Seque
 
 
 def results_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], specs: Sequence[RowSpec],
-                  attacks: Sequence[str], *, caption: str, published: Mapping[str, Published] | None = None
-                  ) -> ResultsTable:
+                  attacks: Sequence[str], *, caption: str, published: Mapping[str, Published] | None = None,
+                  protocol: Protocol | None = None) -> ResultsTable:
     """The paper's layout: one row per spec (plus an "… (published)" row right after it where
     published numbers exist for any of the table's attacks), one (Avg, Worst, NSD) group per attack."""
     published = published or {}
@@ -676,7 +742,7 @@ def results_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], specs
             rows.append(Row(f"{spec.label} (published)", pub_cells, published=True))
             notes.append(f"{spec.label} (published): {anchor.source or 'source not given'}"
                          + (f" — {anchor.description}" if anchor.description else ""))
-    return ResultsTable(attacks=attacks, rows=rows, caption=caption, notes=notes)
+    return ResultsTable(attacks=attacks, rows=rows, caption=caption, notes=notes, protocol=dict(protocol or {}))
 
 
 def format_cell(cell: Cell | None, stat: str, *, latex: bool = False, empty: str = "–") -> str:
@@ -696,13 +762,13 @@ def format_cell(cell: Cell | None, stat: str, *, latex: bool = False, empty: str
     return text
 
 
-def _column_names(attacks: Sequence[str]) -> list[str]:
-    return [f"{attack_label(a)} {STAT_LABELS[s]}" + ("" if s == "nsd" else " (%)") for a in attacks for s in STATISTICS]
+def _column_names(attacks: Sequence[str], protocol: Protocol | None = None) -> list[str]:
+    return [f"{attack_label(a, protocol=protocol)} {STAT_LABELS[s]}" + ("" if s == "nsd" else " (%)") for a in attacks for s in STATISTICS]
 
 
 def table_markdown(table: ResultsTable) -> str:
     """The table in markdown (caption above, sources of published numbers below)."""
-    header = ["Method"] + _column_names(table.attacks)
+    header = ["Method"] + _column_names(table.attacks, table.protocol)
     lines = [f"Table: {table.caption}", "", "| " + " | ".join(header) + " |",
              "|:---|" + "---:|" * (len(header) - 1)]
     for row in table.rows:
@@ -718,7 +784,7 @@ def table_csv(table: ResultsTable) -> str:
     """The table as CSV (one header row; cells as in markdown, empty where there is no number)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Method", *_column_names(table.attacks)])
+    writer.writerow(["Method", *_column_names(table.attacks, table.protocol)])
     for row in table.rows:
         writer.writerow([row.label, *(format_cell(row.cells.get((a, s)), s, empty="")
                                       for a in table.attacks for s in STATISTICS)])
@@ -739,7 +805,8 @@ def table_latex(table: ResultsTable, label: str = "tab:class-wise-robustness") -
     """The table as a booktabs ``table*`` (needs ``\\usepackage{booktabs,graphicx}``)."""
     n_attacks = len(table.attacks)
     spec = "l" + "ccc" * n_attacks
-    groups = " & ".join(rf"\multicolumn{{3}}{{c}}{{{attack_label(a, latex=True)}}}" for a in table.attacks)
+    groups = " & ".join(rf"\multicolumn{{3}}{{c}}{{{attack_label(a, latex=True, protocol=table.protocol)}}}"
+                         for a in table.attacks)
     rules = " ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(n_attacks))
     stats = " & ".join(STAT_LABELS[s] for _ in table.attacks for s in STATISTICS)
     caption = latex_escape(table.caption)
@@ -802,11 +869,12 @@ def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: 
 
 
 def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confidence: float, n_bootstrap: int,
-                  selection: str, several_seeds: bool = False, n_seeds: int = 1, cascade: bool = False,
-                  aa_version: str = "standard", aa_attacks: Sequence[str] | None = None,
-                  bootstrap_method: str = "percentile") -> str:
-    """The caption: what the numbers are, the intervals, the NSD ddof, the selection rule, and any
-    AutoAttack that is not the standard version (so a CPU stand-in is never read as AA)."""
+                  selection: str, several_seeds: bool = False, n_seeds: int = 1,
+                  protocol: Protocol | None = None, bootstrap_method: str = "percentile") -> str:
+    """The caption: what the numbers are, the intervals, the NSD ddof, the selection rule, and from
+    the records' ``protocol``: the cascade, bf16 evaluation, and any AutoAttack that is not the
+    standard one (so a CPU stand-in is never read as AA)."""
+    protocol = protocol or {}
     spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {int(round(confidence * 100))}% "
               f"stratified {bootstrap_method} bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
               f"Brackets: {int(round(confidence * 100))}% stratified {bootstrap_method} bootstrap intervals "
@@ -814,13 +882,13 @@ def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confid
     text = (f"Class-wise robustness on {dataset_label(dataset)} ({n_samples} test samples, L∞ eps = "
             f"{fraction_of_255(eps)}). Avg: overall accuracy (%); Worst: worst-class accuracy (%); "
             f"NSD: std/mean of the class accuracies (ddof = {ddof}; lower is fairer). {spread}. {selection}")
-    if cascade:
+    if protocol.get("cascade"):
         text += (" Attacks run as a cascade: each column counts samples robust to that attack and every "
                  "earlier one.")
-    if aa_version != "standard":
-        listed = f": {', '.join(aa_attacks)}" if aa_attacks else ""
-        text += (f" AA is AutoAttack version {aa_version}{listed}, not the standard AutoAttack of the "
-                 "literature.")
+    if protocol.get("precision", "float32") != "float32":
+        text += f" Clean, FGSM, PGD and CW were evaluated under {protocol['precision']} (not float32)."
+    if not aa_is_standard(protocol):
+        text += f" {aa_description(protocol)}."
     return text
 
 
@@ -830,23 +898,28 @@ def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confid
 
 
 def describe_configuration(evaluate: EvaluateConfig, analyze: AnalyzeConfig, *, dataset: str, n_samples: int,
-                           eps: float, attacks: Sequence[str], seeds: Sequence[int], selection: str
-                           ) -> list[tuple[str, str]]:
-    """(name, value) lines of the configuration behind the numbers (for report.md and W&B)."""
-    aa = evaluate.aa
-    aa_text = f"{aa.backend}, version {aa.version}" + (f" ({', '.join(aa.attacks)})" if aa.attacks else "")
+                           eps: float, attacks: Sequence[str], seeds: Sequence[int], selection: str,
+                           protocol: Protocol | None = None) -> list[tuple[str, str]]:
+    """(name, value) lines of the configuration behind the numbers (for report.md and W&B); the
+    evaluation's own settings come from the records' ``protocol`` where it has them."""
+    protocol = protocol or {}
+    aa = protocol.get("aa") or evaluate.aa.model_dump(mode="json")
+    aa_text = (f"{aa['backend']} {aa.get('package_version') or ''}".rstrip() + f", version {aa['version']}"
+               + (f" ({', '.join(aa['attacks'])})" if aa.get("attacks") else "")
+               + ("" if aa_is_standard(protocol) else " — AA*: not the standard AutoAttack"))
     return [
         ("dataset", dataset_label(dataset)),
         ("test samples", f"{n_samples} (the first {'all' if evaluate.n_samples is None else evaluate.n_samples} "
                          "in test-set order)"),
         ("eps", f"{fraction_of_255(eps)} (L∞, pixel space)"),
-        ("attacks", ", ".join(attack_label(a) for a in attacks)),
+        ("attacks", ", ".join(attack_label(a, protocol=protocol) for a in attacks)),
         ("FGSM", f"one step of eps, start x + {evaluate.fgsm.gauss_std:g}·N(0, I)"),
         ("PGD", f"{evaluate.pgd.steps} steps of {fraction_of_255(evaluate.pgd.step)}, uniform start, CE"),
         ("CW∞", f"{evaluate.cw.steps} steps of {fraction_of_255(evaluate.cw.step)}, margin loss, "
                 f"kappa = {evaluate.cw.kappa:g}"),
         ("AutoAttack", aa_text),
-        ("cascade", str(evaluate.cascade).lower()),
+        ("cascade", str(protocol.get("cascade", evaluate.cascade)).lower()),
+        ("precision", str(protocol.get("precision", "float32" if not evaluate.amp else "bf16-autocast"))),
         ("evaluate seed", str(evaluate.seed)),
         ("seeds", ", ".join(map(str, seeds))),
         ("checkpoint selection", selection),
@@ -866,7 +939,7 @@ def _clip(stat: str, interval: Sequence[Any]) -> tuple[float | None, float | Non
 
 
 def seed_markdown(summaries: Mapping[str, Mapping[str, Mapping[str, SeedSummary | None]]], attacks: Sequence[str],
-                  confidence: float) -> str:
+                  confidence: float, protocol: Protocol | None = None) -> str:
     """Markdown tables of mean [t-interval] over seeds, one per statistic ('' with fewer than two seeds)."""
     if not summaries:
         return ""
@@ -874,7 +947,7 @@ def seed_markdown(summaries: Mapping[str, Mapping[str, Mapping[str, SeedSummary 
     for stat in STATISTICS:
         lines += [f"**{STAT_LABELS[stat]}** (mean [{int(round(confidence * 100))}% t-interval, clipped to the "
                   "statistic's range] over seeds)", "",
-                  "| Method | " + " | ".join(attack_label(a) for a in attacks) + " |",
+                  "| Method | " + " | ".join(attack_label(a, protocol=protocol) for a in attacks) + " |",
                   "|:---|" + "---:|" * len(attacks)]
         for method, by_attack in summaries.items():
             cells = []
@@ -908,8 +981,9 @@ def markdown_report(*, title: str, intro: str, table_md: str, tests_md: str,
 # --------------------------------------------------------------------------------------------------
 
 
-def _fallback_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str]) -> str:
-    header = ["Model"] + [f"{attack_label(a)} {STAT_LABELS[s]}" for a in attacks for s in STATISTICS]
+def _fallback_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str],
+                    protocol: Protocol | None = None) -> str:
+    header = ["Model"] + [f"{attack_label(a, protocol=protocol)} {STAT_LABELS[s]}" for a in attacks for s in STATISTICS]
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     for model, by_attack in fairness.items():
         cells = [format_cell(Cell(_finite(by_attack[a][s])), s) if a in by_attack else "–"
@@ -924,13 +998,14 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                        table_md: str | None = None, tests_md: str | None = None,
                        configuration: Sequence[tuple[str, str]] = (), title: str | None = None,
                        eval_metric: str = "{attack}/{stat}", summary_table: str = "fairness_table",
-                       ) -> "Report":
+                       protocol: Protocol | None = None) -> "Report":
     """The W&B report of a study, as a ``wandb_workspaces.reports.v2.Report`` (not saved).
 
     Blocks: a table of contents; "Class-wise robustness" (the results table as markdown); "Statistical
     tests" (the tests in words); "Per-attack accuracy of the evaluated models": a panel grid over the
     runs of ``job_type`` evaluate in group ``study``, one bar panel per attack (``eval_metric`` with
-    stats avg and worst, e.g. ``aa/avg``) and one of NSD per attack; "<reference> temperatures": a
+    stats avg and worst, e.g. ``aa/avg``; ``attack`` is :func:`metric_name`, so a non-standard AA of
+    ``protocol`` reads ``aa_nonstandard/avg``) and one of NSD per attack; "<reference> temperatures": a
     panel grid over the reference's distill runs with a line plot of ``tau_adv/<k>`` per class;
     "Summary table": the ``summary_table`` W&B table logged by the analyze run; "Configuration".
 
@@ -950,9 +1025,9 @@ def build_wandb_report(project: str, entity: str | None, study: str,
         return wr.Runset(entity=entity, project=project, name=name, filters=filters)
 
     def metric(attack: str, stat: str) -> str:
-        return eval_metric.format(attack=attack, stat=stat)
+        return eval_metric.format(attack=metric_name(attack, protocol), stat=stat)
 
-    bars = [wr.BarPlot(title=f"{attack_label(a)}: Avg and worst-class accuracy",
+    bars = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: Avg and worst-class accuracy",
                        metrics=[metric(a, "avg"), metric(a, "worst")], orientation="v",
                        range_x=(0, 1), title_y="accuracy") for a in attacks]
     bars.append(wr.BarPlot(title="NSD per attack (lower is fairer)", metrics=[metric(a, "nsd") for a in attacks],
@@ -970,7 +1045,7 @@ def build_wandb_report(project: str, entity: str | None, study: str,
              f"fairer) of {ref} and its baselines under every attack; built by `absld report` from "
              "results/fairness.json."),
         wr.H1("Class-wise robustness"),
-        wr.MarkdownBlock(table_md or _fallback_table(fairness, attacks)),
+        wr.MarkdownBlock(table_md or _fallback_table(fairness, attacks, protocol)),
         wr.H1("Statistical tests"),
         wr.MarkdownBlock(tests_md or "No tests recorded (run `absld analyze`)."),
         wr.H1("Per-attack accuracy of the evaluated models"),

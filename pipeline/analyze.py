@@ -115,27 +115,28 @@ def analyze(params_path: str) -> None:
         raise StageError(str(exc)) from None
 
     first = records["teacher"]
-    attacks, n_samples, eps = first.attacks, first.n, first.eps
+    attacks, n_samples, eps, protocol = first.attacks, first.n, first.eps, first.protocol
     metas = {groups[m][s]: selection_meta(groups[m][s], m, s) for m in methods for s in seeds}
     selection = rep.describe_selection(metas, fallback=params.distill.select)
     caption = rep.table_caption(dataset=params.data.dataset, n_samples=n_samples, eps=eps, ddof=cfg.nsd_ddof,
                                 confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
-                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), cascade=params.evaluate.cascade,
-                                aa_version=params.evaluate.aa.version, aa_attacks=params.evaluate.aa.attacks,
+                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), protocol=protocol,
                                 bootstrap_method=cfg.bootstrap_method)
-    table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published)
+    table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published,
+                              protocol=protocol)
     table_md = rep.table_markdown(table)
     configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,
                                                n_samples=n_samples, eps=eps, attacks=attacks, seeds=seeds,
-                                               selection=selection)
-    tests_md = rep.findings_markdown(comparisons, n_samples)
+                                               selection=selection, protocol=protocol)
+    tests_md = rep.findings_markdown(comparisons, n_samples, protocol)
 
     write_text(FAIRNESS_JSON, dumps_strict(fairness))
     write_text(COMPARISONS_JSON, dumps_strict({
         "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models, "attacks": attacks,
                  "n_samples": n_samples, "eps": eps, "eps_255": fraction_of_255(eps), "nsd_ddof": cfg.nsd_ddof,
                  "confidence": cfg.confidence, "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed,
-                 "selection": metas, "selection_rule": selection, "configuration": configuration},
+                 "selection": metas, "selection_rule": selection, "configuration": configuration,
+                 "protocol": protocol},
         "seed_summary": seed_stats,
         "comparisons": comparisons,
     }))
@@ -143,7 +144,7 @@ def analyze(params_path: str) -> None:
     write_text(TABLE_TEX, rep.table_latex(table))
     write_text(TABLE_CSV, rep.table_csv(table))
 
-    figures = _write_figures(params, fairness, seed_stats, groups, class_names, attacks)
+    figures = _write_figures(params, fairness, seed_stats, groups, class_names, attacks, protocol)
     figure_links = [(caption_, os.path.relpath(ANALYSIS_PLOTS / name, ANALYSIS_DIR)) for caption_, name in figures]
     dataset = rep.dataset_label(params.data.dataset)
     intro = (f"Study `{params.study}`: the teacher and {len(methods)} method(s) x {len(seeds)} seed(s), every "
@@ -152,18 +153,18 @@ def analyze(params_path: str) -> None:
     write_text(REPORT_MD, rep.markdown_report(
         title=f"{rep.method_label(cfg.reference)} and its baselines: class-wise robustness on {dataset}",
         intro=intro, table_md=table_md, tests_md=tests_md, figures=figure_links, configuration=configuration,
-        seeds_md=rep.seed_markdown(seed_stats, attacks, cfg.confidence),
+        seeds_md=rep.seed_markdown(seed_stats, attacks, cfg.confidence, protocol),
         notes=[rep.interval_note(rep.intervals_excluding_the_estimate(fairness),
-                                 int(np.bincount(first.y, minlength=len(class_names)).min()))]))
+                                 int(np.bincount(first.y, minlength=len(class_names)).min()), protocol)]))
 
-    _track(params, fairness, models, [name for _, name in figures])
+    _track(params, fairness, models, [name for _, name in figures], protocol)
     click.echo(table_md, nl=False)
 
 
 def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, groups: dict[str, dict[int, str]],
-                   class_names: list[str], attacks: list[str]) -> list[tuple[str, str]]:
+                   class_names: list[str], attacks: list[str], protocol: rep.Protocol) -> list[tuple[str, str]]:
     """Write every PNG of plots/analyze/ afresh (stale figures go); return (caption, file name) pairs."""
-    attack_cols = [(a, rep.attack_label(a)) for a in attacks]
+    attack_cols = [(a, rep.attack_label(a, protocol=protocol)) for a in attacks]
     rows: list[tuple[str, str | None, list[str]]] = [("Teacher", None, ["teacher"])]
     rows += [(rep.method_label(m), m, list(by_seed.values())) for m, by_seed in groups.items()]
     class_acc = {label: {a: [sum(fairness[m][a]["class_acc"][k] for m in ms) / len(ms)
@@ -205,7 +206,8 @@ def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, gro
     return figures
 
 
-def _track(params: Params, fairness: rep.Fairness, models: list[str], figure_names: list[str]) -> None:
+def _track(params: Params, fairness: rep.Fairness, models: list[str], figure_names: list[str],
+           protocol: rep.Protocol) -> None:
     """The summary table, headline numbers and figures in the stage's W&B run."""
     config = {"study": params.study, "dataset": params.data.dataset, "seeds": list(params.seeds),
               "methods": list(params.distill.methods), "select": params.distill.select,
@@ -215,10 +217,10 @@ def _track(params: Params, fairness: rep.Fairness, models: list[str], figure_nam
     summary: dict[str, Any] = {}
     for model in models:
         for attack, entry in fairness[model].items():
-            row: list[Any] = [model, attack]
+            row: list[Any] = [model, rep.metric_name(attack, protocol)]
             for stat in STATISTICS:
                 row += [entry[stat], *entry[f"{stat}_ci"]]  # type: ignore[literal-required]
-                summary[f"{model}/{attack}/{stat}"] = entry[stat]  # type: ignore[literal-required]
+                summary[f"{model}/{rep.metric_name(attack, protocol)}/{stat}"] = entry[stat]  # type: ignore[literal-required]
             rows.append(rep.json_safe(row))
     with Tracker(params, "analyze", config=config) as tracker:
         tracker.log_table("fairness_table", columns, rows)

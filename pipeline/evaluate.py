@@ -16,6 +16,7 @@ from absld.fairness import Summary
 from absld.io import atomic_dir, sha256_file, write_json, write_npz
 from absld.models import checkpoint_meta, load_checkpoint
 from absld.plots import plot_classwise
+from absld.report import attack_label, metric_name
 from absld.runtime import setup
 from absld.tracking import Tracker
 
@@ -61,6 +62,7 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
         "eps": records.eps,
         "eps_255": fraction_of_255(records.eps),
         "cascade": records.cascade,
+        "protocol": records.protocol,
         "nsd_ddof": 0,
         "columns": records.names,
         "class_names": class_names,
@@ -95,12 +97,16 @@ def evaluate(params_path: str, model_id: str) -> None:
     worst (robust to every attack) is the same either way for fgsm, pgd and cw: their random
     starts are drawn per sample from evaluate.seed, whatever the batch. AutoAttack seeds itself
     with evaluate.seed on each call of evaluate.aa.batch_size samples, so its restarts depend on
-    which samples share a call. Forward passes use runtime.amp (bf16 autocast on CUDA), except
-    AutoAttack's, which run in float32 as the reference evaluations do.
+    which samples share a call. Everything runs in float32, as the reference evaluations, unless
+    evaluate.amp is true: then clean, FGSM, PGD and CW use runtime.amp (bf16 autocast on CUDA);
+    AutoAttack always runs in float32. records.npz keeps the evaluation's protocol (precision,
+    cascade, seed, each attack's settings, the AutoAttack backend and its version), and a
+    non-standard AutoAttack (a custom or rand version, or torchattacks' port) is labelled AA* and
+    logged to W&B as aa_nonstandard.
 
     \b
     Writes (each directory replaced as a whole):
-      results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps
+      results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps, protocol
       results/eval/ID/metrics.json  per attack: avg, worst, nsd (ddof 0), class_acc; n, eps,
                                     cascade, seconds per attack, checkpoint sha256, selection
       plots/eval/ID/<attack>.json   class-wise accuracy for DVC's bar_horizontal plots
@@ -157,9 +163,10 @@ def evaluate(params_path: str, model_id: str) -> None:
         rows = [[c, *(class_acc[name][k] for name in records.names)] for k, c in enumerate(class_names)]
         tracker.log_table("classwise", ["class", *records.names], rows)
         for name in records.names:
-            tracker.log_bar(f"classwise/{name}", class_names, class_acc[name], title=f"{model_id} {name}")
+            tracker.log_bar(f"classwise/{metric_name(name, records.protocol)}", class_names, class_acc[name],
+                            title=f"{model_id} {attack_label(name, protocol=records.protocol)}")
         tracker.log_image("classwise_png", str(figures / "classwise.png"))
-        tracker.summary({f"{name}/{key}": summaries[name][key]  # type: ignore[literal-required]
+        tracker.summary({f"{metric_name(name, records.protocol)}/{key}": summaries[name][key]  # type: ignore[literal-required]
                          for name in records.names for key in ("avg", "worst", "nsd")})
         tracker.summary({f"seconds/{name}": t for name, t in records.seconds.items()})
 

@@ -57,7 +57,9 @@ def report(params_path: str, publish: bool) -> None:
     manifest = data_dir(params) / "manifest.json"
     if class_names is None and manifest.is_file():
         class_names = json.loads(manifest.read_text()).get("class_names")
-    tests_md = rep.findings_markdown(extra["comparisons"], meta.get("n_samples")) if "comparisons" in extra else None
+    protocol = meta.get("protocol")
+    tests_md = (rep.findings_markdown(extra["comparisons"], meta.get("n_samples"), protocol)
+                if "comparisons" in extra else None)
 
     entity = params.wandb.entity
     if publish:
@@ -69,6 +71,7 @@ def report(params_path: str, publish: bool) -> None:
         params.wandb.project, entity, params.study, fairness, attacks, class_names=class_names,
         reference=params.analyze.reference, table_md=TABLE_MD.read_text() if TABLE_MD.is_file() else None,
         tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
+        protocol=protocol,
     )
     if not publish:
         click.echo(rep.report_outline(wandb_report))

@@ -16,7 +16,8 @@ import yaml
 from click.testing import CliRunner
 
 from absld import report as rep
-from absld.config import AnalyzeConfig, read_yaml
+from absld.config import AnalyzeConfig, EvaluateConfig, read_yaml
+from absld.evaluate import protocol
 from pipeline.cli import main
 from tests.conftest import REPO
 from tests.fixtures import CIFAR10_NAMES
@@ -25,6 +26,7 @@ ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
 PER_CLASS = 20
 NUM_CLASSES = len(CIFAR10_NAMES)
 FAST = {"n_bootstrap": 200, "n_permutations": 500}
+PAPER_PROTOCOL = protocol(EvaluateConfig())  # the paper's evaluation: float32, standard AutoAttack
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,14 +50,17 @@ def random_correct(y: np.ndarray, p: float, seed: int) -> np.ndarray:
 
 
 def write_records(root: Path, model: str, y: np.ndarray, correct: Mapping[str, np.ndarray], *,
-                  index: np.ndarray | None = None, eps: float = 8 / 255) -> Path:
-    """results/eval/<model>/records.npz as the evaluate stage writes it (``correct_worst`` = AND)."""
+                  index: np.ndarray | None = None, eps: float = 8 / 255,
+                  protocol: Mapping | None = None) -> Path:
+    """results/eval/<model>/records.npz as the evaluate stage writes it (``correct_worst`` = AND;
+    ``protocol``: the paper's evaluation unless given)."""
+    protocol = PAPER_PROTOCOL if protocol is None else protocol
     folder = root / "results" / "eval" / model
     folder.mkdir(parents=True, exist_ok=True)
     worst = np.logical_and.reduce([correct[a] for a in correct])
     arrays = {f"correct_{a}": np.asarray(c, dtype=bool) for a, c in correct.items()}
     np.savez(folder / "records.npz", index=np.arange(len(y)) if index is None else index, y=y, eps=np.float64(eps),
-             correct_worst=worst, **arrays)
+             correct_worst=worst, protocol=np.asarray(json.dumps(protocol)), **arrays)
     return folder / "records.npz"
 
 
@@ -359,6 +364,55 @@ def test_models_attacked_at_different_eps_are_a_clear_error(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     result = invoke("analyze")
     assert result.exit_code == 1 and "different eps (8/255 vs 4/255)" in result.output
+
+
+@pytest.mark.parametrize(("change", "shown"), [
+    ({"precision": "bf16-autocast"}, 'precision: "float32" vs "bf16-autocast"'),
+    ({"cascade": True}, "cascade: false vs true"),
+    ({"aa": {**PAPER_PROTOCOL["aa"], "backend": "torchattacks"}}, 'aa.backend: "pyautoattack" vs "torchattacks"'),
+])
+def test_models_evaluated_differently_are_refused(tmp_path, monkeypatch, change, shown):
+    """analyze reads how each model was evaluated from its records and compares only like with like."""
+    make_project(tmp_path)
+    y = labels()
+    write_records(tmp_path, "rslad/seed0", y, teacher_correct(y), protocol={**PAPER_PROTOCOL, **change})
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "teacher and rslad/seed0 were evaluated differently" in result.output and shown in result.output
+    assert not (tmp_path / "results" / "fairness.json").exists()  # nothing written
+
+
+def test_records_without_a_protocol_are_refused(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    path = tmp_path / "results" / "eval" / "rslad" / "seed0" / "records.npz"
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "protocol"}
+    np.savez(path, **arrays)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 1 and "does not record how it was evaluated" in result.output
+    assert "re-run the evaluate stage of rslad/seed0" in result.output
+
+
+def test_a_non_standard_aa_is_labelled_in_table_report_and_wandb_keys(tmp_path, monkeypatch):
+    make_project(tmp_path)
+    custom = protocol(EvaluateConfig(aa={"version": "custom", "attacks": ["apgd-ce"]}))
+    y = labels()
+    for path in (tmp_path / "results" / "eval").rglob("records.npz"):
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["protocol"] = np.asarray(json.dumps(custom))
+        np.savez(path, **arrays)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "results" / "table.md").read_text()
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "AA* Avg" in table and "| AA Avg" not in table and "not the standard AutoAttack" in table
+    assert "Under AA*" in report and "Under AA," not in report
+    meta = json.loads((tmp_path / "results" / "comparisons.json").read_text())["meta"]
+    assert meta["protocol"]["aa"]["standard"] is False
 
 
 def test_a_missing_evaluation_names_the_stage_to_run(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 3 * 10
     assert (project / "plots" / "distill" / "absld" / "seed0" / "temperatures.png").is_file()
     records = np.load(project / "results" / "eval" / "absld" / "seed0" / "records.npz")
-    assert {"index", "y", "eps", "correct_clean", "correct_fgsm", "correct_pgd3", "correct_cw", "correct_aa",
+    assert {"index", "y", "eps", "protocol", "correct_clean", "correct_fgsm", "correct_pgd3", "correct_cw", "correct_aa",
             "correct_worst"} <= set(records.files)
     assert records["index"].tolist() == list(range(40))
     fairness = json.loads((project / "results" / "fairness.json").read_text())

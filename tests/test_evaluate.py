@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from absld.attacks import AttackError, ce_loss, pgd
 from absld.config import EvaluateConfig, RuntimeConfig, deep_merge, read_yaml
-from absld.evaluate import Records, evaluate_model, record_names, start_noise, summarize_records
+from absld.evaluate import Records, evaluate_model, protocol, record_names, start_noise, summarize_records
 from absld.models import build_model
 from absld.runtime import Runtime, setup
 from pipeline.cli import main
@@ -227,7 +227,9 @@ def test_same_seed_gives_identical_records(task: Task, rt: Runtime) -> None:
 def test_records_arrays_follow_the_contract(full_run: Records) -> None:
     arrays = full_run.arrays()
     assert list(arrays) == ["index", "y", "correct_clean", "correct_fgsm", "correct_pgd20", "correct_cw",
-                            "correct_worst", "eps"]
+                            "correct_worst", "eps", "protocol"]
+    assert json.loads(str(arrays["protocol"])) == full_run.protocol
+    assert arrays["protocol"].dtype.kind == "U"  # a plain string: loads with allow_pickle=False
     assert arrays["index"].dtype == np.int64 and arrays["y"].dtype == np.int64
     assert all(arrays[k].dtype == np.bool_ for k in arrays if k.startswith("correct_"))
     assert arrays["eps"].shape == () and float(arrays["eps"]) == pytest.approx(EPS)
@@ -281,7 +283,7 @@ def test_evaluate_stage_writes_records_as_the_contract(evaluated_project: Path) 
     n = params["evaluate"]["n_samples"]
     with np.load(evaluated_project / "results/eval/teacher/records.npz") as records:
         names = ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
-        assert sorted(records.files) == sorted(["index", "y", "eps", *(f"correct_{a}" for a in names)])
+        assert sorted(records.files) == sorted(["index", "y", "eps", "protocol", *(f"correct_{a}" for a in names)])
         assert records["index"].dtype.kind == "i" and np.array_equal(records["index"], np.arange(n))
         test_labels = np.load(evaluated_project / "data/cifar10/test_labels.npy")
         assert np.array_equal(records["y"], test_labels[:n])
@@ -318,3 +320,47 @@ def test_missing_checkpoint_names_the_stage_to_run(evaluated_project: Path,
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "models/students/rslad/seed0.pt is missing" in result.output
     assert "absld distill --method rslad --seed 0" in result.output
+
+
+@dataclass(frozen=True)
+class _CountingRuntime(Runtime):
+    """A CPU runtime whose autocast is bf16 and counts how often it is entered."""
+
+    entered: list = field(default_factory=list)
+
+    def autocast(self):  # type: ignore[override]
+        self.entered.append(1)
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+def test_evaluation_is_float32_unless_evaluate_amp(task: Task, rt: Runtime) -> None:
+    """evaluate.amp false (the default, as the reference): no forward pass under autocast even when
+    the runtime has it; true: clean, FGSM, PGD and CW under it, AutoAttack never. The protocol
+    records the precision actually used."""
+    attacks = ["fgsm", "pgd", "cw", "aa"]
+    assert EvaluateConfig().amp is False
+    counting = _CountingRuntime(device=rt.device, amp=True, channels_last=False, progress=False)
+    fp32 = run(task, counting, config(attacks=attacks, n_samples=20))
+    assert counting.entered == [] and fp32.protocol["precision"] == "float32"
+    assert fp32.protocol == protocol(config(attacks=attacks, n_samples=20))
+
+    aa_only = _CountingRuntime(device=rt.device, amp=True, channels_last=False, progress=False)
+    run(task, aa_only, config(attacks=["aa"], n_samples=20, amp=True))
+    with_amp = _CountingRuntime(device=rt.device, amp=True, channels_last=False, progress=False)
+    bf16 = run(task, with_amp, config(attacks=attacks, n_samples=20, amp=True))
+    assert len(with_amp.entered) > len(aa_only.entered) > 0  # clean only for aa_only
+    assert bf16.protocol["precision"] == "bf16-autocast"
+    no_autocast = run(task, rt, config(attacks=["pgd"], n_samples=20, amp=True))
+    assert no_autocast.protocol["precision"] == "float32"  # the runtime has none (CPU, runtime.amp)
+
+
+def test_protocol_names_every_setting_that_changes_a_verdict() -> None:
+    base = protocol(config(attacks=["fgsm", "pgd", "cw", "aa"]))
+    assert base["aa"]["standard"] is False and base["aa"]["backend"] == "pyautoattack"
+    assert base["aa"]["package_version"]  # the installed pyautoattack's version
+    assert base["pgd"] == {"step": pytest.approx(2 / 255), "steps": 20}
+    assert base["cw"]["kappa"] == 50.0 and base["fgsm"]["gauss_std"] == 0.001
+    assert protocol(EvaluateConfig())["aa"]["standard"] is True
+    for change in ({"cascade": True}, {"seed": 1}, {"pgd": {"steps": 10}}, {"cw": {"kappa": 0.0}},
+                   {"aa": {"backend": "torchattacks", "version": "standard"}}):
+        assert protocol(config(attacks=["fgsm", "pgd", "cw", "aa"], **change)) != base, change

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from absld import report as rep
-from absld.config import AnalyzeConfig
+from absld.config import AnalyzeConfig, EvaluateConfig
+from absld.evaluate import protocol
 from pipeline.cli import main
 from tests.fixtures import CIFAR10_NAMES
 from tests.test_analyze import ATTACKS, FAST, labels, make_project, teacher_correct
@@ -156,6 +157,32 @@ def test_caption_says_when_aa_is_not_the_standard_autoattack():
 
     common = dict(dataset="cifar10", n_samples=100, eps=8 / 255, ddof=0, confidence=0.95, n_bootstrap=10,
                   selection="last epoch.")
-    assert "not the standard AutoAttack" not in table_caption(**common)
-    custom = table_caption(**common, aa_version="custom", aa_attacks=["apgd-ce"])
-    assert "AutoAttack version custom: apgd-ce, not the standard AutoAttack" in custom
+    standard = protocol(EvaluateConfig())
+    assert "not the standard AutoAttack" not in table_caption(**common, protocol=standard)
+    assert "float32" not in table_caption(**common, protocol=standard)
+    custom = protocol(EvaluateConfig(aa={"version": "custom", "attacks": ["apgd-ce"]}))
+    assert ("AA* is AutoAttack version custom (APGD-CE) through pyautoattack 0.2.0, not the standard "
+            "AutoAttack") in table_caption(**common, protocol=custom)
+    # torchattacks' port of the standard version is not the standard AutoAttack either
+    port = table_caption(**common, protocol=protocol(EvaluateConfig(aa={"backend": "torchattacks"})))
+    assert "AA* is AutoAttack version standard through torchattacks 3.5.1 (its APGD runs 10 iterations" in port
+    assert "under bf16-autocast" in table_caption(**common, protocol={**standard, "precision": "bf16-autocast"})
+    assert "cascade" in table_caption(**common, protocol={**standard, "cascade": True})
+
+
+def test_every_label_of_a_non_standard_aa_says_so():
+    custom = protocol(EvaluateConfig(aa={"version": "custom", "attacks": ["apgd-ce"]}))
+    standard = protocol(EvaluateConfig())
+    assert rep.attack_label("aa", protocol=custom) == "AA*" and rep.attack_label("aa", protocol=standard) == "AA"
+    assert rep.attack_label("pgd20", protocol=custom) == "PGD-20"
+    assert rep.metric_name("aa", custom) == "aa_nonstandard" and rep.metric_name("aa", standard) == "aa"
+    assert rep.metric_name("cw", custom) == "cw"
+    table = rep.ResultsTable(attacks=["aa"], rows=[], caption="c", protocol=custom)
+    assert "AA* Avg" in rep.table_markdown(table) and "AA* Avg" in rep.table_csv(table)
+    assert "{AA*}" in rep.table_latex(table)
+    assert "| AA* |" in rep.seed_markdown({"absld": {}}, ["aa"], 0.95, custom)
+    lines = dict(rep.describe_configuration(EvaluateConfig(), AnalyzeConfig(), dataset="cifar10", n_samples=10,
+                                            eps=8 / 255, attacks=["aa"], seeds=[0], selection="last",
+                                            protocol=custom))
+    assert "not the standard AutoAttack" in lines["AutoAttack"] and lines["attacks"] == "AA*"
+    assert lines["precision"] == "float32"
