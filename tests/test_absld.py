@@ -191,3 +191,65 @@ def test_temperatures_used_reads_the_rows_of_the_selected_epoch():
     assert temperatures_used(log, 2) == ([20.0, 21.0], [-20.0, -21.0])
     with pytest.raises(ValueError, match="epoch 4"):
         temperatures_used(log, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the attack target and the class risks, by hand
+def _captured_attack_loss(mode: str, monkeypatch):
+    """Run ABSLD's perturb with the PGD engine replaced by a recorder of its loss function."""
+    import absld.methods.rslad as rslad_module
+
+    captured = {}
+
+    def fake_pgd(model, x, loss_fn, **kwargs):
+        captured["loss_fn"], captured["kwargs"] = loss_fn, kwargs
+        return x
+
+    monkeypatch.setattr(rslad_module, "pgd", fake_pgd)
+    method = absld_with(mode, [2.0, 1.0, 0.5], [0.8, 1.0, 3.0])
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    y = torch.tensor([0, 2])
+    method.perturb(lambda inp: inp, Batch(torch.zeros(2, 1, 1, 3), y, torch.arange(2)), z)
+    return captured, z
+
+
+@pytest.mark.parametrize("mode", ["separate", "aliased"])
+def test_the_attack_maximises_kl_to_tau_adv_labels_or_to_the_product_when_aliased(mode, monkeypatch):
+    captured, z = _captured_attack_loss(mode, monkeypatch)
+    scale = torch.tensor([[2.0], [0.5]]) if mode == "separate" else torch.tensor([[2.0 * 0.8], [0.5 * 3.0]])
+    target = F.softmax(z / scale, dim=1)
+    logits = torch.tensor([[0.1, 0.4, -0.3], [1.0, -1.0, 0.2]])
+    expected = (target * (target.log() - F.log_softmax(logits, dim=1))).sum(1)  # per-sample KL
+    assert torch.allclose(captured["loss_fn"](logits), expected, atol=1e-6)
+    assert captured["kwargs"]["start"] == "gaussian"
+    # not the natural temperatures, not the untempered teacher
+    for wrong in (F.softmax(z / torch.tensor([[0.8], [3.0]]), dim=1), F.softmax(z, dim=1)):
+        assert not torch.allclose(captured["loss_fn"](logits),
+                                  (wrong * (wrong.log() - F.log_softmax(logits, dim=1))).sum(1), atol=1e-4)
+
+
+def test_class_risks_are_the_adversarial_and_the_clean_cross_entropy_credited_to_the_true_class():
+    """R_adv[k] = sum over samples of class k of CE(S(x'_i), y_i); R_nat likewise on the clean x,
+    written out with math for four samples of three classes (class 1 has none)."""
+    import math
+
+    def student(inp):
+        v = inp.flatten(1)  # (B, 2)
+        return torch.stack([v[:, 0], v[:, 1], v[:, 0] - v[:, 1]], dim=1)
+
+    x = torch.tensor([[0.2, 0.7], [0.9, 0.4], [0.5, 0.5], [0.1, 0.0]]).reshape(4, 1, 1, 2)
+    x_adv = torch.tensor([[0.3, 0.6], [0.6, 0.9], [0.2, 0.8], [0.4, 0.3]]).reshape(4, 1, 1, 2)
+    y = torch.tensor([0, 2, 0, 2])
+    method = absld_with("separate", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    method.loss(student, Batch(x, y, torch.arange(4)), x_adv, torch.zeros(4, 3))
+
+    def ce(v, k):
+        z = [v[0], v[1], v[0] - v[1]]
+        return -(z[k] - math.log(sum(math.exp(t) for t in z)))
+
+    flat_adv, flat_nat = x_adv.flatten(1).tolist(), x.flatten(1).tolist()
+    r_adv = [sum(ce(flat_adv[i], k) for i in range(4) if int(y[i]) == k) for k in range(3)]
+    r_nat = [sum(ce(flat_nat[i], k) for i in range(4) if int(y[i]) == k) for k in range(3)]
+    assert method.risk_adv.value().tolist() == pytest.approx(r_adv, rel=1e-5)
+    assert method.risk_nat.value().tolist() == pytest.approx(r_nat, rel=1e-5)
+    assert r_adv[1] == 0 and r_adv != pytest.approx(r_nat, rel=1e-3)

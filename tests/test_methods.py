@@ -590,3 +590,99 @@ def test_reweighted_rslad_raises_the_weight_of_the_riskiest_class_by_exactly_bet
     assert float(method.w_adv[0]) == pytest.approx(1.0 + beta, abs=1e-6)
     assert method.w_adv[1:].tolist() == pytest.approx([1.0 - beta / 2] * 2, abs=1e-6)
     assert float(method.w_nat[0]) == pytest.approx(1.0 + beta, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients that must (or must not) flow: a detach in the wrong place changes the training
+class _ConstantLogits(nn.Module):
+    """Logits that do not depend on the input (zero input gradient), with a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bias.expand(x.shape[0], C) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _grad_of(loss: Tensor, module: nn.Module) -> Tensor:
+    (grad,) = torch.autograd.grad(loss, module.linear.weight)
+    return grad
+
+
+@pytest.mark.parametrize("detach_target", [False, True])
+def test_trades_robust_term_keeps_the_gradient_through_its_target_s_of_x(detach_target):
+    """TRADES' KL(S(x) ‖ S(x')) is differentiated through S(x) as well (the official code); the
+    test's own detached variant shows that the comparison can tell the two apart."""
+    beta = 6.0
+    method = build_method("trades", TradesConfig(beta=beta), MethodContext(num_classes=C, attack=AttackConfig()))
+    student = FixedAffine(STUDENT_W, STUDENT_B)
+    batch, x_adv = hand_batch()
+    ours = _grad_of(method.loss(student, batch, x_adv, None).loss, student)
+    logits_nat, logits_adv = student(batch.x), student(x_adv)
+    target = F.softmax(logits_nat, dim=1)
+    target = target.detach() if detach_target else target
+    robust = (target * (target.log() - F.log_softmax(logits_adv, dim=1))).sum() / B
+    expected = _grad_of(F.cross_entropy(logits_nat, batch.y) + beta * robust, student)
+    assert torch.allclose(ours, expected, atol=1e-6) is (not detach_target)
+
+
+@pytest.mark.parametrize("detach_target", [False, True])
+def test_iad_introspection_keeps_the_gradient_through_its_target_s_of_x(detach_target):
+    cfg = IadConfig(temperature=1.0, beta=0.5, begin=0)  # introspection from the first epoch
+    teacher = FixedAffine(TEACHER_W, TEACHER_B).eval()
+    method = build_method("iad", cfg, MethodContext(num_classes=C, attack=AttackConfig(), teacher=teacher))
+    student = FixedAffine(STUDENT_W, STUDENT_B)
+    batch, x_adv = hand_batch()
+    with torch.no_grad():
+        z_t = teacher(batch.x)
+        trust = F.softmax(teacher(x_adv), dim=1).gather(1, batch.y[:, None]).squeeze(1) ** 0.5
+    ours = _grad_of(method.loss(student, batch, x_adv, z_t).loss, student)
+    logits_nat, logits_adv = student(batch.x), student(x_adv)
+    p_t = F.softmax(z_t, dim=1)
+    distill = (p_t * (p_t.log() - F.log_softmax(logits_adv, dim=1))).sum() / B
+    target = F.softmax(logits_nat, dim=1)
+    target = target.detach() if detach_target else target
+    per_sample = (target * (target.log() - F.log_softmax(logits_adv, dim=1))).sum(1)
+    expected = _grad_of(distill + ((1 - trust) * per_sample).sum() / B, student)
+    assert torch.allclose(ours, expected, atol=1e-6) is (not detach_target)
+
+
+def test_adaad_attack_follows_the_gradient_through_the_teacher():
+    """AdaAD attacks KL(T(x') ‖ S(x')) through both networks' inputs: with a student whose logits
+    do not depend on x, only the teacher's gradient can move x' (a detached teacher leaves it at
+    its 0.001-Gaussian start); the teacher's weights get no gradient."""
+    teacher = FixedAffine(TEACHER_W, TEACHER_B).eval().requires_grad_(False)
+    attack = AttackConfig(eps="8/255", step="2/255", steps=3)
+    method = build_method("adaad", AdaadConfig(), MethodContext(num_classes=C, attack=attack, teacher=teacher))
+    batch, _ = hand_batch()
+    torch.manual_seed(0)
+    x_adv = method.perturb(_ConstantLogits(), batch, teacher(batch.x))
+    moved = (x_adv - batch.x).abs()
+    assert moved.max().item() == pytest.approx(6 / 255, abs=1e-3)  # 3 steps of 2/255, not 0.001 noise
+    assert teacher.linear.weight.grad is None
+
+
+def test_the_rslad_family_starts_its_attack_at_the_unprojected_gaussian_point():
+    """The official TRADES/RSLAD/ABSLD attack starts at x + 0.001 N(0, I) without clamping it to
+    [0, 1]: the first gradient is taken outside the box where x is 0 or 1."""
+    seen: list[Tensor] = []
+
+    class Recorder(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            seen.append(x.detach().clone())
+            return x.flatten(1).sum(1, keepdim=True) * torch.tensor([1.0, -1.0, 0.5])
+
+    x = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).reshape(B, 1, 1, 2)
+    batch = Batch(x=x, y=torch.tensor(Y), index=torch.arange(B))
+    teacher_logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.5, 1.0]])
+    for name in ("rslad", "absld"):
+        seen.clear()
+        cfg = RsladConfig() if name == "rslad" else AbsldConfig(beta_milestones=[])
+        ctx = MethodContext(num_classes=C, attack=AttackConfig(steps=1), teacher=nn.Identity())
+        torch.manual_seed(1)
+        build_method(name, cfg, ctx).perturb(Recorder(), batch, teacher_logits)
+        torch.manual_seed(1)
+        expected = x + 0.001 * torch.randn_like(x)  # the same draw, neither clamped nor projected
+        assert torch.equal(seen[0], expected), name
+        assert ((expected < 0) | (expected > 1)).any()  # the case does leave the box
