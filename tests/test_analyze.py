@@ -480,3 +480,54 @@ def test_bootstrap_method_param_reaches_the_intervals():
              for method in ("percentile", "BCa")}
     assert cells["percentile"]["avg"] == cells["BCa"]["avg"]
     assert cells["percentile"]["nsd_ci"] != cells["BCa"]["nsd_ci"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the analyze params reach the statistics
+def _records_of(correct_by_model: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, rep.Records]:
+    return {m: rep.Records(model=m, index=np.arange(len(y)), y=y, correct={"pgd20": c, "worst": c}, eps=8 / 255)
+            for m, c in correct_by_model.items()}
+
+
+def test_the_bootstrap_is_stratified_by_class():
+    """Every class right or wrong throughout: a bootstrap that keeps each class's size (stratified)
+    cannot move Avg; one that resamples the pooled set would change the class mix and so Avg."""
+    y = np.repeat(np.arange(3), [10, 30, 60])
+    correct = y != 2  # classes 0, 1 always right, class 2 always wrong: Avg 0.4
+    cell = rep.fairness_table(_records_of({"m": correct}, y), 3, AnalyzeConfig(n_bootstrap=300))["m"]["pgd20"]
+    assert cell["avg"] == pytest.approx(0.4) and cell["avg_ci"] == pytest.approx([0.4, 0.4])
+
+
+def test_confidence_and_nsd_ddof_reach_the_fairness_cells():
+    y = np.repeat(np.arange(4), 40)
+    correct = np.random.default_rng(1).random(160) < np.repeat([0.3, 0.5, 0.7, 0.9], 40)
+    records = _records_of({"m": correct}, y)
+    wide = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.95))["m"]["pgd20"]
+    narrow = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.5))["m"]["pgd20"]
+    assert wide["avg_ci"][0] < narrow["avg_ci"][0] <= narrow["avg_ci"][1] < wide["avg_ci"][1]
+    acc = np.array([correct[y == k].mean() for k in range(4)])
+    ddof1 = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=50, nsd_ddof=1))["m"]["pgd20"]
+    assert ddof1["nsd"] == pytest.approx(acc.std(ddof=1) / acc.mean())
+    assert wide["nsd"] == pytest.approx(acc.std(ddof=0) / acc.mean())
+
+
+def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
+    from absld.fairness import holm
+
+    y = np.repeat(np.arange(4), 50)
+    rng = np.random.default_rng(2)
+    base = rng.random(200) < 0.6
+    models = {"absld/seed0": base | (rng.random(200) < 0.3), "rslad/seed0": base,
+              "sat/seed0": base & (rng.random(200) < 0.9)}
+    groups = {m.split("/")[0]: {0: m} for m in models}
+    records = _records_of(models, y)
+    out = rep.compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))
+    for stat in ("avg", "worst", "nsd"):
+        raw = [out["attacks"]["pgd20"][m][stat]["p"] for m in ("rslad", "sat")]
+        adjusted = [out["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")]
+        assert adjusted == pytest.approx(holm(raw))
+    assert out["attacks"]["pgd20"]["rslad"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["rslad"]["avg"]["p"] or \
+        out["attacks"]["pgd20"]["sat"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["sat"]["avg"]["p"]
+    ddof1 = rep.compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
+    assert ddof1["ddof"] == 1
+    assert ddof1["attacks"]["pgd20"]["rslad"]["nsd"]["diff"] != pytest.approx(out["attacks"]["pgd20"]["rslad"]["nsd"]["diff"])

@@ -364,3 +364,59 @@ def test_protocol_names_every_setting_that_changes_a_verdict() -> None:
     for change in ({"cascade": True}, {"seed": 1}, {"pgd": {"steps": 10}}, {"cw": {"kappa": 0.0}},
                    {"aa": {"backend": "torchattacks", "version": "standard"}}):
         assert protocol(config(attacks=["fgsm", "pgd", "cw", "aa"], **change)) != base, change
+
+
+def test_worst_is_the_pointwise_and_of_every_column(full_run: Records) -> None:
+    """correct_worst[i] = clean[i] and robust to every attack (not the column with the lowest Avg):
+    in this run different attacks break different samples, so the two differ."""
+    columns = [c for name, c in full_run.correct.items() if name != "worst"]
+    assert np.array_equal(full_run.correct["worst"], np.logical_and.reduce(columns))
+    lowest = min(full_run.correct[name].mean() for name in ("fgsm", "pgd20", "cw"))
+    assert full_run.correct["worst"].mean() < lowest  # the samples broken by one attack only count
+
+
+def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: Task, rt: Runtime,
+                                                                         monkeypatch) -> None:
+    """evaluate.eps, pgd.steps/step, cw.kappa/steps/step, fgsm.gauss_std and aa.* arrive in the calls
+    of the PGD engine, the CW loss and AutoAttack's reference code."""
+    import importlib
+
+    aa_module = importlib.import_module("absld.attacks.autoattack")  # the module, not the function
+    evaluate_module = importlib.import_module("absld.evaluate")
+
+    pgd_calls: list[dict] = []
+    kappas: list[float] = []
+    aa_calls: list[dict] = []
+    real_pgd, real_cw = evaluate_module.pgd, evaluate_module.cw_margin_loss
+
+    def spy_pgd(model, x, loss_fn, **kwargs):
+        pgd_calls.append(kwargs)
+        return real_pgd(model, x, loss_fn, **kwargs)
+
+    def spy_cw(y, kappa):
+        kappas.append(kappa)
+        return real_cw(y, kappa)
+
+    def spy_aa(package, model, x, y, **kwargs):
+        aa_calls.append(kwargs)
+        return x
+
+    monkeypatch.setattr(evaluate_module, "pgd", spy_pgd)
+    monkeypatch.setattr(evaluate_module, "cw_margin_loss", spy_cw)
+    monkeypatch.setattr(aa_module, "_run_pyautoattack", spy_aa)
+    cfg = config(attacks=["fgsm", "pgd", "cw", "aa"], n_samples=20, eps="6/255", seed=3,
+                 fgsm={"gauss_std": 0.002}, pgd={"step": "1/255", "steps": 7},
+                 cw={"step": "3/255", "steps": 4, "kappa": 12.5},
+                 aa={"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "batch_size": 9})
+    records = run(task, rt, cfg)
+    by_steps = {call["steps"]: call for call in pgd_calls}
+    fgsm, pgd7, cw4 = by_steps[1], by_steps[7], by_steps[4]
+    assert fgsm["eps"] == fgsm["step"] == pytest.approx(6 / 255) and fgsm["start"] == "gaussian"
+    assert fgsm["gauss_std"] == 0.002
+    assert pgd7["eps"] == pytest.approx(6 / 255) and pgd7["step"] == pytest.approx(1 / 255) and pgd7["start"] == "uniform"
+    assert cw4["eps"] == pytest.approx(6 / 255) and cw4["step"] == pytest.approx(3 / 255)
+    assert set(kappas) == {12.5}
+    assert aa_calls and all(c["eps"] == pytest.approx(6 / 255) and c["norm"] == "Linf" and c["seed"] == 3
+                            and c["version"] == "custom" and list(c["attacks"]) == ["apgd-ce", "apgd-t"]
+                            and c["batch_size"] == 9 for c in aa_calls)
+    assert "pgd7" in records.correct and records.eps == pytest.approx(6 / 255)

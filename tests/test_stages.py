@@ -209,3 +209,31 @@ def test_test_set_selection_is_labelled_and_does_not_change_training(project):
     assert list(metrics["final_tau_nat"].values()) == pytest.approx(tau_nat, abs=1e-5)
     meta = checkpoint_meta(project / "models" / "students" / "absld" / "seed0.pt")
     assert meta["selection_on_test_set"] is True and meta["selection_split"] == "test" and meta["selected_epoch"] == epoch
+
+
+def test_temperatures_csv_follows_the_update_rule_with_beta_decayed_at_the_lr_milestone(project):
+    """The stage's temperatures.csv (contract): epoch 1 at tau_init, each next epoch's temperatures
+    = update_temperatures(previous row's tau, its risks, its beta), beta multiplied by beta_gamma at
+    the LR milestone (tiny profile: milestones [2], beta_milestones null -> [2])."""
+    from absld.methods.absld import update_temperatures
+    from absld.models import save_checkpoint
+
+    invoke("prepare")
+    torch.manual_seed(0)
+    save_checkpoint(project / "models" / "teacher.pt", build_model("tiny_cnn", num_classes=10, in_channels=3))
+    set_params(project, **{"distill.absld.beta": 0.4, "distill.absld.beta_gamma": 0.5,
+                           "distill.absld.tau_min": 0.6, "distill.absld.tau_max": 3.0})
+    _, metrics, _, _ = _student_run(project, "last")
+    lines = (project / "results" / "distill" / "absld" / "seed0" / "temperatures.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
+    by_epoch = {e: [r for r in rows if r["epoch"] == e] for e in (1, 2, 3)}
+    assert [by_epoch[e][0]["beta"] for e in (1, 2, 3)] == pytest.approx([0.4, 0.2, 0.2])
+    assert all(r["tau_adv"] == 1.0 and r["tau_nat"] == 1.0 for r in by_epoch[1])
+    for epoch in (1, 2):
+        now, after = by_epoch[epoch], by_epoch[epoch + 1]
+        for key in ("adv", "nat"):
+            expected = update_temperatures(torch.tensor([r[f"tau_{key}"] for r in now]),
+                                           torch.tensor([r[f"risk_{key}"] for r in now]), now[0]["beta"], 0.6, 3.0)
+            assert [r[f"tau_{key}"] for r in after] == pytest.approx(expected.tolist(), abs=2e-5)  # CSV: 6 digits
+    assert not all(r["tau_adv"] == 1.0 for r in by_epoch[2])  # the temperatures did move
+    assert all(r["risk_adv"] > 0 and r["risk_nat"] > 0 for r in rows)
