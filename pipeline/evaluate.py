@@ -50,7 +50,7 @@ def _missing_checkpoint(model_id: str, path: Path) -> StageError:
 
 
 def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], class_names: list[str],
-             meta: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+             meta: dict[str, Any], checkpoint: Path, ddof: int) -> dict[str, Any]:
     """metrics.json: one entry per attack (avg, worst, nsd, class_acc) and the run's context."""
     out: dict[str, Any] = {
         name: {"avg": s["avg"], "worst": s["worst"], "nsd": s["nsd"], "class_acc": s["class_acc"]}
@@ -63,7 +63,7 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
         "eps_255": fraction_of_255(records.eps),
         "cascade": records.cascade,
         "protocol": records.protocol,
-        "nsd_ddof": 0,
+        "nsd_ddof": ddof,
         "columns": records.names,
         "class_names": class_names,
         "seconds": {name: round(t, 3) for name, t in records.seconds.items()},
@@ -107,7 +107,7 @@ def evaluate(params_path: str, model_id: str) -> None:
     \b
     Writes (each directory replaced as a whole):
       results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps, protocol
-      results/eval/ID/metrics.json  per attack: avg, worst, nsd (ddof 0), class_acc; n, eps,
+      results/eval/ID/metrics.json  per attack: avg, worst, nsd (analyze.nsd_ddof), class_acc; n, eps,
                                     cascade, seconds per attack, checkpoint sha256, selection
       plots/eval/ID/<attack>.json   class-wise accuracy for DVC's bar_horizontal plots
       plots/eval/ID/classwise.png   grouped bars, one group per class
@@ -144,8 +144,9 @@ def evaluate(params_path: str, model_id: str) -> None:
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
                                  num_classes=num_classes, desc=model_id)
-        summaries = summarize_records(records, num_classes, ddof=0)
-        metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint)
+        ddof = params.analyze.nsd_ddof  # one NSD definition for metrics.json and the analysis
+        summaries = summarize_records(records, num_classes, ddof=ddof)
+        metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint, ddof)
 
         with atomic_dir(eval_dir(model_id)) as out:
             write_npz(out / "records.npz", **records.arrays())

@@ -420,3 +420,23 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
                             and c["version"] == "custom" and list(c["attacks"]) == ["apgd-ce", "apgd-t"]
                             and c["batch_size"] == 9 for c in aa_calls)
     assert "pgd7" in records.correct and records.eps == pytest.approx(6 / 255)
+
+
+def test_metrics_json_nsd_follows_analyze_nsd_ddof(evaluated_project: Path, monkeypatch) -> None:
+    """One NSD definition: metrics.json uses analyze.nsd_ddof (and says which), like the analysis."""
+    from absld.fairness import summarize
+
+    monkeypatch.chdir(evaluated_project)
+    params = read_yaml(evaluated_project / "params.yaml")
+    original = yaml.safe_dump(params)
+    params["analyze"]["nsd_ddof"] = 1
+    (evaluated_project / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        assert invoke("evaluate", "--model", "teacher").exit_code == 0
+        metrics = json.loads((evaluated_project / "results/eval/teacher/metrics.json").read_text())
+        with np.load(evaluated_project / "results/eval/teacher/records.npz") as records:
+            expected = summarize(records["correct_pgd3"], records["y"], 10, 1)["nsd"]
+        assert metrics["nsd_ddof"] == 1 and metrics["pgd3"]["nsd"] == pytest.approx(expected)
+    finally:
+        (evaluated_project / "params.yaml").write_text(original)
+        assert invoke("evaluate", "--model", "teacher").exit_code == 0
