@@ -497,6 +497,9 @@ class AutoAttackConfig(Section):
     attacks: list[Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]] | None = None
     """The attacks of version custom, in order (e.g. [apgd-ce, apgd-t] on a CPU)."""
     batch_size: PosInt = 500
+    n_samples: PosInt | None = None
+    """AutoAttack (and so the worst case) only on the first n evaluated images (null: all of
+    them); the other attacks still cover evaluate.n_samples. For CPU studies: AA costs ~10-100x PGD."""
 
     @model_validator(mode="after")
     def _custom_needs_attacks(self) -> "AutoAttackConfig":

@@ -31,6 +31,12 @@ sample i correctly after attack a":
   earlier ones"); it saves the time of attacking samples already broken;
 - ``correct_worst = c & r^{a_1} & ... & r^{a_k}`` in both modes.
 
+AutoAttack on a subset (``evaluate.aa.n_samples = M``): AA runs only on the first M evaluated
+samples. ``evaluated_aa`` and ``evaluated_worst`` (bool masks, the first M) say which samples the
+``aa`` and ``worst`` columns cover; outside them ``correct_aa`` is False (not attacked) and
+``correct_worst`` is the worst case of the other attacks only, so both must be read on their mask
+(the analysis does). Without a subset there are no masks: every column covers every sample.
+
 Per-sample randomness. The random start of FGSM, PGD and CW is drawn once per attack for the whole
 evaluated set from a CPU ``torch.Generator`` seeded from (``evaluate.seed``, record name), and
 indexed by the sample's position: a sample gets the same start whichever batch it lands in. With
@@ -319,6 +325,8 @@ class Records:
     cascade: bool
     seconds: dict[str, float] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)  # :func:`protocol` of the evaluation
+    evaluated: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    """name -> (N,) mask of the samples a column covers, for columns on a subset only (aa, worst)."""
 
     @property
     def names(self) -> list[str]:
@@ -329,6 +337,7 @@ class Records:
         and ``protocol`` (0-d string: the JSON of :func:`protocol`)."""
         out: dict[str, np.ndarray] = {"index": self.index.astype(np.int64), "y": self.y.astype(np.int64)}
         out.update({f"correct_{name}": c.astype(np.bool_) for name, c in self.correct.items()})
+        out.update({f"evaluated_{name}": mask.astype(np.bool_) for name, mask in self.evaluated.items()})
         out["eps"] = np.asarray(self.eps, dtype=np.float64)  # 0-d
         out["protocol"] = np.asarray(json.dumps(self.protocol, sort_keys=True))  # 0-d str (no pickle)
         return out
@@ -451,12 +460,18 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
     clean_spec = EvalAttackSpec(CLEAN, _clean, cfg.batch_size, autocast=cfg.amp)
     correct[CLEAN], seconds[CLEAN] = evaluator.run(clean_spec, np.ones(n, dtype=np.bool_))
     robust_to_all = correct[CLEAN].copy()  # (N,) clean-correct and robust to every attack so far
+    evaluated: dict[str, npt.NDArray[np.bool_]] = {}
     for spec in build_attacks(cfg, rt.device):
         attacked = robust_to_all if cfg.cascade else correct[CLEAN]
+        covered = None  # (N,) the samples this attack covers, when only a subset
+        if spec.name == "aa" and cfg.aa.n_samples is not None and cfg.aa.n_samples < n:
+            covered = np.arange(n) < cfg.aa.n_samples
+            attacked = attacked & covered
+            evaluated["aa"] = evaluated[WORST] = covered
         robust, seconds[spec.name] = evaluator.run(spec, attacked)
         correct[spec.name] = robust  # cascade: robust is False wherever an earlier attack won
-        robust_to_all = robust_to_all & robust
+        robust_to_all = robust_to_all & (robust if covered is None else (robust | ~covered))
     correct[WORST] = robust_to_all
     return Records(index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
                    correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds,
-                   protocol=protocol(cfg, rt.amp))
+                   protocol=protocol(cfg, rt.amp), evaluated=evaluated)

@@ -181,10 +181,19 @@ class Records:
     correct: dict[str, npt.NDArray[np.bool_]]  # attack -> (N,), paper order, ``worst`` last
     eps: float
     protocol: dict[str, Any] = field(default_factory=dict)  # how the evaluation was made
+    evaluated: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)  # columns on a subset
 
     @property
     def attacks(self) -> list[str]:
         return list(self.correct)
+
+    def column(self, attack: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+        """``(correct, y)`` of ``attack`` on the samples its column covers (all, or its
+        ``evaluated_<attack>`` mask: AutoAttack and the worst case on a subset)."""
+        mask = self.evaluated.get(attack)
+        if mask is None:
+            return self.correct[attack], self.y
+        return self.correct[attack][mask], self.y[mask]
 
     @property
     def n(self) -> int:
@@ -209,7 +218,14 @@ def read_records(model: str, path: str | Path) -> Records:
     if not (np.issubdtype(index.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
         raise ReportError(f"{path}: index and y must hold integers, got {index.dtype} and {y.dtype}")
     correct: dict[str, npt.NDArray[np.bool_]] = {}
+    evaluated: dict[str, npt.NDArray[np.bool_]] = {}
     for key in arrays:
+        if key.startswith("evaluated_"):
+            mask = np.asarray(arrays[key])
+            if mask.dtype != np.bool_ or mask.shape != index.shape:
+                raise ReportError(f"{path}: {key} must be a boolean array of shape {index.shape}, "
+                                  f"got {mask.dtype} {mask.shape}")
+            evaluated[key[len("evaluated_"):]] = mask
         if not key.startswith("correct_"):
             continue
         attack, values = key[len("correct_"):], np.asarray(arrays[key])
@@ -231,7 +247,7 @@ def read_records(model: str, path: str | Path) -> Records:
         raise ReportError(f"{path}: protocol is not a JSON object; re-run the evaluate stage of {model}")
     return Records(model=model, index=index.astype(np.int64), y=y.astype(np.int64),
                    correct={a: correct[a] for a in order_attacks(list(correct))}, eps=float(eps),
-                   protocol=protocol)
+                   protocol=protocol, evaluated=evaluated)
 
 
 def protocol_differences(a: Protocol, b: Protocol, prefix: str = "") -> list[str]:
@@ -321,8 +337,9 @@ def fairness_table(records: Mapping[str, Records], num_classes: int, cfg: Analyz
     out: Fairness = {}
     for model, rec in records.items():
         out[model] = {}
-        for attack, correct in rec.correct.items():
-            entry = summarize_with_ci(correct, rec.y, num_classes, n_resamples=cfg.n_bootstrap, seed=cfg.seed,
+        for attack in rec.correct:
+            correct, y = rec.column(attack)
+            entry = summarize_with_ci(correct, y, num_classes, n_resamples=cfg.n_bootstrap, seed=cfg.seed,
                                       ddof=cfg.nsd_ddof, confidence=cfg.confidence,
                                       method=cfg.bootstrap_method)
             out[model][attack] = {key: entry[key] for key in FAIRNESS_KEYS}  # type: ignore[literal-required]
@@ -473,13 +490,13 @@ def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, nu
         pairs[method] = common
 
     attacks = next(iter(records.values())).attacks
-    y = next(iter(records.values())).y
     table: dict[str, dict[str, PairComparison]] = {attack: {} for attack in attacks}
     for attack in attacks:
+        y = next(iter(records.values())).column(attack)[1]  # the samples the column covers
         for method in baselines:
             seeds = pairs[method]
-            ref = np.concatenate([records[ref_seeds[s]].correct[attack] for s in seeds])  # (N * S,)
-            other = np.concatenate([records[groups[method][s]].correct[attack] for s in seeds])  # (N * S,)
+            ref = np.concatenate([records[ref_seeds[s]].column(attack)[0] for s in seeds])  # (N * S,)
+            other = np.concatenate([records[groups[method][s]].column(attack)[0] for s in seeds])  # (N * S,)
             labels = np.tile(y, len(seeds))  # (N * S,)
             result = compare(ref, other, labels, num_classes, n_resamples=cfg.n_permutations, seed=cfg.seed,
                              ddof=cfg.nsd_ddof)
@@ -889,6 +906,10 @@ def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confid
         text += f" Clean, FGSM, PGD and CW were evaluated under {protocol['precision']} (not float32)."
     if not aa_is_standard(protocol):
         text += f" {aa_description(protocol)}."
+    aa_subset = (protocol.get("aa") or {}).get("n_samples")
+    if aa_subset is not None and aa_subset < n_samples:
+        text += (f" {attack_label('aa', protocol=protocol)} and Worst-case cover the first {aa_subset} of the "
+                 f"{n_samples} test samples only (evaluate.aa.n_samples).")
     return text
 
 

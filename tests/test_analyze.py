@@ -531,3 +531,26 @@ def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
     ddof1 = rep.compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
     assert ddof1["ddof"] == 1
     assert ddof1["attacks"]["pgd20"]["rslad"]["nsd"]["diff"] != pytest.approx(out["attacks"]["pgd20"]["rslad"]["nsd"]["diff"])
+
+
+def test_columns_on_a_subset_are_analysed_on_their_samples_only(tmp_path, monkeypatch):
+    """AutoAttack on the first 100 of 200 samples: its cells and the worst case use those 100."""
+    make_project(tmp_path)
+    subset = {**PAPER_PROTOCOL, "aa": {**PAPER_PROTOCOL["aa"], "n_samples": 100}}
+    mask = np.arange(PER_CLASS * NUM_CLASSES) < 100
+    for path in (tmp_path / "results" / "eval").rglob("records.npz"):
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["correct_aa"] = arrays["correct_aa"] & mask
+        arrays.update(evaluated_aa=mask, evaluated_worst=mask, protocol=np.asarray(json.dumps(subset)))
+        np.savez(path, **arrays)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("analyze")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "results" / "eval" / "teacher" / "records.npz") as npz:
+        y, aa = npz["y"][mask], npz["correct_aa"][mask]
+    cell = fairness_of(tmp_path)["teacher"]["aa"]
+    assert cell["avg"] == pytest.approx(aa.mean())  # not diluted by the 100 samples never attacked
+    assert cell["class_acc"] == pytest.approx([aa[y == k].mean() for k in range(NUM_CLASSES)])
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "cover the first 100 of the 200 test samples only" in table

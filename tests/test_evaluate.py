@@ -440,3 +440,22 @@ def test_metrics_json_nsd_follows_analyze_nsd_ddof(evaluated_project: Path, monk
     finally:
         (evaluated_project / "params.yaml").write_text(original)
         assert invoke("evaluate", "--model", "teacher").exit_code == 0
+
+
+def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runtime, full_run: Records) -> None:
+    """evaluate.aa.n_samples = 30 of 160: AA attacks only the first 30; evaluated_aa/worst say so;
+    on the subset worst is the AND of every column, elsewhere it is the worst of the other attacks."""
+    records = run(task, rt, config(attacks=["fgsm", "pgd", "cw", "aa"],
+                                   aa={"version": "custom", "attacks": ["apgd-ce"], "batch_size": 80, "n_samples": 30}))
+    n = len(task.labels)
+    mask = np.arange(n) < 30
+    assert np.array_equal(records.evaluated["aa"], mask) and np.array_equal(records.evaluated["worst"], mask)
+    assert not records.correct["aa"][~mask].any()
+    others = np.logical_and.reduce([records.correct[c] for c in ("clean", "fgsm", "pgd20", "cw")])
+    assert np.array_equal(records.correct["worst"][mask], (others & records.correct["aa"])[mask])
+    assert np.array_equal(records.correct["worst"][~mask], others[~mask])
+    for name in ("clean", "fgsm", "pgd20", "cw"):  # the other attacks still cover every sample
+        assert np.array_equal(records.correct[name], full_run.correct[name]), name
+    arrays = records.arrays()
+    assert np.array_equal(arrays["evaluated_aa"], mask) and records.protocol["aa"]["n_samples"] == 30
+    assert "evaluated_aa" not in full_run.arrays()  # no subset, no masks
