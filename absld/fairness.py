@@ -419,6 +419,40 @@ def seed_summary(values: Sequence[float], confidence: float = 0.95) -> SeedSumma
     return {"mean": mean, "std": std, "ci": [float(low), float(high)], "n": n}
 
 
+class SeedPairedTest(TypedDict):
+    """A paired t-test over training seeds of one statistic: reference minus baseline, per seed."""
+
+    n: int  # seeds in common
+    diff: float  # mean over seeds of stat(reference, s) - stat(baseline, s)
+    ci: list[float]  # Student-t interval of that mean difference
+    p: float  # two-sided paired t-test (NaN with one seed)
+
+
+def paired_seed_test(reference: Sequence[float], baseline: Sequence[float],
+                     confidence: float = 0.95) -> SeedPairedTest:
+    """Paired t-test over seeds: ``d_s = reference_s - baseline_s`` for the seeds both methods were
+    trained with (same seed: same initialisation, batch order and attacks' randomness), t = mean(d)
+    / (std(d, ddof 1) / sqrt(n)) with n - 1 degrees of freedom; the interval is the Student-t
+    interval of mean(d). This is the test of *training* variation the per-sample McNemar and
+    permutation tests cannot give (they hold the trained models fixed). With all d_s equal the
+    p-value is 0 (or 1 when they are all 0) and the interval a point; with one seed p and the
+    interval are NaN."""
+    ref, other = np.asarray(reference, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if ref.shape != other.shape or ref.ndim != 1 or ref.shape[0] == 0:
+        raise ValueError(f"need one value per seed for both methods, got shapes {ref.shape} and {other.shape}")
+    d = ref - other
+    summary = seed_summary(d.tolist(), confidence)
+    n = int(d.shape[0])
+    std, mean = summary["std"], summary["mean"]
+    if n < 2:
+        p = math.nan
+    elif std <= 1e-12 * max(abs(mean), 1e-12):  # equal differences (up to rounding): no spread
+        p = 1.0 if abs(mean) <= 1e-15 else 0.0
+    else:  # scipy.stats.ttest_rel, without its precision warning on nearly equal differences
+        p = float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+    return {"n": n, "diff": summary["mean"], "ci": list(summary["ci"]), "p": p}
+
+
 # --------------------------------------------------------------------------------------------------
 # paired tests of two models on the same samples
 # --------------------------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ from .fairness import (
     STATISTICS,
     SeedSummary,
     Statistic,
+    SeedPairedTest,
     compare,
     holm,
+    paired_seed_test,
     seed_summary,
     summarize_with_ci,
 )
@@ -425,6 +427,141 @@ def seed_summaries(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], grou
                 out[method][attack][stat] = (None if any(v is None for v in values)
                                              else seed_summary([float(v) for v in values], confidence))  # type: ignore[arg-type]
     return out
+
+
+class SeedComparisons(TypedDict):
+    reference: str
+    alpha: float
+    confidence: float
+    skipped: dict[str, str]
+    attacks: dict[str, dict[str, dict[str, dict[str, Any]]]]  # attack -> baseline -> stat -> test
+
+
+def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: MethodSeeds,
+                     cfg: AnalyzeConfig) -> SeedComparisons | None:
+    """``cfg.reference`` against every other method by paired t-tests over the seeds both were
+    trained with (:func:`absld.fairness.paired_seed_test` on each seed's Avg, Worst and NSD), Holm
+    across baselines within each (attack, statistic): ``p_holm``. Unlike :func:`compare_to_reference`
+    these tests see the variation between training runs. None when the reference was not trained;
+    a baseline with fewer than two common seeds is skipped (with the reason)."""
+    reference = cfg.reference
+    if reference not in groups:
+        return None
+    ref = groups[reference]
+    skipped: dict[str, str] = {}
+    common: dict[str, list[int]] = {}
+    for method, by_seed in groups.items():
+        if method == reference:
+            continue
+        seeds = sorted(set(ref) & set(by_seed))
+        if len(seeds) < 2:
+            skipped[method] = f"{len(seeds)} seed(s) in common with {reference}; a test over seeds needs two"
+            continue
+        common[method] = seeds
+    attacks = list(fairness[next(iter(ref.values()))])
+    table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {a: {m: {} for m in common} for a in attacks}
+    for attack in attacks:
+        for stat in STATISTICS:
+            for method, seeds in common.items():
+                mine = [_finite(fairness[ref[s]][attack][stat]) for s in seeds]
+                theirs = [_finite(fairness[groups[method][s]][attack][stat]) for s in seeds]
+                if None in mine or None in theirs:
+                    test: dict[str, Any] = {"n": len(seeds), "diff": math.nan, "ci": [math.nan, math.nan], "p": math.nan}
+                else:
+                    test = dict(paired_seed_test(mine, theirs, cfg.confidence))  # type: ignore[arg-type]
+                test["seeds"] = seeds
+                table[attack][method][stat] = test
+            family = [m for m in common if not math.isnan(table[attack][m][stat]["p"])]
+            for method in common:
+                table[attack][method][stat]["p_holm"] = math.nan
+            for method, p_adj in zip(family, holm([table[attack][m][stat]["p"] for m in family])):
+                table[attack][method][stat]["p_holm"] = p_adj
+    return {"reference": reference, "alpha": round(1.0 - cfg.confidence, 12), "confidence": cfg.confidence,
+            "skipped": skipped, "attacks": table}
+
+
+def headline_attack(attacks: Sequence[str]) -> str:
+    """The attack a verdict is stated for: the PGD column (the papers' main robustness number),
+    else AutoAttack, else the last attack before the worst case."""
+    pgd_columns = [a for a in attacks if _PGD.match(a)]
+    if pgd_columns:
+        return pgd_columns[-1]
+    if "aa" in attacks:
+        return "aa"
+    return [a for a in attacks if a != WORST][-1]
+
+
+def _seed_clause(stat: str, test: Mapping[str, Any], alpha: float) -> tuple[str, str]:
+    """("+2.10 points [−1.0, 5.2], p = 0.12", sign) with sign "+", "−" (significant) or "0"."""
+    diff, ci, p = _finite(test["diff"]), test["ci"], _finite(test.get("p_holm"))
+    if diff is None:
+        return "undefined", "0"
+    scale, unit, digits = (1.0, "", 3) if stat == "nsd" else (100.0, " points", 2)
+    low, high = _finite(ci[0]), _finite(ci[1])
+    interval = "" if low is None or high is None else f" [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    significant = p is not None and p < alpha
+    sign = ("+" if diff > 0 else "−") if significant else "0"
+    return f"{scale * diff:+.{digits}f}{unit}{interval}, {format_p(p)}", sign
+
+
+def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], attacks: Sequence[str], *,
+            baseline: str = "rslad", dataset: str = "", protocol: Protocol | None = None) -> str:
+    """The report's first paragraph: do ABSLD's claims hold at this scale? Against ``baseline``
+    under the :func:`headline_attack`, by the paired t-tests over seeds (Holm-adjusted): worst-class
+    robustness up, NSD down, and the Avg cost — each 'holds' only when significant in the claimed
+    direction, 'contradicted' when significant the other way, else 'not shown'."""
+    if seed_cmp is None or baseline not in next(iter(seed_cmp["attacks"].values()), {}):
+        reason = (seed_cmp or {}).get("skipped", {}).get(baseline, f"{method_label(baseline)} or the reference was not trained")
+        return (f"**Verdict:** not tested: ABSLD's claims are judged against {method_label(baseline)} by paired "
+                f"tests over training seeds, and {reason}.")
+    ref = method_label(seed_cmp["reference"])
+    other = method_label(baseline)
+    attack = headline_attack(attacks)
+    tests = seed_cmp["attacks"][attack][baseline]
+    alpha = seed_cmp["alpha"]
+    n = tests["avg"]["n"]
+
+    def mean_of(method: str, stat: str) -> str:
+        s = (seed_stats.get(method, {}).get(attack, {}) or {}).get(stat)
+        if not s:
+            return "–"
+        return f"{s['mean']:.3f}" if stat == "nsd" else f"{100 * s['mean']:.1f} %"
+
+    worst_text, worst_sign = _seed_clause("worst", tests["worst"], alpha)
+    nsd_text, nsd_sign = _seed_clause("nsd", tests["nsd"], alpha)
+    avg_text, avg_sign = _seed_clause("avg", tests["avg"], alpha)
+    judge = {("worst", "+"): "holds", ("worst", "−"): "is contradicted", ("nsd", "−"): "holds",
+             ("nsd", "+"): "is contradicted"}
+    worst_verdict = judge.get(("worst", worst_sign), "is not shown")
+    nsd_verdict = judge.get(("nsd", nsd_sign), "is not shown")
+    avg_verdict = {"−": "a significant Avg cost", "+": "a significant Avg gain", "0": "no significant Avg change"}[avg_sign]
+    label = attack_label(attack, protocol=protocol)
+    where = f" on {dataset_label(dataset)}" if dataset else ""
+    return (f"**Verdict at this scale{where}** ({label}, {ref} against {other}, {n} seeds each, paired t-tests over "
+            f"seeds, Holm-adjusted, α = {alpha:g}; differences {ref} − {other} with "
+            f"{int(round(100 * seed_cmp['confidence']))}% t-intervals): "
+            f"worst-class robustness up {worst_verdict} ({mean_of(seed_cmp['reference'], 'worst')} vs "
+            f"{mean_of(baseline, 'worst')}: {worst_text}); NSD down {nsd_verdict} "
+            f"({mean_of(seed_cmp['reference'], 'nsd')} vs {mean_of(baseline, 'nsd')}: {nsd_text}); and {avg_verdict} "
+            f"({mean_of(seed_cmp['reference'], 'avg')} vs {mean_of(baseline, 'avg')}: {avg_text}). "
+            f"With {n} seeds only large effects can be significant: 'not shown' is not 'false'.")
+
+
+def seed_tests_markdown(seed_cmp: SeedComparisons | None, protocol: Protocol | None = None) -> str:
+    """Markdown table of the paired t-tests over seeds ('' when none were run)."""
+    if seed_cmp is None or not any(seed_cmp["attacks"].values()):
+        return ""
+    ref = method_label(seed_cmp["reference"])
+    lines = [f"{ref} − baseline per seed, averaged over the seeds both were trained with; paired t-test over "
+             f"seeds (training variation), Holm-adjusted across baselines; Avg and Worst in points, NSD as a ratio.", "",
+             "| Attack | Baseline | ΔAvg | ΔWorst | ΔNSD |", "|:---|:---|---:|---:|---:|"]
+    for attack, by_baseline in seed_cmp["attacks"].items():
+        for method, tests in by_baseline.items():
+            cells = [_seed_clause(stat, tests[stat], seed_cmp["alpha"])[0] for stat in STATISTICS]
+            lines.append(f"| {attack_label(attack, protocol=protocol)} | {method_label(method)} | " + " | ".join(cells) + " |")
+    if seed_cmp["skipped"]:
+        lines += [""] + [f"- {method_label(m)} was not tested over seeds: {r}." for m, r in seed_cmp["skipped"].items()]
+    return "\n".join(lines) + "\n"
 
 
 class PairedTest(TypedDict, total=False):

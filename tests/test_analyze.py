@@ -554,3 +554,47 @@ def test_columns_on_a_subset_are_analysed_on_their_samples_only(tmp_path, monkey
     assert cell["class_acc"] == pytest.approx([aa[y == k].mean() for k in range(NUM_CLASSES)])
     table = (tmp_path / "results" / "table.md").read_text()
     assert "cover the first 100 of the 200 test samples only" in table
+
+
+def _seed_fairness(values: Mapping[str, Sequence[tuple[float, float, float]]]) -> dict:
+    """fairness.json-like cells {method/seedS: {pgd20: {avg, worst, nsd}}} from per-seed triples."""
+    return {f"{m}/seed{s}": {"pgd20": {"avg": a, "worst": w, "nsd": n}}
+            for m, triples in values.items() for s, (a, w, n) in enumerate(triples)}
+
+
+def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them():
+    from absld.fairness import holm, paired_seed_test
+
+    values = {"absld": [(0.70, 0.50, 0.10), (0.72, 0.52, 0.11), (0.69, 0.51, 0.09)],
+              "rslad": [(0.71, 0.40, 0.20), (0.70, 0.41, 0.21), (0.70, 0.43, 0.19)],
+              "sat": [(0.60, 0.45, 0.15), (0.62, 0.47, 0.16), (0.61, 0.44, 0.17)]}
+    fairness = _seed_fairness(values)
+    groups = {m: {s: f"{m}/seed{s}" for s in range(3)} for m in values}
+    out = rep.seed_comparisons(fairness, groups, AnalyzeConfig())
+    worst = out["attacks"]["pgd20"]
+    raw = [paired_seed_test([v[1] for v in values["absld"]], [v[1] for v in values[m]])["p"] for m in ("rslad", "sat")]
+    assert [worst[m]["worst"]["p"] for m in ("rslad", "sat")] == pytest.approx(raw)
+    assert [worst[m]["worst"]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(holm(raw))
+    assert worst["rslad"]["worst"]["diff"] == pytest.approx(0.0967, abs=1e-3)
+    stats = rep.seed_summaries(fairness, groups, 0.95)
+    text = rep.verdict(out, stats, ["clean", "pgd20", "worst"], dataset="fashion-mnist")
+    assert text.startswith("**Verdict at this scale on Fashion-MNIST** (PGD-20, ABSLD against RSLAD, 3 seeds")
+    assert "worst-class robustness up holds (51.0 % vs 41.3 %: +9.67 points" in text
+    assert "NSD down holds (0.100 vs 0.200: -0.100" in text
+    assert "no significant Avg change" in text
+    # the same numbers the other way round contradict the claims
+    flipped = rep.seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad"))
+    assert "worst-class robustness up is contradicted" in rep.verdict(flipped, stats, ["pgd20"], baseline="absld")
+    one_seed = {m: {0: f"{m}/seed0"} for m in values}
+    assert "not tested" in rep.verdict(rep.seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd20"])
+
+
+def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
+    make_project(tmp_path, seeds=(0, 1))
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    lines = [line for line in (tmp_path / "results" / "report.md").read_text().splitlines() if line.strip()]
+    assert lines[0].startswith("# ") and lines[1].startswith("**Verdict at this scale on CIFAR-10** (PGD-20")
+    extra = json.loads((tmp_path / "results" / "comparisons.json").read_text())
+    assert extra["seed_comparisons"]["attacks"]["pgd20"]["rslad"]["worst"]["n"] == 2
+    assert "paired t-test over seeds" in (tmp_path / "results" / "report.md").read_text()

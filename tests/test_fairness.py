@@ -320,3 +320,19 @@ def test_unknown_statistic_or_bootstrap_method_is_an_error() -> None:
     lowercase_bca: Any = "bca"
     with pytest.raises(ValueError, match="method must be one of"):
         fairness.bootstrap_ci(CORRECT_SMALL, Y_SMALL, 3, n_resamples=10, seed=0, method=lowercase_bca)
+
+
+def test_paired_seed_test_is_scipys_paired_t_test_on_the_per_seed_differences() -> None:
+    from scipy import stats
+
+    ref, other = [0.50, 0.55, 0.53, 0.58], [0.48, 0.50, 0.52, 0.51]
+    out = fairness.paired_seed_test(ref, other, confidence=0.9)
+    d = np.subtract(ref, other)
+    assert out["n"] == 4 and out["diff"] == pytest.approx(d.mean())
+    assert out["p"] == pytest.approx(stats.ttest_rel(ref, other).pvalue)
+    half = stats.t.ppf(0.95, 3) * d.std(ddof=1) / 2
+    assert out["ci"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert fairness.paired_seed_test([0.5, 0.6], [0.4, 0.5])["p"] == 0.0  # identical differences
+    assert math.isnan(fairness.paired_seed_test([0.5], [0.4])["p"])
+    with pytest.raises(ValueError, match="one value per seed"):
+        fairness.paired_seed_test([0.5, 0.6], [0.4])
