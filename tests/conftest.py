@@ -35,9 +35,14 @@ def paper_params(tmp_path: Path) -> Path:
     return path
 
 
+# mutmut forks its test runs from a process that has run tests: an intra-op thread pool that
+# existed before the fork deadlocks in the child, so under mutation testing torch stays on one thread.
+THREADS = 1 if "MUTANT_UNDER_TEST" in os.environ or os.environ.get("ABSLD_TEST_THREADS") == "1" else 2
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

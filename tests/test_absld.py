@@ -253,3 +253,26 @@ def test_class_risks_are_the_adversarial_and_the_clean_cross_entropy_credited_to
     assert method.risk_adv.value().tolist() == pytest.approx(r_adv, rel=1e-5)
     assert method.risk_nat.value().tolist() == pytest.approx(r_nat, rel=1e-5)
     assert r_adv[1] == 0 and r_adv != pytest.approx(r_nat, rel=1e-3)
+
+
+def test_class_risk_follows_the_losses_device_and_loads_onto_the_requested_one():
+    """The running sums live where the losses are (a GPU in real runs): 'meta' stands in for CUDA
+    on this CPU-only machine. A first batch creates them there; a later batch on another device
+    moves them; a resumed state goes to the device asked for."""
+    from absld.methods.risk import ClassRisk
+
+    meta = torch.device("meta")
+    risk = ClassRisk(3)
+    risk.add(torch.ones(2, device=meta), torch.tensor([0, 2], device=meta))
+    assert risk.total.device == meta
+    moved = ClassRisk(3)
+    moved.add(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]))
+    assert moved.value().tolist() == [1.0, 2.0, 0.0]
+    moved.add(torch.ones(2, device=meta), torch.tensor([0, 2], device=meta))
+    assert moved.total.device == meta
+    loaded = ClassRisk(3)
+    loaded.load_state_dict({"total": torch.tensor([1.0, 2.0, 3.0])}, device=meta)
+    assert loaded.total.device == meta
+    kept = ClassRisk(3)
+    kept.load_state_dict({"total": torch.tensor([1.0, 2.0, 3.0])})
+    assert kept.total.tolist() == [1.0, 2.0, 3.0] and kept.total.device.type == "cpu"
