@@ -4,6 +4,7 @@
 #   ./reproduce.sh paper          dvc repro with the committed params.yaml (the paper's CIFAR-10 setup)
 #   ./reproduce.sh test           the test suite
 #   ./reproduce.sh run PROFILE    the whole DAG with profiles/PROFILE.yaml over params.yaml
+#                                 (fashion: the Fashion-MNIST study, about 90 minutes on a CPU)
 # Environment: VENV (default .venv), WANDB_MODE (default offline), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,8 +60,9 @@ case "$cmd" in
         setup; fashion_mnist; run_profile quick ;;
     run)
         [ $# -ge 2 ] || die "usage: ./reproduce.sh run PROFILE"
+        [ -f "profiles/$2.yaml" ] || die "no profile profiles/$2.yaml; choose one of: $(cd profiles && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
         setup
-        if [ "$2" = quick ]; then fashion_mnist; fi
+        if grep -q "dataset: fashion-mnist" "profiles/$2.yaml"; then fashion_mnist; fi
         run_profile "$2" ;;
     paper)
         setup
