@@ -276,3 +276,32 @@ def test_class_risk_follows_the_losses_device_and_loads_onto_the_requested_one()
     kept = ClassRisk(3)
     kept.load_state_dict({"total": torch.tensor([1.0, 2.0, 3.0])})
     assert kept.total.tolist() == [1.0, 2.0, 3.0] and kept.total.device.type == "cpu"
+
+
+def test_epoch_end_logs_every_column_and_returns_the_tracked_values():
+    """One end-of-epoch update by hand: the log rows (temperatures.csv's columns), the clamp at both
+    bounds, and the numbers streamed to W&B / train_log.csv."""
+    method = build_method("absld", AbsldConfig(beta_milestones=[1], beta=1.0, beta_gamma=0.5, tau_min=0.8,
+                                               tau_max=1.2),
+                          MethodContext(num_classes=3, attack=AttackConfig(), teacher=torch.nn.Identity()))
+    y = torch.tensor([0, 1, 2])
+    method.risk_adv.add(torch.tensor([3.0, 1.0, 2.0]), y)  # gaps +1, -1, 0
+    method.risk_nat.add(torch.tensor([1.0, 2.0, 3.0]), y)  # gaps -1, 0, +1
+    out = method.on_epoch_end(1)
+    assert [list(r) for r in method.log] == [["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]] * 3
+    assert [(r["class"], r["risk_adv"], r["risk_nat"], r["beta"]) for r in method.log] == [
+        (0, 3.0, 1.0, 0.5), (1, 1.0, 2.0, 0.5), (2, 2.0, 3.0, 0.5)]
+    # beta halved at its milestone (epoch 1) before the update: 1 -/+ 0.5, clamped to [0.8, 1.2]
+    assert method.tau_adv.tolist() == pytest.approx([0.8, 1.2, 1.0])
+    assert method.tau_nat.tolist() == pytest.approx([1.2, 1.0, 0.8])
+    assert out == pytest.approx({"beta": 0.5, "tau_adv_min": 0.8, "tau_adv_max": 1.2, "tau_nat_min": 0.8,
+                                 "tau_nat_max": 1.2, "tau_adv/0": 0.8, "tau_adv/1": 1.2, "tau_adv/2": 1.0})
+
+
+def test_temperatures_move_to_the_teacher_logits_device():
+    """'meta' stands in for CUDA: the temperatures follow the teacher's logits to their device."""
+    meta = torch.device("meta")
+    method = absld_with("separate", [2.0, 1.0, 0.5], [0.8, 1.0, 3.0])
+    p_adv, p_nat = method.soft_labels(torch.zeros(2, 3, device=meta), torch.tensor([0, 2], device=meta))
+    assert method.tau_adv.device == meta and method.tau_nat.device == meta
+    assert p_adv.device == meta and p_nat.device == meta and p_adv.shape == (2, 3)
