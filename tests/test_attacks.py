@@ -391,3 +391,57 @@ def test_pgd20_under_bf16_autocast_is_as_strong_as_in_float32(task: Task) -> Non
     robust_fp32, robust_bf16 = accuracy(task.model, fp32, y), accuracy(task.model, bf16, y)
     assert 0.05 < robust_fp32 < accuracy(task.model, x, y)  # the attack bites but does not saturate
     assert abs(robust_bf16 - robust_fp32) <= 0.005, (robust_fp32, robust_bf16)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"eps": float("inf")}, "eps=inf must be a finite number >= 0 in pixel space (e.g. 8/255)."),
+    ({"eps": -0.01}, "eps=-0.01 must be a finite number >= 0"),
+    ({"eps": 1.5}, "eps=1.5 is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8)."),
+    ({"step": -0.1}, "step=-0.1 must be a finite number >= 0 in pixel space (e.g. 2/255)."),
+    ({"steps": 1.5}, "steps=1.5 must be an integer >= 0."),
+    ({"steps": True}, "steps=True must be an integer >= 0."),
+    ({"start": "none", "noise": torch.zeros(4, 3, 8, 8)}, 'noise is only used by a random start; pass start="uniform" or "gaussian".'),
+    ({"start": "uniform", "noise": torch.zeros(2, 3, 8, 8)}, "noise must have the shape of x, (4, 3, 8, 8); got (2, 3, 8, 8)."),
+    ({"gauss_std": -1.0}, "gauss_std=-1.0 must be a finite number >= 0 (the official code uses 0.001)."),
+])
+def test_pgd_errors_name_the_bad_value_and_what_is_allowed(task: Task, kwargs: dict, message: str) -> None:
+    params: dict[str, object] = {"eps": EPS, "step": STEP, "steps": 1, "start": "gaussian", **kwargs}
+    with pytest.raises(AttackError) as info:
+        pgd(task.model, task.x[:4], ce_loss(task.y[:4]), **params)  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0])
+def test_pgd_accepts_the_ends_of_the_eps_range(task: Task, eps: float) -> None:
+    x = task.x[:4]
+    x_adv = pgd(task.model, x, ce_loss(task.y[:4]), eps=eps, step=eps, steps=1, start="uniform")
+    if eps == 0.0:
+        assert torch.equal(x_adv, x)
+    assert_in_eps_ball_and_unit_box(x_adv, x, eps)
+
+
+def test_uniform_start_without_noise_covers_both_sides_of_x_and_is_clamped_to_the_box() -> None:
+    """The first point PGD takes a gradient at: x + U(-eps, eps), clamped to [0, 1] (Madry PGD)."""
+    seen: list[Tensor] = []
+
+    def recorder(inp: Tensor) -> Tensor:
+        seen.append(inp.detach().clone())
+        return inp.flatten(1)[:, :2] * torch.tensor([1.0, -1.0])
+
+    x = torch.cat([torch.zeros(1, 1, 40, 40), torch.ones(1, 1, 40, 40), torch.full((1, 1, 40, 40), 0.5)])
+    torch.manual_seed(0)
+    pgd(recorder, x, ce_loss(torch.tensor([0, 0, 0])), eps=0.1, step=0.01, steps=1, start="uniform")
+    start = seen[0]
+    assert start.min() >= 0.0 and start.max() <= 1.0  # clamped to the box
+    offset = start[2] - 0.5  # the middle image: unclamped offsets
+    assert offset.min() < -0.08 and offset.max() > 0.08 and offset.abs().max() <= 0.1
+    assert (start[0] > 0).any() and (start[1] < 1).any()
+
+
+def test_noise_of_another_dtype_is_cast_to_x(task: Task) -> None:
+    x = task.x[:4]
+    noise = torch.rand(x.shape, dtype=torch.float64) * 2 - 1
+    x_adv = pgd(task.model, x, ce_loss(task.y[:4]), eps=EPS, step=0.0, steps=0, start="uniform", noise=noise)
+    assert x_adv.dtype == x.dtype
+    x_adv = pgd(task.model, x, ce_loss(task.y[:4]), eps=EPS, step=STEP, steps=1, start="gaussian", noise=noise)
+    assert x_adv.dtype == x.dtype

@@ -686,3 +686,23 @@ def test_the_rslad_family_starts_its_attack_at_the_unprojected_gaussian_point():
         expected = x + 0.001 * torch.randn_like(x)  # the same draw, neither clamped nor projected
         assert torch.equal(seen[0], expected), name
         assert ((expected < 0) | (expected > 1)).any()  # the case does leave the box
+
+
+def test_rslad_step_output_carries_both_logits_and_its_two_kl_terms():
+    """What the loop logs and ABSLD's risks read: the student's adversarial and clean logits and the
+    two KL terms; the epoch end reports the spread of the class risks."""
+    teacher = FixedAffine(TEACHER_W, TEACHER_B).eval()
+    method = build_method("rslad", RsladConfig(), MethodContext(num_classes=C, attack=AttackConfig(), teacher=teacher))
+    student = FixedAffine(STUDENT_W, STUDENT_B)
+    batch, x_adv = hand_batch()
+    with torch.no_grad():
+        out = method.loss(student, batch, x_adv, teacher(batch.x))
+    assert torch.allclose(out.logits_adv, student(x_adv)) and torch.allclose(out.logits_nat, student(batch.x))
+    p = [softmax(teacher_logits_of(v)) for v in X]
+    kl_adv = sum(kl_sum(p[i], student_logits(X_ADV[i])) for i in range(B)) / (B * C)
+    kl_nat = sum(kl_sum(p[i], student_logits(X[i])) for i in range(B)) / (B * C)
+    assert set(out.stats) == {"kl_adv", "kl_nat"}
+    assert out.stats["kl_adv"].item() == pytest.approx(kl_adv, rel=1e-5)
+    assert out.stats["kl_nat"].item() == pytest.approx(kl_nat, rel=1e-5)
+    risk = [cross_entropy(student_logits(X_ADV[i]), Y[i]) for i in range(B)]  # classes 0 and 2
+    assert method.on_epoch_end(1) == pytest.approx({"risk_adv_max_gap": max(risk)})  # class 1: risk 0
