@@ -336,3 +336,60 @@ def test_paired_seed_test_is_scipys_paired_t_test_on_the_per_seed_differences() 
     assert math.isnan(fairness.paired_seed_test([0.5], [0.4])["p"])
     with pytest.raises(ValueError, match="one value per seed"):
         fairness.paired_seed_test([0.5, 0.6], [0.4])
+
+
+# --------------------------------------------------------------------------------------------------
+# every input check says what is wrong, with the bad value
+_Y = np.array([0, 1, 2, 0, 1, 2])
+_C = np.array([True, False, True, True, True, False])
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: fairness.summarize(_C[None], _Y, 3), "correct must be a 1-D boolean array (one entry per sample), got shape (1, 6)"),
+    (lambda: fairness.summarize(_C.astype(int), _Y, 3), "correct must be a boolean array, got dtype int64; if it holds 0/1, pass correct.astype(bool)"),
+    (lambda: fairness.summarize(_C, _Y, 0), "num_classes must be a positive integer, got 0"),
+    (lambda: fairness.summarize(_C, _Y, True), "num_classes must be a positive integer, got True"),
+    (lambda: fairness.summarize(_C, _Y, 3.0), "num_classes must be a positive integer, got 3.0"),
+    (lambda: fairness.summarize(_C, _Y, 3, ddof=-1), "ddof must be a non-negative integer (0 or 1), got -1"),
+    (lambda: fairness.summarize(_C, _Y, 3, ddof=0.5), "ddof must be a non-negative integer (0 or 1), got 0.5"),
+    (lambda: fairness.summarize(_C, _Y, 3, ddof=True), "ddof must be a non-negative integer (0 or 1), got True"),
+    (lambda: fairness.summarize(_C, _Y[None], 3), "y must be a 1-D integer array of labels, got shape (1, 6)"),
+    (lambda: fairness.summarize(_C, _Y.astype(float), 3), "y must hold integer class labels, got dtype float64"),
+    (lambda: fairness.summarize(_C[:0], _Y[:0], 3), "no samples: correct and y are empty"),
+    (lambda: fairness.summarize(_C, _Y - 1, 3), "label -1 out of range: labels must lie in [0, 2] (num_classes=3)"),
+    (lambda: fairness.summarize(_C, _Y, 2), "label 2 out of range: labels must lie in [0, 1] (num_classes=2)"),
+    (lambda: fairness.summarize(_C, _Y, 14), "class 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, ... has no samples in y (num_classes=14)"),
+    (lambda: fairness.summarize(_C, _Y, 13), "class 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 has no samples in y (num_classes=13)"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=0, seed=0), "n_resamples must be a positive integer, got 0"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=True, seed=0), "n_resamples must be a positive integer, got True"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=1.5, seed=0), "n_resamples must be a positive integer, got 1.5"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=5, seed=0, confidence=1.0), "confidence must lie strictly between 0 and 1, got 1.0"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=5, seed=0, confidence=0.0), "confidence must lie strictly between 0 and 1, got 0.0"),
+    (lambda: fairness.bootstrap_ci(_C, _Y, 3, n_resamples=5, seed=0, confidence=1.5), "confidence must lie strictly between 0 and 1, got 1.5"),
+    (lambda: fairness.mcnemar_exact(_C, _C[:3]), "length mismatch: correct_a has 6 samples but correct_b has 3; paired tests need both models evaluated on the same samples"),
+    (lambda: fairness.mcnemar_exact(_C[:0], _C[:0]), "no samples: correct_a and correct_b are empty"),
+    (lambda: fairness.mcnemar_exact(_C.astype(int), _C), "correct_a must be a boolean array"),
+    (lambda: fairness.mcnemar_exact(_C, _C[None]), "correct_b must be a 1-D boolean array"),
+    (lambda: fairness.holm([[0.1]]), "pvalues must be a 1-D sequence, got shape (1, 1)"),
+    (lambda: fairness.holm([0.1, 1.5]), "p-values must lie in [0, 1] (no NaN), got [0.1, 1.5]"),
+    (lambda: fairness.holm([-0.1]), "p-values must lie in [0, 1] (no NaN), got [-0.1]"),
+    (lambda: fairness.seed_summary([]), "values must be a non-empty 1-D sequence (one value per seed), got shape (0,)"),
+    (lambda: fairness.seed_summary([0.1, float("nan")]), "values must be finite, got [0.1, nan]"),
+    (lambda: fairness.nsd([]), "class_acc must be a non-empty 1-D array of class accuracies, got shape (0,)"),
+])
+def test_input_checks_name_the_problem_and_the_value(call, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_small_inputs_at_the_edges_of_the_checks_are_accepted(n: int) -> None:
+    """One sample, one class, one resample, confidence just inside (0, 1): legal inputs."""
+    y = np.zeros(n, dtype=np.int64)
+    assert fairness.summarize(np.ones(n, dtype=bool), y, 1)["avg"] == 1.0
+    two = np.arange(2 * n) % 2
+    assert fairness.bootstrap_ci(two == 0, two, 2, n_resamples=1, seed=0, confidence=0.999)["avg_ci"] == [0.5, 0.5]
+    assert fairness.mcnemar_exact(np.ones(1, dtype=bool), np.zeros(1, dtype=bool))["n10"] == 1
+    assert fairness.paired_permutation_test(np.ones(n, dtype=bool), np.ones(n, dtype=bool), y, 1,
+                                            statistic="avg", n_resamples=1, seed=0)["p"] == 1.0
