@@ -393,3 +393,33 @@ def test_small_inputs_at_the_edges_of_the_checks_are_accepted(n: int) -> None:
     assert fairness.mcnemar_exact(np.ones(1, dtype=bool), np.zeros(1, dtype=bool))["n10"] == 1
     assert fairness.paired_permutation_test(np.ones(n, dtype=bool), np.ones(n, dtype=bool), y, 1,
                                             statistic="avg", n_resamples=1, seed=0)["p"] == 1.0
+
+
+def test_permutation_test_of_avg_reports_the_difference_of_overall_accuracies() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    a = np.array([1, 1, 1, 0, 1, 0, 0, 0], dtype=bool)  # class 2: no sample right for both models
+    b = np.array([1, 0, 0, 0, 0, 1, 0, 0], dtype=bool)
+    out = fairness.paired_permutation_test(a, b, y, 3, statistic="avg", n_resamples=200, seed=0)
+    assert out["diff"] == pytest.approx(a.mean() - b.mean())  # 4/8 - 2/8
+    worst = fairness.paired_permutation_test(a, b, y, 3, statistic="worst", n_resamples=200, seed=0)
+    assert worst["diff"] == pytest.approx(0.25 - 0.0)  # class 2: 1/4 vs 1/4; class 1: 1/2 vs 0
+
+
+def test_the_default_nsd_ddof_is_zero_everywhere() -> None:
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(3), 20)
+    a, b = rng.random(60) < 0.7, rng.random(60) < 0.5
+    default = fairness.bootstrap_ci(a, y, 3, n_resamples=100, seed=0)
+    assert default == fairness.bootstrap_ci(a, y, 3, n_resamples=100, seed=0, ddof=0)
+    assert default != fairness.bootstrap_ci(a, y, 3, n_resamples=100, seed=0, ddof=1)
+    perm = fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=100, seed=0)
+    assert perm == fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=100, seed=0, ddof=0)
+    assert perm["diff"] != fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=100, seed=0,
+                                                            ddof=1)["diff"]
+
+
+def test_a_class_of_two_samples_is_resampled() -> None:
+    y = np.array([0, 0, 1, 1, 1, 1])
+    correct = np.array([True, False, True, True, True, True])
+    ci = fairness.bootstrap_ci(correct, y, 2, n_resamples=200, seed=0)
+    assert ci["worst_ci"][0] == 0.0 and ci["worst_ci"][1] == 1.0  # class 0 resampled: 0, 1/2 or 1
