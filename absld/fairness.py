@@ -399,8 +399,8 @@ def seed_summary(values: Sequence[float], confidence: float = 0.95) -> SeedSumma
 
     mean = (1/n) sum_s v_s;  std = sqrt( sum_s (v_s - mean)^2 / (n - 1) )  (ddof = 1);
     ci = mean -/+ t_{(1 + confidence)/2, n-1} * std / sqrt(n)  (``scipy.stats.t.interval``).
-    With n = 1 the spread is unknown: std = NaN and ci = [NaN, NaN]. With std = 0 (n >= 2, all
-    equal) the interval is [mean, mean].
+    With n = 1 the spread is unknown: std = NaN and ci = [NaN, NaN]. With all values equal (n >= 2;
+    std 0 up to rounding) std is 0 and the interval [mean, mean].
     """
     confidence = _check_confidence(confidence)
     arr = np.asarray(values, dtype=np.float64)
@@ -413,7 +413,7 @@ def seed_summary(values: Sequence[float], confidence: float = 0.95) -> SeedSumma
     if n == 1:
         return {"mean": mean, "std": math.nan, "ci": [math.nan, math.nan], "n": 1}
     std = float(arr.std(ddof=1))
-    if std == 0.0:
+    if std <= 1e-12 * max(abs(mean), 1e-12):  # equal values: [0.4] * 3 has a std of 7e-17 in floats
         return {"mean": mean, "std": 0.0, "ci": [mean, mean], "n": n}
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
     return {"mean": mean, "std": std, "ci": [float(low), float(high)], "n": n}

@@ -423,3 +423,40 @@ def test_a_class_of_two_samples_is_resampled() -> None:
     correct = np.array([True, False, True, True, True, True])
     ci = fairness.bootstrap_ci(correct, y, 2, n_resamples=200, seed=0)
     assert ci["worst_ci"][0] == 0.0 and ci["worst_ci"][1] == 1.0  # class 0 resampled: 0, 1/2 or 1
+
+
+def test_summarize_with_ci_is_summarize_plus_bootstrap_with_the_same_arguments() -> None:
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(3), 15)
+    correct = rng.random(45) < 0.6
+    kwargs = dict(n_resamples=150, seed=7, ddof=1, confidence=0.8, method="basic")
+    entry = fairness.summarize_with_ci(correct, y, 3, **kwargs)
+    expected = {**fairness.summarize(correct, y, 3, 1), **fairness.bootstrap_ci(correct, y, 3, **kwargs)}
+    assert {k: entry[k] for k in expected} == expected
+    assert entry["n"] == 45 and entry["ddof"] == 1
+    default = fairness.summarize_with_ci(correct, y, 3, n_resamples=150, seed=7)
+    assert default["ddof"] == 0 and default["nsd"] == fairness.summarize(correct, y, 3, 0)["nsd"]
+
+
+def test_seed_summary_of_equal_values_is_a_point_with_its_count() -> None:
+    assert fairness.seed_summary([0.4, 0.4, 0.4]) == {"mean": pytest.approx(0.4), "std": 0.0,
+                                                      "ci": [pytest.approx(0.4)] * 2, "n": 3}
+
+
+def test_paired_seed_test_of_identical_runs_has_p_one_and_of_a_constant_shift_p_zero() -> None:
+    assert fairness.paired_seed_test([0.3, 0.5, 0.7], [0.3, 0.5, 0.7])["p"] == 1.0
+    shift = fairness.paired_seed_test([0.31, 0.51, 0.71], [0.3, 0.5, 0.7])
+    assert shift["p"] == 0.0 and shift["diff"] == pytest.approx(0.01) and shift["ci"] == pytest.approx([0.01, 0.01])
+    with pytest.raises(ValueError, match="need one value per seed for both methods"):
+        fairness.paired_seed_test([[0.1, 0.2]], [[0.1, 0.2]])
+
+
+def test_mcnemar_p_is_the_exact_binomial_test_on_the_discordant_pairs() -> None:
+    from scipy import stats
+
+    a = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 0], dtype=bool)
+    b = np.array([0, 0, 0, 0, 1, 1, 0, 1, 0, 0], dtype=bool)  # n10 = 5, n01 = 1
+    out = fairness.mcnemar_exact(a, b)
+    assert (out["n10"], out["n01"]) == (5, 1)
+    assert out["p"] == pytest.approx(stats.binomtest(5, 6, 0.5).pvalue)
+    assert fairness.mcnemar_exact(a, a)["p"] == 1.0
