@@ -344,8 +344,16 @@ class Records:
 
 
 def summarize_records(records: Records, num_classes: int, ddof: int = 0) -> dict[str, Summary]:
-    """Avg, Worst, NSD (std with ``ddof``) and class accuracies for every column of the records."""
-    return {name: summarize(correct, records.y, num_classes, ddof) for name, correct in records.correct.items()}
+    """Avg, Worst, NSD (std with ``ddof``) and class accuracies for every column of the records, each
+    on the samples it covers (``records.evaluated``: AutoAttack and the worst case on a subset)."""
+    out = {}
+    for name, correct in records.correct.items():
+        mask = records.evaluated.get(name)
+        if mask is None:
+            out[name] = summarize(correct, records.y, num_classes, ddof)
+        else:
+            out[name] = summarize(correct[mask], records.y[mask], num_classes, ddof)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

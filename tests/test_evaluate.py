@@ -459,3 +459,7 @@ def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runt
     arrays = records.arrays()
     assert np.array_equal(arrays["evaluated_aa"], mask) and records.protocol["aa"]["n_samples"] == 30
     assert "evaluated_aa" not in full_run.arrays()  # no subset, no masks
+    summaries = summarize_records(records, N_CLASSES)  # metrics.json, W&B: each column on its samples
+    assert summaries["aa"]["avg"] == pytest.approx(records.correct["aa"][mask].mean())
+    assert summaries["worst"]["avg"] == pytest.approx(records.correct["worst"][mask].mean())
+    assert summaries["pgd20"]["avg"] == pytest.approx(records.correct["pgd20"].mean())
