@@ -445,3 +445,14 @@ def test_noise_of_another_dtype_is_cast_to_x(task: Task) -> None:
     assert x_adv.dtype == x.dtype
     x_adv = pgd(task.model, x, ce_loss(task.y[:4]), eps=EPS, step=STEP, steps=1, start="gaussian", noise=noise)
     assert x_adv.dtype == x.dtype
+
+
+def test_project_linf_clamps_to_the_eps_ball_intersected_with_the_unit_box() -> None:
+    from absld.attacks.pgd import project_linf
+
+    x = torch.tensor([0.0, 0.02, 0.5, 0.98, 1.0])
+    x_adv = torch.tensor([-0.5, 0.5, 0.52, 0.9, 1.5])
+    eps = 0.05
+    assert torch.allclose(project_linf(x_adv, x, eps), torch.tensor([0.0, 0.07, 0.52, 0.93, 1.0]))
+    inside = torch.tensor([0.01, 0.03, 0.49, 0.97, 0.99])
+    assert torch.equal(project_linf(inside, x, eps), inside)  # feasible points stay where they are
