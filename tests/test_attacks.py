@@ -456,3 +456,30 @@ def test_project_linf_clamps_to_the_eps_ball_intersected_with_the_unit_box() -> 
     assert torch.allclose(project_linf(x_adv, x, eps), torch.tensor([0.0, 0.07, 0.52, 0.93, 1.0]))
     inside = torch.tensor([0.01, 0.03, 0.49, 0.97, 0.99])
     assert torch.equal(project_linf(inside, x, eps), inside)  # feasible points stay where they are
+
+
+def test_a_zero_gradient_leaves_the_point_where_it_is() -> None:
+    """sign(0) = 0: where the loss does not depend on a pixel, PGD does not move it."""
+    constant = lambda inp: (inp.flatten(1).sum(1, keepdim=True) * 0.0).expand(-1, 3) + torch.tensor([1.0, 0.0, 0.0])  # noqa: E731
+    x = torch.rand(2, 1, 4, 4)
+    x_adv = pgd(constant, x, ce_loss(torch.tensor([0, 1])), eps=EPS, step=STEP, steps=3, start="none")
+    assert torch.equal(x_adv, x)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": "random"}, "start='random' is not a PGD start rule; use one of ['uniform', 'gaussian', 'none']."),
+    ({"loss_fn": lambda logits: logits}, "loss_fn must return one loss per sample, shape (4,); got (4, 5)."),
+])
+def test_pgd_misuse_messages(task: Task, kwargs: dict, message: str) -> None:
+    params: dict[str, object] = {"loss_fn": ce_loss(task.y[:4]), "eps": EPS, "step": STEP, "steps": 1,
+                                 "start": "none", **kwargs}
+    loss_fn = params.pop("loss_fn")
+    with pytest.raises(AttackError) as info:
+        pgd(task.model, task.x[:4], loss_fn, **params)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_pgd_inside_inference_mode_says_to_use_no_grad(task: Task) -> None:
+    with torch.inference_mode(), pytest.raises(AttackError) as info:
+        pgd(task.model, task.x[:4], ce_loss(task.y[:4]), eps=EPS, step=STEP, steps=1, start="none")
+    assert str(info.value) == "pgd needs autograd: call it outside torch.inference_mode() (torch.no_grad() is fine)."
