@@ -460,3 +460,32 @@ def test_mcnemar_p_is_the_exact_binomial_test_on_the_discordant_pairs() -> None:
     assert (out["n10"], out["n01"]) == (5, 1)
     assert out["p"] == pytest.approx(stats.binomtest(5, 6, 0.5).pvalue)
     assert fairness.mcnemar_exact(a, a)["p"] == 1.0
+
+
+def test_holm_accepts_p_values_of_exactly_zero_and_one_and_rejects_nan() -> None:
+    assert fairness.holm([0.0, 1.0]) == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"p-values must lie in \[0, 1\] \(no NaN\)"):
+        fairness.holm([0.2, float("nan")])
+
+
+def test_nsd_degrees_of_freedom_at_the_edges() -> None:
+    assert fairness.nsd([0.5]) == 0.0  # one class, ddof 0: no spread
+    assert math.isnan(fairness.nsd([0.5], ddof=1))  # one class, ddof 1: undefined
+    assert fairness.nsd([0.2, 0.6], ddof=1) == pytest.approx(np.std([0.2, 0.6], ddof=1) / 0.4)
+
+
+def test_class_accuracies_count_a_last_class_that_is_never_right() -> None:
+    y = np.array([0, 1, 2, 2])
+    assert fairness.class_accuracies(np.array([True, True, False, False]), y, 3).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_compare_passes_seed_and_ddof_to_each_test() -> None:
+    rng = np.random.default_rng(6)
+    y = np.repeat(np.arange(3), 20)
+    a, b = rng.random(60) < 0.7, rng.random(60) < 0.5
+    out = fairness.compare(a, b, y, 3, n_resamples=64, seed=11, ddof=1)
+    for stat in ("worst", "nsd"):
+        expected = fairness.paired_permutation_test(a, b, y, 3, statistic=stat, n_resamples=64, seed=11, ddof=1)
+        assert out[stat]["p"] == expected["p"] and out[stat]["diff"] == expected["diff"]
+    assert fairness.compare(a, b, y, 3, n_resamples=64, seed=11)["nsd"]["diff"] == pytest.approx(
+        fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=64, seed=11, ddof=0)["diff"])
