@@ -196,10 +196,6 @@ def record_names(cfg: EvaluateConfig) -> list[str]:
     return [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
 
 
-AA_PACKAGES = {"pyautoattack": "pyautoattack", "torchattacks": "torchattacks"}
-"""The distribution that provides each AutoAttack backend (its version goes into the protocol)."""
-
-
 def _package_version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
@@ -229,7 +225,7 @@ def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, 
     for attack in cfg.attacks:
         section = getattr(cfg, attack).model_dump(mode="json")
         if attack == "aa":
-            section["package_version"] = _package_version(AA_PACKAGES[cfg.aa.backend])
+            section["package_version"] = _package_version(cfg.aa.backend)  # each backend is its distribution's name
             section["standard"] = aa_is_standard(cfg)
         out[attack] = section
     return out

@@ -446,7 +446,7 @@ def paired_seed_test(reference: Sequence[float], baseline: Sequence[float],
     std, mean = summary["std"], summary["mean"]
     if n < 2:
         p = math.nan
-    elif std <= 1e-12 * max(abs(mean), 1e-12):  # equal differences (up to rounding): no spread
+    elif std == 0.0:  # equal differences (seed_summary rounds a 1e-17 spread to 0)
         p = 1.0 if abs(mean) <= 1e-15 else 0.0
     else:  # scipy.stats.ttest_rel, without its precision warning on nearly equal differences
         p = float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))

@@ -437,6 +437,36 @@ class SeedComparisons(TypedDict):
     attacks: dict[str, dict[str, dict[str, dict[str, Any]]]]  # attack -> baseline -> stat -> test
 
 
+def _paired_seeds(groups: MethodSeeds, reference: str, minimum: int) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """``({baseline: seeds in common with reference}, {baseline: why skipped})`` for every method
+    but ``reference``; a baseline with fewer than ``minimum`` common seeds is skipped."""
+    ref = groups[reference]
+    pairs: dict[str, list[int]] = {}
+    skipped: dict[str, str] = {}
+    for method, by_seed in groups.items():
+        if method == reference:
+            continue
+        common = sorted(set(ref) & set(by_seed))
+        if len(common) >= minimum:
+            pairs[method] = common
+        elif not common:
+            skipped[method] = f"no seed in common with {reference} ({sorted(by_seed)} vs {sorted(ref)})"
+        else:
+            skipped[method] = f"{len(common)} seed(s) in common with {reference}; a test over seeds needs {minimum}"
+    return pairs, skipped
+
+
+def _holm_across_baselines(by_baseline: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add ``p_holm`` to every ``by_baseline[method][stat]`` test: Holm across the baselines within
+    each statistic, over the defined p-values (NaN stays NaN)."""
+    for stat in STATISTICS:
+        family = [m for m in by_baseline if not math.isnan(by_baseline[m][stat]["p"])]
+        for method in by_baseline:
+            by_baseline[method][stat]["p_holm"] = math.nan
+        for method, p_adj in zip(family, holm([by_baseline[m][stat]["p"] for m in family])):
+            by_baseline[method][stat]["p_holm"] = p_adj
+
+
 def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: MethodSeeds,
                      cfg: AnalyzeConfig) -> SeedComparisons | None:
     """``cfg.reference`` against every other method by paired t-tests over the seeds both were
@@ -448,16 +478,7 @@ def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], gr
     if reference not in groups:
         return None
     ref = groups[reference]
-    skipped: dict[str, str] = {}
-    common: dict[str, list[int]] = {}
-    for method, by_seed in groups.items():
-        if method == reference:
-            continue
-        seeds = sorted(set(ref) & set(by_seed))
-        if len(seeds) < 2:
-            skipped[method] = f"{len(seeds)} seed(s) in common with {reference}; a test over seeds needs two"
-            continue
-        common[method] = seeds
+    common, skipped = _paired_seeds(groups, reference, minimum=2)
     attacks = list(fairness[next(iter(ref.values()))])
     table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {a: {m: {} for m in common} for a in attacks}
     for attack in attacks:
@@ -471,11 +492,7 @@ def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], gr
                     test = dict(paired_seed_test(mine, theirs, cfg.confidence))  # type: ignore[arg-type]
                 test["seeds"] = seeds
                 table[attack][method][stat] = test
-            family = [m for m in common if not math.isnan(table[attack][m][stat]["p"])]
-            for method in common:
-                table[attack][method][stat]["p_holm"] = math.nan
-            for method, p_adj in zip(family, holm([table[attack][m][stat]["p"] for m in family])):
-                table[attack][method][stat]["p_holm"] = p_adj
+        _holm_across_baselines(table[attack])
     return {"reference": reference, "alpha": round(1.0 - cfg.confidence, 12), "confidence": cfg.confidence,
             "skipped": skipped, "attacks": table}
 
@@ -613,18 +630,8 @@ def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, nu
         return None
     _check_labels(records, num_classes)
     ref_seeds = groups[reference]
-    baselines: list[str] = []
-    skipped: dict[str, str] = {}
-    pairs: dict[str, list[int]] = {}
-    for method, by_seed in groups.items():
-        if method == reference:
-            continue
-        common = sorted(set(ref_seeds) & set(by_seed))
-        if not common:
-            skipped[method] = f"no seed in common with {reference} ({sorted(by_seed)} vs {sorted(ref_seeds)})"
-            continue
-        baselines.append(method)
-        pairs[method] = common
+    pairs, skipped = _paired_seeds(groups, reference, minimum=1)
+    baselines = list(pairs)
 
     attacks = next(iter(records.values())).attacks
     table: dict[str, dict[str, PairComparison]] = {attack: {} for attack in attacks}
@@ -640,13 +647,7 @@ def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, nu
             table[attack][method] = {"seeds": seeds, "n_pairs": int(ref.shape[0]),
                                      "avg": dict(result["avg"]), "worst": dict(result["worst"]),
                                      "nsd": dict(result["nsd"])}  # type: ignore[typeddict-item]
-        for stat in STATISTICS:
-            family = [m for m in baselines if not math.isnan(table[attack][m][stat]["p"])]
-            adjusted = holm([table[attack][m][stat]["p"] for m in family])
-            for method in baselines:
-                table[attack][method][stat]["p_holm"] = math.nan
-            for method, p_adj in zip(family, adjusted):
-                table[attack][method][stat]["p_holm"] = p_adj
+        _holm_across_baselines(table[attack])
     return {"reference": reference, "baselines": baselines, "pooling": POOLING, "alpha": round(1.0 - cfg.confidence, 12),
             "n_permutations": cfg.n_permutations, "seed": cfg.seed, "ddof": cfg.nsd_ddof, "skipped": skipped,
             "attacks": table}
