@@ -61,6 +61,17 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def write_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` through a file handle: saved to a path, torch names the archive's top folder
+    after the (temporary, random) file name, so identical checkpoints would differ in bytes and
+    DVC would see a new teacher on every run."""
+    import torch  # the one writer that needs torch; the others stay importable without it
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
     """Write dict rows as CSV: ``columns``, or every key of every row in order of appearance
     (a key missing from a row leaves its cell empty)."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import TensorLoader
-from .io import atomic_path
+from .io import write_torch
 from .methods.base import MethodBase
 from .runtime import Runtime, rng_state, set_rng_state
 
@@ -162,8 +162,7 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_torch(path, state)
 
 
 def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None,

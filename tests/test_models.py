@@ -184,6 +184,16 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         torch.testing.assert_close(load_checkpoint(path)(x), model(x), rtol=0, atol=0)
 
 
+def test_the_same_model_saved_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    # DVC hashes models/teacher.pt: an identical teacher must not look new (no temporary file
+    # name inside the archive), or every downstream stage reruns.
+    model = trained_tiny_cnn()
+    first = save_checkpoint(tmp_path / "a" / "teacher.pt", model, epoch=3).read_bytes()
+    second = save_checkpoint(tmp_path / "b" / "teacher.pt", model, epoch=3).read_bytes()
+    assert first == second
+    assert b".tmp" not in first
+
+
 def test_loaded_model_is_in_eval_mode_on_the_cpu(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "model.pt", trained_tiny_cnn().train())
     model = load_checkpoint(path)

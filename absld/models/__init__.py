@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from absld.io import atomic_path
+from absld.io import write_torch
 from absld.models.common import ImageClassifier, ModelError
 from absld.models.mobilenet_v2 import mobilenet_v2
 from absld.models.preact_resnet import preact_resnet18
@@ -194,8 +194,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, **meta: Any)
         **meta,
     }
     destination = Path(path)
-    with atomic_path(destination) as tmp:
-        torch.save(checkpoint, tmp)
+    write_torch(destination, checkpoint)
     return destination
 
 
