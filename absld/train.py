@@ -31,6 +31,16 @@ from .runtime import Runtime, rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = 1
 
+WALL_CLOCK_KEYS = ("epoch_seconds",)
+"""History keys that measure time, not the model. They go to W&B and to the untracked ``logs/``,
+never into a DVC-tracked file: identical inputs must give identical bytes, or DVC would rerun every
+downstream stage."""
+
+
+def without_wall_clock(row: dict[str, float]) -> dict[str, float]:
+    """``row`` without :data:`WALL_CLOCK_KEYS`."""
+    return {k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS}
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what happened."""
@@ -157,7 +167,7 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
         "optimizer": optimizer.state_dict(),
         "method": method.state_dict(),
         "rng": rng_state(),
-        "history": result.history,
+        "history": [without_wall_clock(row) for row in result.history],
         "best_state": result.best_state,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,

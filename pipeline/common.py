@@ -107,6 +107,22 @@ def model_checkpoint(model_id: str) -> Path:
     return student_checkpoint(method, int(seed))
 
 
+LOGS = Path("logs")
+"""Wall-clock times (per epoch, per attack): untracked by DVC and Git, so that identical inputs give
+byte-identical tracked outputs; the same numbers also go to W&B."""
+
+
+def write_timings(name: str, rows: list[dict[str, Any]]) -> Path:
+    """logs/<name>.csv: the rows' ``epoch`` and wall-clock columns (train.WALL_CLOCK_KEYS)."""
+    from absld.io import write_csv
+    from absld.train import WALL_CLOCK_KEYS
+
+    path = LOGS / f"{name}.csv"
+    write_csv(path, [{"epoch": row.get("epoch"), **{k: row.get(k, "") for k in WALL_CLOCK_KEYS}}
+                     for row in rows])
+    return path
+
+
 FAIRNESS_JSON = Path("results/fairness.json")
 ANALYSIS_DIR = Path("results")
 ANALYSIS_PLOTS = Path("plots/analyze")

@@ -20,7 +20,9 @@ from absld.report import attack_label, metric_name
 from absld.runtime import setup
 from absld.tracking import Tracker
 
-from .common import StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors
+from .common import (
+    LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
+)
 
 _STUDENT_ID = re.compile(r"(?P<method>[a-z_]+)/seed(?P<seed>\d+)")
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split", "selection_score")
@@ -66,7 +68,6 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
         "nsd_ddof": ddof,
         "columns": records.names,
         "class_names": class_names,
-        "seconds": {name: round(t, 3) for name, t in records.seconds.items()},
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
     })
     selection = {key: meta[key] for key in SELECTION_KEYS if key in meta}
@@ -108,9 +109,10 @@ def evaluate(params_path: str, model_id: str) -> None:
     Writes (each directory replaced as a whole):
       results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps, protocol
       results/eval/ID/metrics.json  per attack: avg, worst, nsd (analyze.nsd_ddof), class_acc; n, eps,
-                                    cascade, seconds per attack, checkpoint sha256, selection
+                                    cascade, protocol, checkpoint sha256, selection
       plots/eval/ID/<attack>.json   class-wise accuracy for DVC's bar_horizontal plots
       plots/eval/ID/classwise.png   grouped bars, one group per class
+      logs/eval/ID.json             seconds per attack (untracked: times differ on every run)
     and logs a class x attack table, one bar chart per attack and the summary to W&B.
     """
     params = load(params_path)
@@ -151,6 +153,8 @@ def evaluate(params_path: str, model_id: str) -> None:
         with atomic_dir(eval_dir(model_id)) as out:
             write_npz(out / "records.npz", **records.arrays())
             write_json(out / "metrics.json", metrics)
+        write_json(LOGS / "eval" / f"{model_id}.json",  # untracked: times differ on every run
+                   {"seconds": {name: round(t, 3) for name, t in records.seconds.items()}})
         figures = eval_plots(model_id)
         class_acc = {name: s["class_acc"] for name, s in summaries.items()}
         with atomic_dir(figures) as out:

@@ -14,11 +14,11 @@ from absld.methods import MethodContext, build_method
 from absld.models import build_model, save_checkpoint
 from absld.runtime import seed_everything, setup
 from absld.tracking import Tracker
-from absld.train import fit
+from absld.train import fit, without_wall_clock
 
 from .common import (
     TEACHER_CHECKPOINT, TEACHER_DOWNLOADS, TEACHER_INFO, TEACHER_RESULTS, TEACHER_RESUME,
-    StageError, data_dir, fingerprint, load, params_option, user_errors,
+    StageError, data_dir, fingerprint, load, params_option, user_errors, write_timings,
 )
 
 
@@ -104,7 +104,10 @@ def teacher(params_path: str, stop_after: int | None) -> None:
                         **{k: v for k, v in info.items() if k not in ("eval", "arch")})
         write_json(TEACHER_INFO, info)
         write_json(TEACHER_RESULTS / "metrics.json", metrics)
-        write_csv(TEACHER_RESULTS / "train_log.csv", history or [{"epoch": 0}])
+        write_csv(TEACHER_RESULTS / "train_log.csv",
+                  [without_wall_clock(row) for row in history] or [{"epoch": 0}])
+        if history:
+            write_timings("teacher", history)
         tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
     click.echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, "
                f"PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} on {metrics['n']} test images "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from absld.models import checkpoint_meta, load_checkpoint
 from pipeline.profiles import overrides
@@ -80,3 +81,11 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert "clean_acc" in metrics and "selected_epoch" in metrics
     status = run(["dvc", "status"], project).stdout
     assert "up to date" in status.lower()
+
+    # What cannot change a result does not make a stage stale: W&B settings, bars, threads.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["wandb"].update(project="elsewhere", entity="someone", tags=["a-new-tag"])
+    params["runtime"].update(progress=not params["runtime"]["progress"], num_threads=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status.lower(), status

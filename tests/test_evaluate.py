@@ -294,10 +294,29 @@ def test_evaluate_stage_writes_records_as_the_contract(evaluated_project: Path) 
         assert all(not np.any(worst & ~records[f"correct_{a}"]) for a in names)
 
 
+def test_evaluating_again_writes_byte_identical_outputs(evaluated_project: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # DVC hashes results/eval and plots/eval: the same model and params must give the same bytes
+    outputs = [evaluated_project / "results/eval/teacher", evaluated_project / "plots/eval/teacher"]
+
+    def contents() -> dict[str, bytes]:
+        return {str(p.relative_to(evaluated_project)): p.read_bytes()
+                for root in outputs for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = contents()
+    monkeypatch.chdir(evaluated_project)
+    assert invoke("evaluate", "--model", "teacher").exit_code == 0
+    after = contents()
+    assert before.keys() == after.keys() and len(before) > 3
+    assert [name for name in before if before[name] != after[name]] == []
+
+
 def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path) -> None:
     metrics = json.loads((evaluated_project / "results/eval/teacher/metrics.json").read_text())
     assert metrics["n"] == 40 and metrics["cascade"] is False and metrics["eps"] == pytest.approx(EPS)
-    assert set(metrics["seconds"]) == {"clean", "fgsm", "pgd3", "cw", "aa"}
+    assert "seconds" not in metrics  # DVC-tracked: no wall-clock times (they differ on every run)
+    times = json.loads((evaluated_project / "logs/eval/teacher.json").read_text())
+    assert set(times["seconds"]) == {"clean", "fgsm", "pgd3", "cw", "aa"}
     assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd3"])
     plots = evaluated_project / "plots/eval/teacher"
     bars = json.loads((plots / "aa.json").read_text())

@@ -60,6 +60,32 @@ def test_prepare_then_train_a_teacher(project):
     assert (project / "results" / "teacher" / "train_log.csv").read_text().startswith("epoch,")
 
 
+def _tracked_bytes(project):
+    """Every file of the teacher's and one student's DVC outputs (resume checkpoints included)."""
+    roots = ["models", "results", "plots", "checkpoints"]
+    return {str(p.relative_to(project)): p.read_bytes()
+            for root in roots for p in sorted((project / root).rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_from_scratch_writes_byte_identical_outputs_and_times_go_to_logs(project):
+    # DVC hashes every output: a rerun with identical inputs must not look like a new result.
+    assert invoke("prepare").exit_code == 0
+    runs = []
+    for _ in range(2):
+        for directory in ("models", "results", "plots", "checkpoints", "logs"):
+            shutil.rmtree(project / directory, ignore_errors=True)
+        assert invoke("teacher").exit_code == 0
+        assert invoke("distill", "--method", "absld", "--seed", "0").exit_code == 0
+        runs.append(_tracked_bytes(project))
+    assert runs[0].keys() == runs[1].keys() and "models/teacher.pt" in runs[0]
+    assert [name for name in runs[0] if runs[0][name] != runs[1][name]] == []
+    assert not any(b"seconds" in content for content in runs[0].values())
+    teacher_times = (project / "logs" / "teacher.csv").read_text().splitlines()
+    epochs = read_yaml(project / "params.yaml")["teacher"]["train"]["epochs"]
+    assert teacher_times[0] == "epoch,epoch_seconds" and len(teacher_times) == 1 + epochs
+    assert (project / "logs" / "distill" / "absld" / "seed0.csv").is_file()
+
+
 def test_prepare_without_data_fails_cleanly_and_writes_nothing(project):
     shutil.rmtree(project / "fixture")
     result = invoke("prepare")
