@@ -489,3 +489,68 @@ def test_compare_passes_seed_and_ddof_to_each_test() -> None:
         assert out[stat]["p"] == expected["p"] and out[stat]["diff"] == expected["diff"]
     assert fairness.compare(a, b, y, 3, n_resamples=64, seed=11)["nsd"]["diff"] == pytest.approx(
         fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=64, seed=11, ddof=0)["diff"])
+
+
+def test_nsd_is_nan_when_ddof_reaches_the_class_count_even_with_spread() -> None:
+    # C - ddof <= 0 leaves no degrees of freedom: NaN, not the inf of a division by zero
+    assert math.isnan(fairness.nsd([0.2, 0.6], ddof=2))
+    assert math.isnan(fairness.nsd([0.2, 0.6], ddof=3))
+
+
+def test_vectorised_nsd_of_the_bootstrap_agrees_with_nsd_row_by_row() -> None:
+    # the bootstrap and the permutation test compute NSD on (..., C) stacks of class accuracies
+    stack = np.array([[[0.2, 0.6, 0.4], [0.9, 0.1, 0.5]], [[0.5, 0.5, 0.5], [1.0, 0.8, 0.3]]])  # (2, 2, 3)
+    for ddof in (0, 1):
+        expected = [[fairness.nsd(row, ddof=ddof) for row in block] for block in stack]
+        np.testing.assert_allclose(fairness._nsd_last_axis(stack, ddof), expected, rtol=1e-12)
+
+
+def test_bootstrap_uses_the_confidence_method_and_resample_count_it_is_given() -> None:
+    correct, y = balanced_records([0.3, 0.6, 0.8], per_class=30, rng=np.random.default_rng(0))
+    run = lambda **kw: fairness.bootstrap_ci(correct, y, 3, seed=0, **{"n_resamples": 400, **kw})  # noqa: E731
+    narrow, wide = run(confidence=0.5), run(confidence=0.99)
+    for name in ("avg_ci", "worst_ci", "nsd_ci"):
+        assert wide[name][0] < narrow[name][0] and narrow[name][1] < wide[name][1]
+    assert run(method="basic") != run(method="percentile")
+
+
+def test_bootstrap_draws_the_number_of_resamples_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = []
+    bootstrap = fairness.stats.bootstrap
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = bootstrap(*args, **kwargs)
+        drawn.append(result.bootstrap_distribution.shape)  # (3 statistics, resamples)
+        return result
+
+    monkeypatch.setattr(fairness.stats, "bootstrap", spy)
+    correct, y = balanced_records([0.3, 0.6, 0.8], per_class=30, rng=np.random.default_rng(0))
+    fairness.bootstrap_ci(correct, y, 3, n_resamples=40, seed=0)
+    assert drawn == [(3, 40)]
+
+
+def test_permutation_test_with_one_two_or_undefined_discordant_samples() -> None:
+    y = np.array([0, 0, 1, 1, 1, 1])
+    b = np.array([True, True, False, True, True, False])
+    a = b.copy()
+    a[2] = True  # A and B differ on sample 2 only: no swap is more extreme, p = 1
+    result = fairness.paired_permutation_test(a, b, y, 2, statistic="worst", n_resamples=99, seed=0)
+    assert result == {"p": 1.0, "diff": pytest.approx(0.25)}
+    a[5] = True  # ... and on sample 5, both for A: of the 4 swaps, T and -T are as extreme, p = 1/2
+    result = fairness.paired_permutation_test(a, b, y, 2, statistic="avg", n_resamples=99, seed=0)
+    assert result["p"] == pytest.approx(0.5) and result["diff"] == pytest.approx(2 / 6)
+    # NSD of a model that is never right is undefined: so are T and p
+    never = np.zeros(6, dtype=bool)
+    result = fairness.paired_permutation_test(never, b, y, 2, statistic="nsd", n_resamples=99, seed=0)
+    assert set(result) == {"p", "diff"} and math.isnan(result["p"]) and math.isnan(result["diff"])
+
+
+def test_permutation_test_uses_the_resample_count_it_is_given() -> None:
+    # 12 discordant samples: 4,096 swaps, enumerated exactly for 5,000 resamples, drawn for 50
+    y = np.repeat([0, 1], 12)
+    a = np.ones(24, dtype=bool)
+    b = a.copy()
+    b[[0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16]] = False
+    p = [fairness.paired_permutation_test(a, b, y, 2, statistic="worst", n_resamples=n, seed=0)["p"]
+         for n in (50, 5000)]
+    assert p[0] != p[1]
