@@ -416,6 +416,9 @@ def test_the_default_nsd_ddof_is_zero_everywhere() -> None:
     assert perm == fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=100, seed=0, ddof=0)
     assert perm["diff"] != fairness.paired_permutation_test(a, b, y, 3, statistic="nsd", n_resamples=100, seed=0,
                                                             ddof=1)["diff"]
+    summary = fairness.summarize(a, y, 3)
+    assert summary["nsd"] == fairness.summarize(a, y, 3, ddof=0)["nsd"] != fairness.summarize(a, y, 3, ddof=1)["nsd"]
+    assert fairness.nsd(summary["class_acc"]) == summary["nsd"]
 
 
 def test_a_class_of_two_samples_is_resampled() -> None:
