@@ -30,6 +30,10 @@ TABLE_MD = ANALYSIS_DIR / "table.md"
 TABLE_TEX = ANALYSIS_DIR / "table.tex"
 TABLE_CSV = ANALYSIS_DIR / "table.csv"
 REPORT_MD = ANALYSIS_DIR / "report.md"
+TRAINING_JSON = ANALYSIS_DIR / "training.json"
+"""DVC metrics: each student's checkpoint choice and last-epoch training metrics, so that `dvc exp
+show` lists them beside the fairness metrics (the distill stages' own metrics.json files live in
+output directories that also hold logs and tables, which DVC would read as metrics too)."""
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split")
 
 
@@ -71,6 +75,17 @@ def selection_meta(model: str, method: str, seed: int) -> dict[str, Any] | None:
     return None
 
 
+def training_summary(method: str, seed: int) -> dict[str, Any]:
+    """The checkpoint choice and the last epoch's training metrics of one student (its distill
+    metrics.json); empty when the stage wrote none (e.g. a student trained elsewhere)."""
+    path = distill_results(method, seed) / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    keys = ("select", "selected_epoch", "selection_score", "final_tau_epoch")
+    return {**{k: metrics[k] for k in keys if k in metrics}, "final": metrics.get("final", {})}
+
+
 def read_temperatures(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -88,7 +103,8 @@ def analyze(params_path: str) -> None:
     results/comparisons.json (seed summaries; McNemar and paired permutation tests of
     analyze.reference against every other method, Holm-corrected), the paper-style table
     (results/table.md, .tex, .csv, with published numbers from references/published.yaml where they
-    exist), results/report.md and figures in plots/analyze/. Prints the markdown table.
+    exist), results/report.md, results/training.json (each student's checkpoint choice and last
+    epoch, for `dvc exp show`) and figures in plots/analyze/. Prints the markdown table.
     """
     params = load(params_path)
     cfg = params.analyze
@@ -132,6 +148,7 @@ def analyze(params_path: str) -> None:
     tests_md = rep.findings_markdown(comparisons, n_samples, protocol)
 
     write_text(FAIRNESS_JSON, dumps_strict(fairness))
+    write_text(TRAINING_JSON, dumps_strict({groups[m][s]: training_summary(m, s) for m in methods for s in seeds}))
     write_text(COMPARISONS_JSON, dumps_strict({
         "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models, "attacks": attacks,
                  "n_samples": n_samples, "eps": eps, "eps_255": fraction_of_255(eps), "nsd_ddof": cfg.nsd_ddof,

@@ -45,7 +45,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
             shutil.copy(source, target)
     (project / "params.yaml").write_text(committed_params_text())
     write_cifar10(project / "fixture")
-    (project / ".gitignore").write_text("/fixture/\n")
+    (project / ".gitignore").write_text((REPO / ".gitignore").read_text() + "/fixture/\n")
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)
@@ -78,7 +78,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert "ABSLD" in table and "RSLAD" in table and "SAT" in table
     assert (project / "results" / "report.md").is_file() and (project / "plots" / "analyze").is_dir()
     metrics = run(["dvc", "metrics", "show", "--json"], project).stdout
-    assert "clean_acc" in metrics and "selected_epoch" in metrics
+    assert "clean_acc" in metrics and "selected_epoch" in metrics and "train_log" not in metrics
     status = run(["dvc", "status"], project).stdout
     assert "up to date" in status.lower()
 
@@ -89,3 +89,27 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], project).stdout
     assert "up to date" in status.lower(), status
+
+    # A forced rerun of the teacher from scratch writes the same bytes: nothing downstream is stale.
+    teacher_bytes = (project / "models" / "teacher.pt").read_bytes()
+    shutil.rmtree(project / "checkpoints" / "teacher")
+    run(["dvc", "repro", "--force", "--single-item", "teacher"], project)
+    assert (project / "models" / "teacher.pt").read_bytes() == teacher_bytes
+    assert "up to date" in run(["dvc", "status"], project).stdout.lower()
+
+    # A second experiment: each keeps its fairness metrics; dvc exp show and metrics diff see them.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "tiny profile"], project)
+    run(["dvc", "exp", "run", "-n", "beta-half", "-S", "distill.absld.beta=0.5"], project)
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {exp["name"]: exp for row in rows for exp in [row, *(e for e in row.get("experiments") or []
+                                                                        for e in e.get("revs", []))]}
+    fairness_metrics = {
+        name: exp["data"]["metrics"]["results/fairness.json"]["data"]
+        for name, exp in experiments.items()
+        if exp.get("data") and "results/fairness.json" in (exp["data"].get("metrics") or {})
+    }
+    assert {"beta-half"} <= set(fairness_metrics) and len(fairness_metrics) >= 2, list(experiments)
+    for data in fairness_metrics.values():
+        assert {"avg", "worst", "nsd"} <= set(data["absld/seed0"]["pgd3"])
+    assert "absld/seed0" in run(["dvc", "metrics", "diff", "HEAD"], project).stdout
