@@ -199,3 +199,74 @@ def test_the_paper_configuration_uses_the_released_lr_function_for_ard_and_iad_o
     decay = {m: cfg.method_config(m).train.apply(cfg.train).lr_decay for m in cfg.methods}
     assert {m for m, d in decay.items() if d == "from_base"} == {"ard", "iad"}
     assert cfg.method_config("fair_rslad").train.apply(cfg.train).nesterov is True
+
+
+class _Recorder(MethodBase):
+    """Hands fit a different loss, statistic and pair of logits per batch and records them."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        super().__init__(None, MethodContext(num_classes=4, attack=AttackConfig()))
+        self.batches: list[dict[str, torch.Tensor]] = []
+
+    def perturb(self, student, batch, teacher_logits):
+        return batch.x
+
+    def loss(self, student, batch, x_adv, teacher_logits):
+        logits_adv = student(x_adv)
+        logits_nat = torch.randn_like(logits_adv)  # a second, independent verdict per sample
+        loss = logits_adv.logsumexp(1).mean()
+        stat = batch.x.mean()
+        self.batches.append({"loss": loss.detach(), "stat": stat, "y": batch.y,
+                             "adv": logits_adv.detach(), "nat": logits_nat})
+        return StepOutput(loss, logits_adv=logits_adv, logits_nat=logits_nat, stats={"stat": stat})
+
+
+def test_the_epoch_row_averages_over_samples_not_batches():
+    # 48 images in batches of 20: sizes 20, 20, 8, so a mean over batches would differ
+    model, _, _ = tiny_setup("sat")
+    rng = np.random.default_rng(3)
+    labels = np.arange(48) % 4
+    images = rng.integers(0, 256, (48, 3, 16, 16)).astype(np.uint8)
+    loader = TensorLoader(images, labels, batch_size=20, shuffle=True, seed=0)
+    recorder = _Recorder()
+    row = fit(model, recorder, loader, TrainConfig(epochs=1, batch_size=20, lr=0.05, milestones=[]), CPU).history[0]
+    sizes = [len(b["y"]) for b in recorder.batches]
+    assert sizes == [20, 20, 8]
+    mean = lambda key: sum(float(b[key]) * n for b, n in zip(recorder.batches, sizes)) / 48  # noqa: E731
+    accuracy = lambda key: sum(int((b[key].argmax(1) == b["y"]).sum()) for b in recorder.batches) / 48  # noqa: E731
+    assert row["train_loss"] == pytest.approx(mean("loss"), rel=1e-6)
+    assert row["train_stat"] == pytest.approx(mean("stat"), rel=1e-6)
+    assert row["train_acc_adv"] == pytest.approx(accuracy("adv"))
+    assert row["train_acc_nat"] == pytest.approx(accuracy("nat"))
+    assert row["train_acc_adv"] != row["train_acc_nat"]
+
+
+def test_the_optimiser_is_sgd_with_the_configured_nesterov_flag_and_weight_decay(tmp_path):
+    for nesterov in (True, False):
+        cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, milestones=[], nesterov=nesterov, weight_decay=3e-4)
+        model, meth, loader = tiny_setup("sat")
+        fit(model, meth, loader, cfg, CPU, checkpoint=tmp_path / f"{nesterov}.pt", fingerprint="x")
+        group = torch.load(tmp_path / f"{nesterov}.pt", weights_only=True)["optimizer"]["param_groups"][0]
+        assert (group["nesterov"], group["weight_decay"], group["momentum"]) == (nesterov, 3e-4, cfg.momentum)
+
+
+def test_resume_keeps_the_best_epoch_and_its_weights(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, milestones=[])
+    scores = [0.2, 0.9, 0.5]
+
+    def run(stop_after=None, checkpoint="a.pt"):
+        model, meth, loader = tiny_setup("sat")
+        pending = iter(scores[len(torch.load(tmp_path / checkpoint, weights_only=True)["history"]):]
+                       if (tmp_path / checkpoint).exists() else scores)
+        return fit(model, meth, loader, cfg, CPU, checkpoint=tmp_path / checkpoint, fingerprint="x",
+                   select_fn=lambda m: {"score": next(pending)}, stop_after=stop_after)
+
+    straight = run(checkpoint="straight.pt")
+    run(stop_after=2, checkpoint="resumed.pt")
+    resumed = run(checkpoint="resumed.pt")
+    assert resumed.resumed_from == 2 and (resumed.best_epoch, resumed.best_score) == (2, 0.9)
+    assert straight.best_state is not None and resumed.best_state is not None
+    for key, value in straight.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
