@@ -482,3 +482,48 @@ def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runt
     assert summaries["aa"]["avg"] == pytest.approx(records.correct["aa"][mask].mean())
     assert summaries["worst"]["avg"] == pytest.approx(records.correct["worst"][mask].mean())
     assert summaries["pgd20"]["avg"] == pytest.approx(records.correct["pgd20"].mean())
+
+
+def test_the_selection_score_is_pgd_avg_plus_pgd_worst_not_clean(task: Task, rt: Runtime, full_run: Records) -> None:
+    from absld.evaluate import fair_score
+    from absld.fairness import class_accuracies
+
+    def score(eps: float) -> dict[str, float]:
+        return fair_score(task.model, task.images, task.labels, N_CLASSES, rt, eps=eps, step=eps / 4, steps=20,
+                          batch_size=64, seed=0)
+
+    clean = full_run.correct["clean"]
+    under_attack = score(EPS)
+    assert under_attack["pgd_avg"] < clean.mean()  # the attack is really applied
+    assert under_attack["score"] == pytest.approx(under_attack["pgd_avg"] + under_attack["pgd_worst"])
+    assert score(EPS) == under_attack  # the same starts on every call
+    no_budget = score(1e-12)
+    assert no_budget["pgd_avg"] == pytest.approx(clean.mean())
+    assert no_budget["pgd_worst"] == pytest.approx(class_accuracies(clean, task.labels, N_CLASSES).min())
+
+
+class _AutocastSpy(nn.Module):
+    """Wraps a model and records whether CPU autocast was on at each forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast_on: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.autocast_on.append(torch.is_autocast_enabled("cpu"))
+        return self.model(x).float()
+
+
+def test_evaluation_runs_in_fp32_unless_evaluate_amp_asks_for_autocast(task: Task) -> None:
+    class Bf16Runtime(Runtime):
+        def autocast(self):  # noqa: ANN202
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    bf16 = Bf16Runtime(device=torch.device("cpu"), amp=True, channels_last=False, progress=False)
+    for amp in (False, True):
+        spy = _AutocastSpy(task.model).eval()
+        evaluate_model(spy, task.images[:32], task.labels[:32], bf16, config(amp=amp, attacks=["fgsm", "pgd"]),
+                       num_classes=N_CLASSES)
+        # amp off: no forward pass under autocast; on: the attacks' passes are (the model check is not)
+        assert spy.autocast_on and (True in spy.autocast_on) == amp
