@@ -8,15 +8,51 @@ wandb is not even imported). Runs are grouped by study (``group``), typed by sta
 
 from __future__ import annotations
 
+import netrc
 import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from .config import Params
+
+
+WANDB_MODES = ("online", "offline", "disabled", "dryrun")
+"""The values of WANDB_MODE that W&B accepts (dryrun = offline)."""
+
+
+class TrackingError(ValueError):
+    """W&B cannot run as asked (unknown WANDB_MODE, online without credentials); said before any work."""
 
 
 def wandb_mode() -> str:
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     return mode or "offline"
+
+
+def wandb_credentials_available() -> bool:
+    """Whether a W&B API key can be found without the network: ``WANDB_API_KEY`` (or an identity
+    token file), else a ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``wandb login`` writes it)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def check_tracking() -> None:
+    """Stop a stage before it does any work when W&B could not log it as WANDB_MODE asks."""
+    mode = wandb_mode()
+    if mode not in WANDB_MODES:
+        raise TrackingError(f"WANDB_MODE={os.environ.get('WANDB_MODE')!r} is not a W&B mode; use one of "
+                            f"{', '.join(WANDB_MODES)} (unset: offline)")
+    if mode == "online" and not wandb_credentials_available():
+        raise TrackingError("WANDB_MODE=online but no W&B API key was found: run `wandb login` or set "
+                            "WANDB_API_KEY (or use WANDB_MODE=offline and `wandb sync` later)")
 
 
 class Tracker:

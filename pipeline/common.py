@@ -16,6 +16,7 @@ from absld.data import DataError
 from absld.models import ModelError
 from absld.runtime import DeviceError
 from absld.teacher import TeacherImportError
+from absld.tracking import TrackingError, check_tracking
 from absld.train import TrainingError
 
 
@@ -25,7 +26,7 @@ class StageError(RuntimeError):
 
 USER_ERRORS = (
     ConfigError, DataError, ModelError, AttackError, DeviceError, TrainingError, StageError,
-    TeacherImportError,
+    TeacherImportError, TrackingError,
 )
 
 params_option = click.option(
@@ -48,6 +49,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load(params_path: str) -> Params:
+    """The validated params; first checks that W&B can log as WANDB_MODE asks (before any work)."""
+    check_tracking()
     return load_params(params_path)
 
 

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import netrc
-import os
-from pathlib import Path
-from urllib.parse import urlparse
 
 import click
 
 from absld import report as rep
+from absld.tracking import wandb_credentials_available
 
 from .analyze import COMPARISONS_JSON, TABLE_MD
 from .common import FAIRNESS_JSON, StageError, data_dir, load, params_option, user_errors
-
-
-def wandb_credentials_available() -> bool:
-    """Whether a W&B API key can be found without the network: ``WANDB_API_KEY`` (or an identity
-    token file), else a ``~/.netrc`` (or ``$NETRC``) entry for the W&B host (``wandb login`` writes it)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(entry and entry[2])
 
 
 @click.command()

@@ -263,3 +263,20 @@ def test_temperatures_csv_follows_the_update_rule_with_beta_decayed_at_the_lr_mi
             assert [r[f"tau_{key}"] for r in after] == pytest.approx(expected.tolist(), abs=2e-5)  # CSV: 6 digits
     assert not all(r["tau_adv"] == 1.0 for r in by_epoch[2])  # the temperatures did move
     assert all(r["risk_adv"] > 0 and r["risk_nat"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("sometimes", "WANDB_MODE='sometimes' is not a W&B mode; use one of online, offline, disabled, dryrun"),
+    ("online", "WANDB_MODE=online but no W&B API key was found: run `wandb login` or set WANDB_API_KEY"),
+])
+def test_a_wandb_mode_that_cannot_log_stops_the_stage_before_any_work(project, monkeypatch, mode, expected):
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(project / "no-netrc"))
+    before = sorted(p.name for p in project.iterdir())
+    result = CliRunner().invoke(main, ["prepare"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: " + expected)
+    assert sorted(p.name for p in project.iterdir()) == before  # nothing written
