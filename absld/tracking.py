@@ -44,6 +44,18 @@ def wandb_credentials_available() -> bool:
     return bool(entry and entry[2])
 
 
+def name_classes(row: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """W&B keys of per-class values named by class: ``tau_adv/3`` -> ``tau_adv/Dress`` (a "/" inside
+    a class name, as in "T-shirt/top", becomes "-" so that it does not open a W&B section)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        prefix, _, index = key.rpartition("/")
+        if prefix and index.isdigit() and int(index) < len(class_names):
+            key = f"{prefix}/{class_names[int(index)].replace('/', '-')}"
+        out[key] = value
+    return out
+
+
 def check_tracking() -> None:
     """Stop a stage before it does any work when W&B could not log it as WANDB_MODE asks."""
     mode = wandb_mode()

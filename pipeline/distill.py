@@ -14,7 +14,7 @@ from absld.methods.absld import temperatures_used
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
 from absld.runtime import seed_everything, setup
-from absld.tracking import Tracker
+from absld.tracking import Tracker, name_classes
 from absld.train import fit, without_wall_clock
 
 from .common import (
@@ -114,7 +114,8 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     with Tracker(params, "distill", name=name, config=config) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=distill_resume(method_name, seed),
                      fingerprint=key, select_fn=select_fn, select_epochs=select_epochs,
-                     on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
+                     on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names),
+                                                      step=int(row["epoch"])),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}")
         if len(result.history) < train_cfg.epochs:
             click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; "

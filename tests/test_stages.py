@@ -280,3 +280,16 @@ def test_a_wandb_mode_that_cannot_log_stops_the_stage_before_any_work(project, m
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: " + expected)
     assert sorted(p.name for p in project.iterdir()) == before  # nothing written
+
+
+def test_distill_logs_abslds_temperatures_to_wandb_by_class_name(project, monkeypatch):
+    import pipeline.distill as distill_stage
+
+    logged = []
+    monkeypatch.setattr(distill_stage.Tracker, "log", lambda self, row, step=None: logged.append(row))
+    assert invoke("prepare").exit_code == 0 and invoke("teacher").exit_code == 0
+    assert invoke("distill", "--method", "absld", "--seed", "0").exit_code == 0
+    names = json.loads((project / "data" / "cifar10" / "manifest.json").read_text())["class_names"]
+    student_rows = [row for row in logged if "train_kl_adv" in row]  # (the teacher's rows come first)
+    assert student_rows and all({f"tau_adv/{name}" for name in names} <= set(row) for row in student_rows)
+    assert not any(key[-1].isdigit() for row in student_rows for key in row if key.startswith("tau_adv/"))

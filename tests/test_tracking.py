@@ -33,3 +33,12 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
         assert run.config["study"] == "my-study"
         tracker.log({"train_loss": 1.5}, step=1)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_per_class_keys_are_named_by_class_for_wandb():
+    from absld.tracking import name_classes
+
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    row = {"epoch": 3, "tau_adv/0": 0.9, "tau_adv/2": 1.1, "w/1": 0.5, "train_loss": 0.3, "tau_adv/7": 1.0}
+    assert name_classes(row, names) == {"epoch": 3, "tau_adv/T-shirt-top": 0.9, "tau_adv/Pullover": 1.1,
+                                        "w/Trouser": 0.5, "train_loss": 0.3, "tau_adv/7": 1.0}
