@@ -62,6 +62,9 @@ class FitResult:
     best_epoch: int | None = None
     best_score: float | None = None
     resumed_from: int = 0
+    timings: list[dict[str, float]] = field(default_factory=list)
+    """Per epoch: ``epoch`` and the :data:`WALL_CLOCK_KEYS` (kept out of ``history``); epochs resumed
+    from a checkpoint have ``epoch`` only."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +122,7 @@ def fit(
             method.load_state_dict(state["method"])
             set_rng_state(state["rng"])
             result.history = list(state["history"])
+            result.timings = [{"epoch": row["epoch"]} for row in result.history]
             result.best_state = state.get("best_state")
             result.best_epoch = state.get("best_epoch")
             result.best_score = state.get("best_score")
@@ -145,7 +149,8 @@ def fit(
                 result.best_state = _cpu_state(model)
             tqdm.write(f"[{desc}] epoch {epoch}: selection score {float(score):.4f} "
                        f"(best {result.best_score:.4f}, epoch {result.best_epoch})")
-        result.history.append(row)
+        result.history.append(without_wall_clock(row))
+        result.timings.append({"epoch": epoch, **{k: row[k] for k in WALL_CLOCK_KEYS}})
         trained_here += 1
         if ckpt_path is not None:
             _save(ckpt_path, model, optimizer, method, result, epoch, fingerprint)
@@ -167,7 +172,7 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
         "optimizer": optimizer.state_dict(),
         "method": method.state_dict(),
         "rng": rng_state(),
-        "history": [without_wall_clock(row) for row in result.history],
+        "history": result.history,
         "best_state": result.best_state,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,

@@ -17,7 +17,8 @@ from absld.models import ModelError
 from absld.runtime import DeviceError
 from absld.teacher import TeacherImportError
 from absld.tracking import TrackingError, check_tracking
-from absld.train import TrainingError
+from absld.io import write_csv
+from absld.train import WALL_CLOCK_KEYS, TrainingError
 
 
 class StageError(RuntimeError):
@@ -115,14 +116,10 @@ LOGS = Path("logs")
 byte-identical tracked outputs; the same numbers also go to W&B."""
 
 
-def write_timings(name: str, rows: list[dict[str, Any]]) -> Path:
-    """logs/<name>.csv: the rows' ``epoch`` and wall-clock columns (train.WALL_CLOCK_KEYS)."""
-    from absld.io import write_csv
-    from absld.train import WALL_CLOCK_KEYS
-
+def write_timings(name: str, timings: list[dict[str, float]]) -> Path:
+    """logs/<name>.csv from :attr:`absld.train.FitResult.timings`."""
     path = LOGS / f"{name}.csv"
-    write_csv(path, [{"epoch": row.get("epoch"), **{k: row.get(k, "") for k in WALL_CLOCK_KEYS}}
-                     for row in rows])
+    write_csv(path, timings, columns=["epoch", *WALL_CLOCK_KEYS])
     return path
 
 

@@ -15,7 +15,7 @@ from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
 from absld.runtime import seed_everything, setup
 from absld.tracking import Tracker, name_classes
-from absld.train import fit, without_wall_clock
+from absld.train import fit
 
 from .common import (
     TEACHER_CHECKPOINT, StageError, data_dir, distill_plots, distill_resume, distill_results,
@@ -132,11 +132,11 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
                      "selection_on_test_set": cfg.select == "test_fair_best",
                      "selection_rule": selection_rule}
         results = distill_results(method_name, seed)
-        history = [without_wall_clock(row) for row in result.history]
+        history = result.history
         metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
                    "final": {k: v for k, v in history[-1].items() if "/" not in k}}
         write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
-        write_timings(f"distill/{method_name}/seed{seed}", result.history)
+        write_timings(f"distill/{method_name}/seed{seed}", result.timings)
         figures = distill_plots(method_name, seed)
         plot_training(history, figures / "training.png",
                       title=f"{method_name} ({params.data.dataset}, seed {seed})")

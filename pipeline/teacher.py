@@ -14,7 +14,7 @@ from absld.methods import MethodContext, build_method
 from absld.models import build_model, save_checkpoint
 from absld.runtime import seed_everything, setup
 from absld.tracking import Tracker
-from absld.train import fit, without_wall_clock
+from absld.train import fit
 
 from .common import (
     TEACHER_CHECKPOINT, TEACHER_DOWNLOADS, TEACHER_INFO, TEACHER_RESULTS, TEACHER_RESUME,
@@ -45,6 +45,7 @@ def teacher(params_path: str, stop_after: int | None) -> None:
     shape = dict(num_classes=prepared.num_classes, in_channels=prepared.in_channels)
     info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
     history: list[dict] = []
+    timings: list[dict] = []
 
     with Tracker(params, "teacher", config=params.model_dump(mode="json", include={"study", "runtime", "data", "teacher"})) as tracker:
         if cfg.source == "train":
@@ -67,7 +68,7 @@ def teacher(params_path: str, stop_after: int | None) -> None:
             result = fit(model, method, loader, train_cfg, rt, checkpoint=TEACHER_RESUME,
                          fingerprint=key, on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
                          stop_after=stop_after, desc=f"teacher/{cfg.method}")
-            history = result.history
+            history, timings = result.history, result.timings
             if len(history) < train_cfg.epochs:
                 click.echo(f"stopped after epoch {len(history)} of {train_cfg.epochs}; "
                            "run the stage again to continue")
@@ -104,10 +105,9 @@ def teacher(params_path: str, stop_after: int | None) -> None:
                         **{k: v for k, v in info.items() if k not in ("eval", "arch")})
         write_json(TEACHER_INFO, info)
         write_json(TEACHER_RESULTS / "metrics.json", metrics)
-        write_csv(TEACHER_RESULTS / "train_log.csv",
-                  [without_wall_clock(row) for row in history] or [{"epoch": 0}])
-        if history:
-            write_timings("teacher", history)
+        write_csv(TEACHER_RESULTS / "train_log.csv", history or [{"epoch": 0}])
+        if timings:
+            write_timings("teacher", timings)
         tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
     click.echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, "
                f"PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} on {metrics['n']} test images "
