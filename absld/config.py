@@ -108,16 +108,8 @@ class RuntimeConfig(Section):
     channels_last: bool = True
     deterministic: bool = False
     """On CUDA: deterministic cuDNN algorithms (slower). The CPU is always deterministic."""
-    num_threads: PosInt | None = None
-    """torch CPU threads; null keeps torch's default."""
-    progress: bool = True
-    """tqdm progress bars."""
 
 
-class WandbConfig(Section):
-    project: str = "absld-repro"
-    entity: str | None = None
-    tags: list[str] = Field(default_factory=list)
 
 
 class AugmentConfig(Section):
@@ -552,10 +544,11 @@ class AnalyzeConfig(Section):
 class Params(Section):
     """The whole of params.yaml."""
 
-    study: str = "absld-cifar10"
+    profile: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "paper"
+    """Which configuration this is (``paper``, or the profile that overrode it): shown by ``dvc exp
+    show``, named by the report, and the default W&B group (``absld-<profile>``)."""
     seeds: Annotated[list[NonNegInt], AfterValidator(lambda v: _distinct(v, "seeds"))] = Field(default_factory=lambda: [0])
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -566,6 +559,16 @@ class Params(Section):
 
 # ----------------------------------------------------------------------------------------------
 # loading
+MOVED_TO_ENVIRONMENT = {
+    "study": "the W&B group comes from WANDB_RUN_GROUP (default absld-<profile>); name the configuration with `profile`",
+    "wandb": "W&B reads WANDB_PROJECT (default absld-repro), WANDB_ENTITY and WANDB_TAGS (comma-separated)",
+    "runtime.progress": "progress bars are on unless TQDM_DISABLE=1",
+    "runtime.num_threads": "torch's CPU threads come from OMP_NUM_THREADS",
+}
+"""Settings that cannot change a result live in the environment, not in params.yaml, so that changing
+them leaves every DVC stage (and the `check` stage that reads the whole file) up to date."""
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
@@ -573,6 +576,10 @@ def _format_error(err: ValidationError, source: str) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
+        moved = next((why for key, why in MOVED_TO_ENVIRONMENT.items()
+                      if loc == key or loc.startswith(key + ".")), None)
+        if moved:
+            return f"{source}: '{loc}' is not a params.yaml key: {moved}"
         return f"{source}: unknown key '{loc}'; check its spelling against params.yaml"
     if first["type"] == "literal_error":
         return f"{source}: {loc} = {first['input']!r} is not allowed; {msg[0].lower()}{msg[1:]}"

@@ -34,20 +34,24 @@ class Runtime:
         return model
 
 
+def progress_enabled() -> bool:
+    """Progress bars unless ``TQDM_DISABLE`` (tqdm's own switch) is set to a true value."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no", "off")
+
+
 class DeviceError(RuntimeError):
     """The requested device cannot be used."""
 
 
 def setup(cfg: RuntimeConfig) -> Runtime:
-    """Resolve ``runtime.device`` and apply thread/determinism settings."""
+    """Resolve ``runtime.device`` and apply the determinism settings (torch's CPU threads follow
+    ``OMP_NUM_THREADS``; progress bars follow ``TQDM_DISABLE``: neither can change a result)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
             "runtime.device is 'cuda' but no CUDA device is available; set runtime.device: auto or cpu"
         )
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
     if use_cuda:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -60,7 +64,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         device=device,
         amp=bool(cfg.amp and use_cuda),
         channels_last=bool(cfg.channels_last and use_cuda),
-        progress=cfg.progress,
+        progress=progress_enabled(),
     )
 
 

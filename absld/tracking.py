@@ -4,12 +4,18 @@ W&B's mode comes from the ``WANDB_MODE`` environment variable (``offline`` when 
 leaves the machine unless the user asks for ``online``; the tests set ``disabled``, in which case
 wandb is not even imported). Runs are grouped by study (``group``), typed by stage
 (``job_type``) and named after the DVC experiment (``DVC_EXP_NAME``) when there is one.
+
+Where and under which names runs are logged cannot change a result, so it is not in params.yaml
+(a change there would make DVC rerun stages): W&B's own environment variables say it —
+``WANDB_PROJECT`` (default ``absld-repro``), ``WANDB_ENTITY``, ``WANDB_TAGS`` (comma-separated) and
+``WANDB_RUN_GROUP`` (default ``absld-<profile>``, the study).
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,6 +25,29 @@ from .config import Params
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun")
 """The values of WANDB_MODE that W&B accepts (dryrun = offline)."""
+
+
+DEFAULT_PROJECT = "absld-repro"
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    project: str
+    entity: str | None
+    group: str
+    tags: tuple[str, ...]
+
+
+def wandb_settings(profile: str) -> WandbSettings:
+    """Project, entity, group (the study) and tags from W&B's environment variables."""
+    env = os.environ
+    tags = tuple(t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip())
+    return WandbSettings(
+        project=env.get("WANDB_PROJECT", "").strip() or DEFAULT_PROJECT,
+        entity=env.get("WANDB_ENTITY", "").strip() or None,
+        group=env.get("WANDB_RUN_GROUP", "").strip() or f"absld-{profile}",
+        tags=tags,
+    )
 
 
 class TrackingError(ValueError):
@@ -83,13 +112,14 @@ class Tracker:
 
         exp = os.environ.get("DVC_EXP_NAME")
         run_name = "-".join(p for p in (exp, name or stage) if p)
+        where = wandb_settings(params.profile)
         self.run = wandb.init(
-            project=params.wandb.project,
-            entity=params.wandb.entity,
-            group=params.study,
+            project=where.project,
+            entity=where.entity,
+            group=where.group,
             job_type=stage,
             name=run_name,
-            tags=list(params.wandb.tags),
+            tags=list(where.tags),
             config=config if config is not None else params.model_dump(mode="json"),
             reinit="finish_previous",
         )

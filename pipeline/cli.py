@@ -7,6 +7,7 @@ import click
 from absld import __version__
 
 from .analyze import analyze
+from .check import check
 from .distill import distill
 from .evaluate import evaluate
 from .prepare import prepare
@@ -24,6 +25,7 @@ def main() -> None:
     """
 
 
+main.add_command(check)
 main.add_command(prepare)
 main.add_command(teacher)
 main.add_command(distill)

@@ -107,7 +107,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
                       params.data.augment.model_dump(), prepared.manifest["sha256"],
                       prepared.manifest["train_indices"][:50], teacher_sha)
     name = f"distill-{method_name}-seed{seed}"
-    config = {"method": method_name, "seed": seed, "study": params.study,
+    config = {"method": method_name, "seed": seed, "profile": params.profile,
               "distill": cfg.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
                                                               "select", "select_eval", method_name}),
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}

@@ -141,7 +141,7 @@ def evaluate(params_path: str, model_id: str) -> None:
                          f"has {num_classes}; evaluate it with the dataset it was trained on")
     model = rt.to_device(model).eval().requires_grad_(False)
 
-    config = {"model": model_id, "study": params.study, "evaluate": cfg.model_dump(mode="json"),
+    config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,

@@ -31,7 +31,7 @@ def prepare(params_path: str) -> None:
         train_per_class=cfg.train_per_class, split_seed=cfg.split_seed,
     )
     sizes = manifest["sizes"]
-    with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"study", "data"})) as tracker:
+    with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"profile", "data"})) as tracker:
         tracker.summary({**{f"size/{k}": v for k, v in sizes.items()}, "source": manifest["source"],
                          "sha256": manifest["sha256"]})
     click.echo(f"prepared {cfg.dataset} from {manifest['source']} -> {out}: "

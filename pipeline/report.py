@@ -7,7 +7,7 @@ import json
 import click
 
 from absld import report as rep
-from absld.tracking import wandb_credentials_available
+from absld.tracking import wandb_credentials_available, wandb_settings
 
 from .analyze import COMPARISONS_JSON, TABLE_MD
 from .common import FAIRNESS_JSON, StageError, data_dir, load, params_option, user_errors
@@ -25,7 +25,8 @@ def report(params_path: str, publish: bool) -> None:
     (results/comparisons.json), bar panels per attack over the study's evaluate runs, ABSLD's
     temperature curves from its distill runs, the analyze run's summary table and the configuration.
     Without --publish the report's outline is printed and nothing leaves the machine; with --publish
-    it is saved to wandb.project (wandb.entity, or your default entity). Writes no files.
+    it is saved to the project WANDB_PROJECT (default absld-repro) of WANDB_ENTITY (or your default
+    entity), over the runs of the group WANDB_RUN_GROUP (default absld-<profile>). Writes no files.
     """
     params = load(params_path)
     if not FAIRNESS_JSON.is_file():
@@ -44,14 +45,15 @@ def report(params_path: str, publish: bool) -> None:
     tests_md = (rep.findings_markdown(extra["comparisons"], meta.get("n_samples"), protocol)
                 if "comparisons" in extra else None)
 
-    entity = params.wandb.entity
+    where = wandb_settings(params.profile)
+    entity = where.entity
     if publish:
         if not wandb_credentials_available():
             raise StageError("no W&B API key: set WANDB_API_KEY or run `wandb login`, then `absld report --publish`")
         if entity is None:
             entity = _default_entity()
     wandb_report = rep.build_wandb_report(
-        params.wandb.project, entity, params.study, fairness, attacks, class_names=class_names,
+        where.project, entity, where.group, fairness, attacks, class_names=class_names,
         reference=params.analyze.reference, table_md=TABLE_MD.read_text() if TABLE_MD.is_file() else None,
         tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
         protocol=protocol,

@@ -47,7 +47,7 @@ def teacher(params_path: str, stop_after: int | None) -> None:
     history: list[dict] = []
     timings: list[dict] = []
 
-    with Tracker(params, "teacher", config=params.model_dump(mode="json", include={"study", "runtime", "data", "teacher"})) as tracker:
+    with Tracker(params, "teacher", config=params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher"})) as tracker:
         if cfg.source == "train":
             seed_everything(cfg.seed)
             model = rt.to_device(build_model(cfg.model.arch, mean=mean, std=std, **shape))

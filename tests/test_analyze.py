@@ -122,7 +122,7 @@ def make_project(root: Path, methods: Sequence[str] = ("absld", "rslad"), seeds:
     (root / "references").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "references" / "published.yaml", root / "references" / "published.yaml")
     write_params(root, **{"distill.methods": list(methods), "seeds": list(seeds), "data.dataset": dataset,
-                          "study": "absld-test", **{f"analyze.{k}": v for k, v in FAST.items()}})
+                          "profile": "test", **{f"analyze.{k}": v for k, v in FAST.items()}})
     write_manifest(root, dataset)
     y = labels()
     write_records(root, "teacher", y, teacher_correct(y))

@@ -55,6 +55,22 @@ def test_unknown_key_is_rejected_by_its_dotted_name():
     assert "teacher.train.epohcs" in message and "unknown key" in message
 
 
+@pytest.mark.parametrize("raw, variable", [
+    ({"wandb": {"tags": ["x"]}}, "WANDB_TAGS"),
+    ({"study": "absld-fashion"}, "WANDB_RUN_GROUP"),
+    ({"runtime": {"progress": False}}, "TQDM_DISABLE"),
+    ({"runtime": {"num_threads": 2}}, "OMP_NUM_THREADS"),
+])
+def test_settings_that_cannot_change_a_result_point_to_their_environment_variable(raw, variable):
+    message = error_for(raw)
+    assert "is not a params.yaml key" in message and variable in message
+
+
+def test_profile_names_the_configuration():
+    assert parse_params({}).profile == "paper"
+    assert "profile" in error_for({"profile": "my profile"})
+
+
 def test_step_larger_than_eps_is_rejected():
     assert "exceeds eps" in error_for({"teacher": {"attack": {"eps": "2/255", "step": "4/255"}}})
 

@@ -22,13 +22,20 @@ PROJECT_FILES = ["absld", "pipeline", "params.yaml", "profiles", "references", "
                  "pyproject.toml"]
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, *, ok: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(cwd))
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(cwd), **env_vars)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    if ok:
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def outputs(project: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the stages' output folders: (size, mtime in ns)."""
+    return {str(p.relative_to(project)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for folder in ("models", "results", "plots", "data") for p in (project / folder).rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
@@ -90,13 +97,27 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert (project / "models" / "teacher.pt").read_bytes() == teacher_bytes
     assert "up to date" in run(["dvc", "status"], project).stdout.lower()
 
-    # What cannot change a result does not make a stage stale: W&B settings, bars, threads.
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["wandb"].update(project="elsewhere", entity="someone", tags=["a-new-tag"])
-    params["runtime"].update(progress=not params["runtime"]["progress"], num_threads=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status"], project).stdout
-    assert "up to date" in status.lower(), status
+    # What cannot change a result is not a param: W&B settings, bars and threads come from the
+    # environment, and a run with other values of them reruns nothing.
+    repro = run(["dvc", "repro"], project, WANDB_PROJECT="elsewhere", WANDB_ENTITY="someone",
+                WANDB_TAGS="a-new-tag", WANDB_RUN_GROUP="another-group", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert "up to date" in run(["dvc", "status"], project).stdout.lower()
+
+    # A typo in any key, tracked or not, stops DVC at the `check` stage with one line, nothing deleted.
+    committed = (project / "params.yaml").read_text()
+    before = outputs(project)
+    for section, key in (("distill", "not_a_key"), ("evaluate", "stepz")):  # untracked / inside a tracked section
+        params = yaml.safe_load(committed)
+        params[section][key] = 3
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        failed = run(["dvc", "repro"], project, ok=False)
+        assert failed.returncode != 0
+        assert f"unknown key '{section}.{key}'" in failed.stdout + failed.stderr
+        assert "Traceback" not in failed.stdout + failed.stderr
+        assert outputs(project) == before
+    (project / "params.yaml").write_text(committed)
+    assert "up to date" in run(["dvc", "status"], project).stdout.lower()
 
     # A second experiment: each keeps its fairness metrics; dvc exp show and metrics diff see them.
     run(["git", "add", "-A"], project)

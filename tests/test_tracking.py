@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from absld.config import Params
-from absld.tracking import Tracker, wandb_mode
+from absld.tracking import Tracker, wandb_mode, wandb_settings
 
 
 def test_unset_wandb_mode_means_offline(monkeypatch):
@@ -25,14 +25,31 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-123")
-    params = Params.model_validate({"study": "my-study", "wandb": {"project": "proj"}})
+    monkeypatch.setenv("WANDB_PROJECT", "proj")
+    monkeypatch.setenv("WANDB_TAGS", "ablation, cpu")
+    params = Params.model_validate({"profile": "fashion"})
     with Tracker(params, "distill", name="distill-absld-seed0") as tracker:
         run = tracker.run
-        assert run.group == "my-study" and run.job_type == "distill"
+        assert run.group == "absld-fashion" and run.job_type == "distill"
         assert run.name == "exp-123-distill-absld-seed0" and run.project == "proj"
-        assert run.config["study"] == "my-study"
+        assert set(run.tags) == {"ablation", "cpu"}
+        assert run.config["profile"] == "fashion"
         tracker.log({"train_loss": 1.5}, step=1)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_settings_come_from_wandbs_environment_variables(monkeypatch):
+    for name in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_TAGS", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(name, raising=False)
+    default = wandb_settings("quick")
+    assert (default.project, default.entity, default.group, default.tags) == ("absld-repro", None, "absld-quick", ())
+    monkeypatch.setenv("WANDB_PROJECT", "robust-fairness")
+    monkeypatch.setenv("WANDB_ENTITY", "lab")
+    monkeypatch.setenv("WANDB_TAGS", "a, b,,c ")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-7")
+    chosen = wandb_settings("quick")
+    assert (chosen.project, chosen.entity, chosen.group, chosen.tags) == ("robust-fairness", "lab", "sweep-7",
+                                                                          ("a", "b", "c"))
 
 
 def test_per_class_keys_are_named_by_class_for_wandb():
