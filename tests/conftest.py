@@ -11,6 +11,7 @@ import torch
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["TQDM_DISABLE"] = "1"  # no progress bars in test logs (tqdm's own switch, read by the stages too)
 os.environ.setdefault("WANDB_DIR", "/tmp/absld-tests-wandb")
 
 REPO = Path(__file__).resolve().parents[1]

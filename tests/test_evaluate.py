@@ -80,7 +80,7 @@ def task() -> Task:
 
 @pytest.fixture(scope="module")
 def rt() -> Runtime:
-    return setup(RuntimeConfig(device="cpu", progress=False))
+    return setup(RuntimeConfig(device="cpu"))
 
 
 def config(**changes: object) -> EvaluateConfig:

@@ -47,6 +47,7 @@ def invoke(*args):
 def test_help_explains_every_stage():
     result = invoke("--help")
     assert result.exit_code == 0 and "prepare" in result.output and "teacher" in result.output
+    assert "check" in result.output
 
 
 def test_prepare_then_train_a_teacher(project):
@@ -99,6 +100,20 @@ def test_bad_params_give_a_one_line_error(project):
     result = invoke("teacher")
     assert result.exit_code == 1
     assert "teacher.attack.eps = 0.031" in result.output and result.output.count("\n") == 1
+
+
+def test_check_validates_the_whole_file_and_writes_a_constant_stamp(project):
+    from pipeline.check import CHECKED
+
+    assert invoke("check").exit_code == 0
+    stamp = (project / CHECKED).read_bytes()
+    set_params(project, **{"distill.absld.beta": 0.3})  # another valid configuration: the same stamp
+    assert invoke("check").exit_code == 0 and (project / CHECKED).read_bytes() == stamp
+    (project / CHECKED).unlink()
+    set_params(project, **{"analyze.n_bootstrapp": 5})
+    result = invoke("check")
+    assert result.exit_code == 1 and "unknown key 'analyze.n_bootstrapp'" in result.output
+    assert result.output.count("\n") == 1 and not (project / CHECKED).exists()
 
 
 def _external_checkpoint(project):
