@@ -3,8 +3,8 @@
 #   ./reproduce.sh quick          the whole DAG on Fashion-MNIST on a CPU (= run quick)
 #   ./reproduce.sh paper          dvc repro with the committed params.yaml (the paper's CIFAR-10 setup)
 #   ./reproduce.sh test           the test suite
-#   ./reproduce.sh run PROFILE    the whole DAG with profiles/PROFILE.yaml over params.yaml
-#                                 (fashion: the Fashion-MNIST study, about 90 minutes on a CPU)
+#   ./reproduce.sh run PROFILE    the whole DAG as `dvc exp run -S profile=PROFILE` (conf/profile/PROFILE.yaml
+#                                 over conf/config.yaml; fashion: the Fashion-MNIST study, about 70 minutes on a CPU)
 # Environment: VENV (default .venv), WANDB_MODE (default offline), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,21 +37,18 @@ fashion_mnist() {
         echo "==> installing Debian package dataset-fashion-mnist"
         apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
             || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
-            || die "could not install dataset-fashion-mnist; install it (sudo apt-get install dataset-fashion-mnist) or set data.source_dir in profiles/quick.yaml"
+            || die "could not install dataset-fashion-mnist; install it (sudo apt-get install dataset-fashion-mnist) or set data.source_dir in conf/profile/quick.yaml"
     else
-        die "Fashion-MNIST is not in $FASHION_DIR: run 'sudo apt-get install dataset-fashion-mnist', or point data.source_dir in profiles/quick.yaml at the idx files"
+        die "Fashion-MNIST is not in $FASHION_DIR: run 'sudo apt-get install dataset-fashion-mnist', or point data.source_dir in conf/profile/quick.yaml at the idx files"
     fi
 }
 
+profiles() { (cd conf/profile && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '); }
+
 run_profile() {
-    local profile="profiles/$1.yaml"
-    [ -f "$profile" ] || die "no profile $profile; choose one of: $(cd profiles && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
-    local args=() line
-    local overrides
-    overrides="$(python -m pipeline.profiles "$profile")" || exit 1
-    while IFS= read -r line; do args+=(-S "$line"); done <<< "$overrides"
-    echo "==> dvc exp run with $profile (${#args[@]} overrides; params.yaml in the workspace will hold them)"
-    dvc exp run "${args[@]}"
+    [ -f "conf/profile/$1.yaml" ] || die "no profile conf/profile/$1.yaml; choose one of: $(profiles)"
+    echo "==> dvc exp run -S profile=$1 (DVC composes params.yaml from conf/config.yaml and conf/profile/$1.yaml)"
+    dvc exp run -S "profile=$1"
 }
 
 cmd="${1:-}"
@@ -60,14 +57,14 @@ case "$cmd" in
         setup; fashion_mnist; run_profile quick ;;
     run)
         [ $# -ge 2 ] || die "usage: ./reproduce.sh run PROFILE"
-        [ -f "profiles/$2.yaml" ] || die "no profile profiles/$2.yaml; choose one of: $(cd profiles && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
+        [ -f "conf/profile/$2.yaml" ] || die "no profile conf/profile/$2.yaml; choose one of: $(profiles)"
         setup
-        if grep -q "dataset: fashion-mnist" "profiles/$2.yaml"; then fashion_mnist; fi
+        if grep -q "dataset: fashion-mnist" "conf/profile/$2.yaml"; then fashion_mnist; fi
         run_profile "$2" ;;
     paper)
         setup
         if ! git diff --quiet -- params.yaml 2>/dev/null; then
-            die "params.yaml differs from the committed paper configuration (a profile run leaves its overrides there); run 'git checkout params.yaml' first, or use 'dvc repro' to run the workspace params as they are"
+            die "params.yaml differs from the committed paper configuration (a profile run leaves its composition there); run 'git checkout params.yaml' (or 'dvc exp run -S profile=paper') first, or use 'dvc repro' to run the workspace params as they are"
         fi
         dvc repro ;;
     test)

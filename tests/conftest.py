@@ -28,6 +28,17 @@ def committed_params_text() -> str:
         return (REPO / "params.yaml").read_text()
 
 
+def profile_params_text(name: str) -> str:
+    """The params.yaml that `dvc exp run -S profile=<name>` composes (conf/config.yaml + conf/profile/<name>.yaml)."""
+    import tempfile
+
+    from pipeline.profiles import compose
+
+    with tempfile.TemporaryDirectory() as tmp:
+        compose(name, Path(tmp) / "params.yaml", conf=REPO / "conf")
+        return (Path(tmp) / "params.yaml").read_text()
+
+
 @pytest.fixture()
 def paper_params(tmp_path: Path) -> Path:
     """A copy of the committed params.yaml (the paper's configuration)."""

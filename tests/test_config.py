@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from absld.config import ConfigError, Params, deep_merge, load_params, parse_params, read_yaml
-from pipeline.profiles import overrides
-from tests.conftest import REPO
+from absld.config import ConfigError, Params, deep_merge, load_params, parse_params
+from pipeline import profiles
+from tests.conftest import REPO, committed_params_text
 
 
 def error_for(raw: dict) -> str:
@@ -79,33 +81,40 @@ def test_file_teacher_needs_a_checksum():
     assert "teacher.sha256" in error_for({"teacher": {"source": "file", "path": "t.pt"}})
 
 
-def test_every_profile_validates_over_params(paper_params):
-    for profile in sorted((REPO / "profiles").glob("*.yaml")):
-        assert isinstance(load_params(paper_params, profile), Params)
+def test_every_profile_composes_to_valid_params():
+    assert profiles.names(REPO / "conf") == ["fashion", "paper", "quick", "tiny"]
+    for name in profiles.names(REPO / "conf"):
+        params = profiles.load(name, conf=REPO / "conf")
+        assert params.profile == name
 
 
-def test_profile_overrides_round_trip_through_dvc_set_syntax(paper_params):
-    import yaml
-
-    lines = overrides(str(REPO / "profiles" / "quick.yaml"), str(paper_params))
-    assert "data.dataset=fashion-mnist" in lines
-    # every -S value parses back (as YAML, like DVC does) to the profile's value
-    applied: dict = {}
-    for line in lines:
-        key, value = line.split("=", 1)
-        node = applied
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    assert applied == read_yaml(REPO / "profiles" / "quick.yaml")
+def test_committed_params_yaml_is_the_paper_profile_as_dvc_composes_it(tmp_path):
+    """`dvc exp run` rewrites params.yaml by composition: the committed file must be those bytes,
+    or the first experiment would show a change nobody made (and rerun the `check` stage)."""
+    profiles.compose("paper", tmp_path / "params.yaml", conf=REPO / "conf")
+    assert (tmp_path / "params.yaml").read_text() == committed_params_text()
 
 
-def test_profile_with_a_typo_fails_before_anything_runs(tmp_path, paper_params):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("teacher:\n  trian: {}\n")
+def test_a_profile_overrides_the_paper_and_keeps_the_rest(tmp_path):
+    quick = profiles.load("quick", conf=REPO / "conf")
+    paper = profiles.load("paper", conf=REPO / "conf")
+    assert quick.data.dataset == "fashion-mnist" and paper.data.dataset == "cifar10"
+    assert quick.distill.absld.tau_max == paper.distill.absld.tau_max  # untouched by the profile
+    profiles.compose("quick", tmp_path / "p.yaml", overrides=("distill.absld.beta=0.2",), conf=REPO / "conf")
+    assert load_params(tmp_path / "p.yaml").distill.absld.beta == 0.2
+
+
+def test_unknown_profile_names_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match="'quik' is not one of fashion, paper, quick, tiny"):
+        profiles.compose("quik", tmp_path / "p.yaml", conf=REPO / "conf")
+
+
+def test_profile_with_a_typo_fails_validation(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "profile" / "bad.yaml").write_text("# @package _global_\nteacher:\n  trian: {}\n")
     with pytest.raises(ConfigError, match="teacher.trian"):
-        overrides(str(bad), str(paper_params))
+        profiles.load("bad", conf=conf)
 
 
 def test_deep_merge_overrides_leaves_and_keeps_siblings():

@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from absld.models import checkpoint_meta, load_checkpoint
-from pipeline.profiles import overrides
 from tests.conftest import REPO, committed_params_text
 from tests.fixtures import write_cifar10
 
-PROJECT_FILES = ["absld", "pipeline", "params.yaml", "profiles", "references", "dvc.yaml", ".dvc/config", ".dvcignore",
+PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "references", "dvc.yaml", ".dvc/config", ".dvcignore",
                  "pyproject.toml"]
 
 
@@ -57,9 +56,8 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)
 
-    args = [item for line in overrides(str(REPO / "profiles" / "tiny.yaml"), str(project / "params.yaml"))
-            for item in ("-S", line)]
-    run(["dvc", "exp", "run", *args], project)
+    run(["dvc", "exp", "run", "-S", "profile=tiny"], project)  # DVC composes params.yaml from conf/ (Hydra)
+    assert yaml.safe_load((project / "params.yaml").read_text())["profile"] == "tiny"
 
     teacher = json.loads((project / "models" / "teacher.json").read_text())
     assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
@@ -122,7 +120,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     # A second experiment: each keeps its fairness metrics; dvc exp show and metrics diff see them.
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "tiny profile"], project)
-    run(["dvc", "exp", "run", "-n", "beta-half", "-S", "distill.absld.beta=0.5"], project)
+    run(["dvc", "exp", "run", "-n", "beta-half", "-S", "profile=tiny", "-S", "distill.absld.beta=0.5"], project)
     rows = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {exp["name"]: exp for row in rows for exp in [row, *(e for e in row.get("experiments") or []
                                                                         for e in e.get("revs", []))]}
@@ -134,4 +132,6 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert {"beta-half"} <= set(fairness_metrics) and len(fairness_metrics) >= 2, list(experiments)
     for data in fairness_metrics.values():
         assert {"avg", "worst", "nsd"} <= set(data["absld/seed0"]["pgd3"])
+    shown = experiments["beta-half"]["data"]["params"]["params.yaml"]["data"]
+    assert shown["profile"] == "tiny" and shown["distill"]["absld"]["beta"] == 0.5  # dvc exp show: which profile
     assert "absld/seed0" in run(["dvc", "metrics", "diff", "HEAD"], project).stdout

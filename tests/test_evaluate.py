@@ -21,12 +21,12 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 from absld.attacks import AttackError, ce_loss, pgd
-from absld.config import EvaluateConfig, RuntimeConfig, deep_merge, read_yaml
+from absld.config import EvaluateConfig, RuntimeConfig, read_yaml
 from absld.evaluate import Records, evaluate_model, protocol, record_names, start_noise, summarize_records
 from absld.models import build_model
 from absld.runtime import Runtime, setup
 from pipeline.cli import main
-from tests.conftest import REPO
+from tests.conftest import profile_params_text
 from tests.fixtures import synthetic_images, write_cifar10
 
 EPS = 8 / 255
@@ -267,8 +267,7 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     """A scratch project on the tiny profile: prepare, teacher, evaluate --model teacher."""
     root = tmp_path_factory.mktemp("project")
     write_cifar10(root / "fixture")
-    params = deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "profiles" / "tiny.yaml"))
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(profile_params_text("tiny"))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         assert invoke("prepare").exit_code == 0

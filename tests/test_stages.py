@@ -11,11 +11,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from absld.config import deep_merge, read_yaml
+from absld.config import read_yaml
 from absld.io import sha256_file
 from absld.models import build_model, load_checkpoint
 from pipeline.cli import main
-from tests.conftest import REPO, committed_params_text
+from tests.conftest import profile_params_text
 from tests.fixtures import write_cifar10
 
 
@@ -24,8 +24,7 @@ def project(tmp_path, monkeypatch):
     """A scratch directory with the tiny profile's params.yaml and its fixture dataset."""
     monkeypatch.chdir(tmp_path)
     write_cifar10(tmp_path / "fixture")
-    params = deep_merge(yaml.safe_load(committed_params_text()), read_yaml(REPO / "profiles" / "tiny.yaml"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(profile_params_text("tiny"))
     return tmp_path
 
 
