@@ -142,13 +142,13 @@ def test_selection_that_evaluates_no_epoch_is_rejected():
 
 
 def test_params_offer_the_official_test_set_selection():
-    """params.yaml (the workspace copy: profiles leave select_eval alone) carries the official
-    script's selection PGD, and names test_fair_best on the select line."""
+    """The paper configuration carries the official script's selection PGD, and its documented
+    source (conf/config.yaml) names test_fair_best on the select line."""
     params = load_params(REPO / "params.yaml")
     sel = params.distill.select_eval
     assert sel.n_samples is None and sel.steps == 20 and sel.every == 10
     assert sel.step == pytest.approx(0.003) and sel.eps == pytest.approx(8 / 255)
-    line = next(l for l in (REPO / "params.yaml").read_text().splitlines() if l.strip().startswith("select:"))
+    line = next(l for l in (REPO / "conf" / "config.yaml").read_text().splitlines() if l.strip().startswith("select:"))
     assert "test_fair_best is the official script's selection" in line
 
 
