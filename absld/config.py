@@ -32,7 +32,7 @@ from pydantic import (
 from .models import ModelName
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist")
-Dataset = Literal["cifar10", "cifar100", "fashion-mnist"]
+Dataset = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
 Device = Literal["auto", "cpu", "cuda"]
 KLReduction = Literal["element_mean", "batchmean"]
 Selection = Literal["last", "val_fair_best", "test_fair_best"]
@@ -117,6 +117,14 @@ class AugmentConfig(Section):
     flip: bool = True
 
 
+class SyntheticConfig(Section):
+    """The generated ``synthetic`` dataset (pipeline checks in seconds; no download, no results)."""
+
+    train_per_class: PosInt = 20
+    test_per_class: PosInt = 6
+    seed: NonNegInt = 0
+
+
 class DataConfig(Section):
     dataset: Dataset = "cifar10"
     root: str = "data/raw"
@@ -131,6 +139,8 @@ class DataConfig(Section):
     train_per_class: PosInt | None = None
     """Stratified subset of the training set per class (small profiles); null: all."""
     split_seed: NonNegInt = 0
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    """Sizes of data.dataset: synthetic (ignored for the real datasets)."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

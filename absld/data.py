@@ -49,6 +49,7 @@ FASHION_MNIST_CLASSES = (
 )
 
 DATASETS: dict[str, DatasetSpec] = {
+    "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), tuple(f"class{k}" for k in range(10))),
     "cifar10": DatasetSpec("cifar10", 10, (3, 32, 32), CIFAR10_CLASSES),
     "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32)),  # names read from the archive's meta
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, (1, 28, 28), FASHION_MNIST_CLASSES),
@@ -206,15 +207,51 @@ def _read_fashion(base: Path) -> RawDataset:
     )
 
 
+def synthetic_images(labels: np.ndarray, shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """Learnable uint8 images: noise in [0, 96), plus a brighter band of rows whose position is the
+    class, plus a class-dependent tint of one channel."""
+    rng = np.random.default_rng(seed)
+    channels, height, width = shape
+    images = rng.integers(0, 96, size=(len(labels), channels, height, width)).astype(np.int16)
+    band = height // 10 or 1
+    for k in np.unique(labels):
+        rows = slice((k * band) % height, (k * band) % height + band + 2)
+        images[labels == k, :, rows, :] += 120
+        images[labels == k, k % channels] += 20 * (k // channels)
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def make_synthetic(train_per_class: int, test_per_class: int, seed: int) -> RawDataset:
+    """The ``synthetic`` dataset: CIFAR-shaped, 10 classes, generated from ``seed`` (nothing to
+    download; for pipeline checks in seconds, never for results)."""
+    spec = DATASETS["synthetic"]
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.repeat(np.arange(spec.num_classes), train_per_class))
+    test_labels = np.repeat(np.arange(spec.num_classes), test_per_class)
+    rng.shuffle(test_labels)
+    return RawDataset(
+        train_images=synthetic_images(train_labels, spec.image_shape, seed + 1),
+        train_labels=train_labels.astype(np.int64),
+        test_images=synthetic_images(test_labels, spec.image_shape, seed + 2),
+        test_labels=test_labels.astype(np.int64),
+        class_names=list(spec.class_names),
+        source=f"synthetic(train_per_class={train_per_class}, test_per_class={test_per_class}, seed={seed})",
+    )
+
+
 def read_raw(
-    dataset: str, root: str | Path, source_dir: str | Path | None, download: bool, verify_md5: bool
+    dataset: str, root: str | Path, source_dir: str | Path | None, download: bool, verify_md5: bool,
+    *, synthetic: tuple[int, int, int] = (20, 6, 0),
 ) -> RawDataset:
     """Find the dataset on disk (``source_dir`` first, then ``root``), downloading if allowed.
+    ``synthetic`` (train and test images per class, seed) sizes the generated ``synthetic`` dataset.
 
     Raises :class:`DataError` listing the ways to fix it; never substitutes another dataset.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        return make_synthetic(*synthetic)
     root = Path(root)
     if source_dir is not None and not Path(source_dir).is_dir():
         raise DataError(f"data.source_dir {str(source_dir)!r} is not a directory")
@@ -326,9 +363,10 @@ def prepare(
     val_per_class: int,
     train_per_class: int | None,
     split_seed: int,
+    synthetic: tuple[int, int, int] = (20, 6, 0),
 ) -> dict:
     """Read ``dataset`` and write its prepared form to ``out_dir`` atomically; return the manifest."""
-    raw = read_raw(dataset, root, source_dir, download, verify_md5)
+    raw = read_raw(dataset, root, source_dir, download, verify_md5, synthetic=synthetic)
     spec = DATASETS[dataset]
     train_idx, val_idx = stratified_split(
         raw.train_labels, spec.num_classes, val_per_class, train_per_class, split_seed

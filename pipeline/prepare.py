@@ -20,7 +20,8 @@ def prepare(params_path: str) -> None:
     /usr/share/datasets/fashion-mnist), then data.root, then a download when data.download is
     true. CIFAR archives are md5-checked against torchvision's sums (data.verify_md5). A stratified
     validation split of data.val_per_class images per class is held out from training. Nothing is
-    written unless every step succeeds; no other dataset is ever substituted.
+    written unless every step succeeds; no other dataset is ever substituted. data.dataset:
+    synthetic generates a small CIFAR-shaped dataset (data.synthetic) for pipeline checks.
     """
     params = load(params_path)
     cfg = params.data
@@ -29,6 +30,7 @@ def prepare(params_path: str) -> None:
         cfg.dataset, out, root=cfg.root, source_dir=cfg.source_dir, download=cfg.download,
         verify_md5=cfg.verify_md5, val_per_class=cfg.val_per_class,
         train_per_class=cfg.train_per_class, split_seed=cfg.split_seed,
+        synthetic=(cfg.synthetic.train_per_class, cfg.synthetic.test_per_class, cfg.synthetic.seed),
     )
     sizes = manifest["sizes"]
     with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"profile", "data"})) as tracker:

@@ -7,20 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from absld.data import synthetic_images
+
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def synthetic_images(labels: np.ndarray, shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    """Learnable images: class k brightens a class-specific band and tints its channels."""
-    rng = np.random.default_rng(seed)
-    channels, height, width = shape
-    images = rng.integers(0, 96, size=(len(labels), channels, height, width)).astype(np.int16)
-    band = height // 10 or 1
-    for k in np.unique(labels):
-        rows = slice((k * band) % height, (k * band) % height + band + 2)
-        images[labels == k, :, rows, :] += 120
-        images[labels == k, k % channels] += 20 * (k // channels)
-    return np.clip(images, 0, 255).astype(np.uint8)
 
 
 def write_cifar10(root: str | Path, train_per_class: int = 20, test_per_class: int = 6, seed: int = 0) -> Path:
