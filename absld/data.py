@@ -49,7 +49,8 @@ FASHION_MNIST_CLASSES = (
 )
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), tuple(f"class{k}" for k in range(10))),
+    "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), (
+        "alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett")),
     "cifar10": DatasetSpec("cifar10", 10, (3, 32, 32), CIFAR10_CLASSES),
     "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32)),  # names read from the archive's meta
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, (1, 28, 28), FASHION_MNIST_CLASSES),

@@ -165,3 +165,20 @@ def test_class_subset_larger_than_a_class_names_the_key():
     labels = np.repeat(np.arange(2), [3, 5])
     with pytest.raises(DataError, match=r"distill.train_per_class = 4 but class 0 has only 3"):
         class_subset(labels, 2, 4, seed=0, key="distill.train_per_class")
+
+
+def test_synthetic_dataset_is_generated_to_size_and_from_its_seed(tmp_path):
+    """`data.dataset: synthetic` (the tiny profile on a fresh clone): no files needed, sizes per
+    class as configured, the same images for the same seed and others for another."""
+    def make(out, seed):
+        return data.prepare("synthetic", tmp_path / out, root=tmp_path / "none", source_dir=None, download=False,
+                            verify_md5=False, val_per_class=2, train_per_class=None, split_seed=0,
+                            synthetic=(7, 3, seed))
+
+    manifest = make("a", 0)
+    assert manifest["sizes"] == {"train_all": 70, "train": 50, "val": 20, "test": 30}
+    assert manifest["class_names"][:2] == ["alfa", "bravo"]
+    labels = np.load(tmp_path / "a" / "test_labels.npy")
+    assert np.bincount(labels).tolist() == [3] * 10
+    assert make("b", 0)["sha256"] == manifest["sha256"]
+    assert make("c", 1)["sha256"] != manifest["sha256"]

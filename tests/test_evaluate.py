@@ -27,7 +27,7 @@ from absld.models import build_model
 from absld.runtime import Runtime, setup
 from pipeline.cli import main
 from tests.conftest import profile_params_text
-from tests.fixtures import synthetic_images, write_cifar10
+from tests.fixtures import synthetic_images
 
 EPS = 8 / 255
 N_CLASSES = 10
@@ -266,7 +266,6 @@ def invoke(*args: str):  # noqa: ANN201 - click's Result
 def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A scratch project on the tiny profile: prepare, teacher, evaluate --model teacher."""
     root = tmp_path_factory.mktemp("project")
-    write_cifar10(root / "fixture")
     (root / "params.yaml").write_text(profile_params_text("tiny"))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -284,7 +283,7 @@ def test_evaluate_stage_writes_records_as_the_contract(evaluated_project: Path) 
         names = ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
         assert sorted(records.files) == sorted(["index", "y", "eps", "protocol", *(f"correct_{a}" for a in names)])
         assert records["index"].dtype.kind == "i" and np.array_equal(records["index"], np.arange(n))
-        test_labels = np.load(evaluated_project / "data/cifar10/test_labels.npy")
+        test_labels = np.load(evaluated_project / "data/synthetic/test_labels.npy")
         assert np.array_equal(records["y"], test_labels[:n])
         for name in names:
             assert records[f"correct_{name}"].dtype == np.bool_ and records[f"correct_{name}"].shape == (n,)
@@ -319,7 +318,7 @@ def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path
     assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd3"])
     plots = evaluated_project / "plots/eval/teacher"
     bars = json.loads((plots / "aa.json").read_text())
-    assert [bar["class"] for bar in bars][:2] == ["airplane", "automobile"]
+    assert [bar["class"] for bar in bars][:2] == ["alfa", "bravo"]
     assert [bar["accuracy"] for bar in bars] == metrics["aa"]["class_acc"]
     assert (plots / "classwise.png").stat().st_size > 0
 

@@ -28,6 +28,12 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+def use_cifar_fixture(path):
+    """The project on the CIFAR-10 fixture (torchvision's on-disk format) instead of `synthetic`."""
+    set_params(path, **{"data.dataset": "cifar10", "data.root": "fixture", "data.download": False,
+                        "data.verify_md5": False})
+
+
 def set_params(path, **changes):
     params = read_yaml(path / "params.yaml")
     for dotted, value in changes.items():
@@ -87,6 +93,7 @@ def test_a_rerun_from_scratch_writes_byte_identical_outputs_and_times_go_to_logs
 
 
 def test_prepare_without_data_fails_cleanly_and_writes_nothing(project):
+    use_cifar_fixture(project)
     shutil.rmtree(project / "fixture")
     result = invoke("prepare")
     assert result.exit_code == 1
@@ -161,6 +168,7 @@ def test_robustbench_teacher_is_loaded_into_our_architecture_and_checksummed(pro
     import sys
     import types
 
+    use_cifar_fixture(project)  # RobustBench serves CIFAR models
     invoke("prepare")
     torch.manual_seed(1)
     published = build_model("tiny_cnn", num_classes=10, in_channels=3)
@@ -192,6 +200,7 @@ def test_robustbench_teacher_is_loaded_into_our_architecture_and_checksummed(pro
 def test_robustbench_teacher_without_the_package_says_how_to_install_it(project, monkeypatch):
     import sys
 
+    use_cifar_fixture(project)
     invoke("prepare")
     monkeypatch.setitem(sys.modules, "robustbench", None)  # import fails
     set_params(project, **{"teacher.source": "robustbench"})
@@ -303,7 +312,7 @@ def test_distill_logs_abslds_temperatures_to_wandb_by_class_name(project, monkey
     monkeypatch.setattr(distill_stage.Tracker, "log", lambda self, row, step=None: logged.append(row))
     assert invoke("prepare").exit_code == 0 and invoke("teacher").exit_code == 0
     assert invoke("distill", "--method", "absld", "--seed", "0").exit_code == 0
-    names = json.loads((project / "data" / "cifar10" / "manifest.json").read_text())["class_names"]
+    names = json.loads((project / "data" / "synthetic" / "manifest.json").read_text())["class_names"]
     student_rows = [row for row in logged if "train_kl_adv" in row]  # (the teacher's rows come first)
     assert student_rows and all({f"tau_adv/{name}" for name in names} <= set(row) for row in student_rows)
     assert not any(key[-1].isdigit() for row in student_rows for key in row if key.startswith("tau_adv/"))
