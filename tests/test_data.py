@@ -182,3 +182,5 @@ def test_synthetic_dataset_is_generated_to_size_and_from_its_seed(tmp_path):
     assert np.bincount(labels).tolist() == [3] * 10
     assert make("b", 0)["sha256"] == manifest["sha256"]
     assert make("c", 1)["sha256"] != manifest["sha256"]
+    for split in ("train_images", "test_images"):
+        assert not np.array_equal(np.load(tmp_path / "a" / f"{split}.npy"), np.load(tmp_path / "c" / f"{split}.npy"))
