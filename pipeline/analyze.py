@@ -15,7 +15,7 @@ import yaml
 from absld import report as rep
 from absld.config import Params, fraction_of_255
 from absld.fairness import STATISTICS
-from absld.io import atomic_dir, write_text
+from absld.io import atomic_dir, write_csv, write_text
 from absld.plots import plot_class_accuracy, plot_fairness_tradeoff, plot_temperatures
 from absld.tracking import Tracker
 
@@ -87,6 +87,7 @@ def training_summary(method: str, seed: int) -> dict[str, Any]:
 
 
 def read_temperatures(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV written by the distill stage (temperatures.csv, train_log.csv) as dicts."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -216,6 +217,7 @@ def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, gro
                             title=f"Class-wise accuracy on {dataset}{seeds_note}")
         plot_fairness_tradeoff(points, attack_cols, tmp / "tradeoff.png",
                                title=f"Accuracy against class-wise unfairness on {dataset}")
+        _write_dvc_plot_data(tmp, rows, class_acc, points, attacks, groups, class_names, protocol)
         if "absld" in groups:
             for seed in groups["absld"]:
                 csv_path = distill_results("absld", seed) / "temperatures.csv"
@@ -226,6 +228,46 @@ def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, gro
                                   title=f"ABSLD class-wise temperatures ({dataset}, seed {seed})")
                 figures.append((f"ABSLD class-wise temperatures per epoch (seed {seed})", name))
     return figures
+
+
+DVC_TRAINING_KEYS = ("train_loss", "train_acc_adv")
+"""The per-epoch training columns every method logs (plots/analyze/training.csv)."""
+
+
+def _write_dvc_plot_data(folder: Path, rows: list[tuple[str, str | None, list[str]]],
+                         class_acc: dict[str, dict[str, list[float]]], points: dict[str, dict[str, Any]],
+                         attacks: list[str], groups: dict[str, dict[int, str]], class_names: list[str],
+                         protocol: rep.Protocol) -> None:
+    """The data of dvc.yaml's top-level plots (templates in .dvc/plots/), in long form so that one
+    chart holds every model: classwise/<attack>.csv (model, class, accuracy: models side by side),
+    training.csv (every student's curves overlaid), temperatures.csv (ABSLD's tau_adv and tau_nat
+    per class and epoch) and tradeoff.csv (Avg against NSD per model and attack). Models are the
+    table's rows: the teacher and each method (its mean over seeds)."""
+    for attack in attacks:
+        write_csv(folder / "classwise" / f"{rep.metric_name(attack, protocol)}.csv",
+                  [{"model": label, "class": name, "accuracy": class_acc[label][attack][k]}
+                   for label, _, _ in rows for k, name in enumerate(class_names)],
+                  columns=["model", "class", "accuracy"])
+    write_csv(folder / "tradeoff.csv",
+              [{"model": label, "attack": rep.attack_label(attack, protocol=protocol),
+                "avg": points[label][attack][0], "nsd": points[label][attack][2]}
+               for label, _, _ in rows for attack in attacks if points[label][attack][2] is not None],
+              columns=["model", "attack", "avg", "nsd"])
+    curves: list[dict[str, Any]] = []
+    for method, by_seed in groups.items():
+        for seed in by_seed:
+            log = distill_results(method, seed) / "train_log.csv"
+            if log.is_file():
+                curves += [{"method": rep.method_label(method), "model": f"{rep.method_label(method)} seed {seed}",
+                            "epoch": int(row["epoch"]), **{k: float(row[k]) for k in DVC_TRAINING_KEYS if row.get(k)}}
+                           for row in read_temperatures(log)]
+    write_csv(folder / "training.csv", curves, columns=["method", "model", "epoch", *DVC_TRAINING_KEYS])
+    temperatures = [{"seed": seed, "epoch": int(row["epoch"]), "class": class_names[int(row["class"])],
+                     "tau_adv": float(row["tau_adv"]), "tau_nat": float(row["tau_nat"])}
+                    for seed in groups.get("absld", {})
+                    if (distill_results("absld", seed) / "temperatures.csv").is_file()
+                    for row in read_temperatures(distill_results("absld", seed) / "temperatures.csv")]
+    write_csv(folder / "temperatures.csv", temperatures, columns=["seed", "epoch", "class", "tau_adv", "tau_nat"])
 
 
 def _track(params: Params, fairness: rep.Fairness, models: list[str], figure_names: list[str],
