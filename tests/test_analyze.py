@@ -93,6 +93,16 @@ def write_temperatures(root: Path, seed: int = 0, epochs: int = 4) -> None:
     (folder / "temperatures.csv").write_text("\n".join(lines) + "\n")
 
 
+def write_train_log(root: Path, method: str, seed: int, epochs: int = 3) -> None:
+    """A distill train_log.csv: train_acc_adv = 0.1 * epoch + 0.01 * seed (+ 0.5 for absld)."""
+    folder = root / "results" / "distill" / method / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["epoch,lr,train_loss,train_acc_adv"]
+    lines += [f"{e},0.1,{2.0 / e:.4f},{0.1 * e + 0.01 * seed + (0.5 if method == 'absld' else 0):.4f}"
+              for e in range(1, epochs + 1)]
+    (folder / "train_log.csv").write_text("\n".join(lines) + "\n")
+
+
 def write_selection(root: Path, model: str, select: str = "val_fair_best", epoch: int = 3) -> None:
     folder = root / "results" / "eval" / model
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,6 +145,7 @@ def make_project(root: Path, methods: Sequence[str] = ("absld", "rslad"), seeds:
                 correct = {a: c ^ flip for a, c in correct.items()}
             write_records(root, f"{method}/seed{seed}", y, correct)
             write_selection(root, f"{method}/seed{seed}")
+            write_train_log(root, method, seed)
     if "absld" in methods:
         for seed in seeds:
             write_temperatures(root, seed)
@@ -190,6 +201,38 @@ def test_fairness_json_has_exactly_the_contract_shape(analyzed):
             assert set(entry) == {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
             assert len(entry["class_acc"]) == NUM_CLASSES
             assert all(0.0 <= v <= 1.0 for v in [entry["avg"], entry["worst"], *entry["class_acc"]])
+
+
+def test_dvc_plot_data_puts_every_model_in_one_chart(analyzed):
+    """plots/analyze/ holds the long-form data of dvc.yaml's top-level plots: per attack, every
+    model's class accuracies (those of fairness.json); every student's curve; ABSLD's temperatures;
+    Avg against NSD."""
+    import csv
+
+    root, _ = analyzed
+    folder = root / "plots" / "analyze"
+    read = lambda path: list(csv.DictReader(open(path, newline="")))  # noqa: E731
+    fairness = fairness_of(root)
+    assert sorted(p.stem for p in (folder / "classwise").glob("*.csv")) == sorted(
+        ["clean", "fgsm", "pgd20", "cw", "aa", "worst"])
+    rows = read(folder / "classwise" / "pgd20.csv")
+    assert [r["model"] for r in rows[::NUM_CLASSES]] == ["Teacher", "ABSLD", "RSLAD"]
+    assert [r["class"] for r in rows[:NUM_CLASSES]] == list(CIFAR10_NAMES)
+    for label, model in (("Teacher", "teacher"), ("ABSLD", "absld/seed0"), ("RSLAD", "rslad/seed0")):
+        got = [float(r["accuracy"]) for r in rows if r["model"] == label]
+        assert got == pytest.approx(fairness[model]["pgd20"]["class_acc"])
+    curves = read(folder / "training.csv")
+    assert {(r["model"], int(r["epoch"])) for r in curves} == {(f"{m} seed 0", e) for m in ("ABSLD", "RSLAD")
+                                                              for e in (1, 2, 3)}
+    assert float(next(r for r in curves if r["model"] == "ABSLD seed 0" and r["epoch"] == "2")["train_acc_adv"]) \
+        == pytest.approx(0.7)
+    temperatures = read(folder / "temperatures.csv")
+    assert len(temperatures) == 4 * NUM_CLASSES
+    last_dog = next(r for r in temperatures if r["epoch"] == "4" and r["class"] == "dog")
+    assert float(last_dog["tau_adv"]) == pytest.approx(1.0 + 0.2 * 0.5 / 4.5, abs=1e-4)
+    tradeoff = {(r["model"], r["attack"]): r for r in read(folder / "tradeoff.csv")}
+    assert float(tradeoff[("RSLAD", "PGD-20")]["avg"]) == pytest.approx(fairness["rslad/seed0"]["pgd20"]["avg"])
+    assert float(tradeoff[("RSLAD", "PGD-20")]["nsd"]) == pytest.approx(fairness["rslad/seed0"]["pgd20"]["nsd"])
 
 
 def test_bootstrap_interval_contains_the_point_estimate(analyzed):
