@@ -249,10 +249,10 @@ def _write_dvc_plot_data(folder: Path, rows: list[tuple[str, str | None, list[st
                    for label, _, _ in rows for k, name in enumerate(class_names)],
                   columns=["model", "class", "accuracy"])
     write_csv(folder / "tradeoff.csv",
-              [{"model": label, "attack": rep.attack_label(attack, protocol=protocol),
+              [{"model": label, "attack": rep.attack_label(attack, protocol=protocol), "order": order,
                 "avg": points[label][attack][0], "nsd": points[label][attack][2]}
-               for label, _, _ in rows for attack in attacks if points[label][attack][2] is not None],
-              columns=["model", "attack", "avg", "nsd"])
+               for label, _, _ in rows for order, attack in enumerate(attacks) if points[label][attack][2] is not None],
+              columns=["model", "attack", "order", "avg", "nsd"])
     curves: list[dict[str, Any]] = []
     for method, by_seed in groups.items():
         for seed in by_seed:

@@ -16,7 +16,8 @@ import yaml
 from absld.models import checkpoint_meta, load_checkpoint
 from tests.conftest import REPO, committed_params_text
 
-PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "references", "dvc.yaml", ".dvc/config", ".dvcignore",
+PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "references", "dvc.yaml", ".dvc/config", ".dvc/plots",
+                 ".dvcignore",
                  "pyproject.toml"]
 
 
@@ -133,3 +134,14 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     shown = experiments["beta-half"]["data"]["params"]["params.yaml"]["data"]
     assert shown["profile"] == "tiny" and shown["distill"]["absld"]["beta"] == 0.5  # dvc exp show: which profile
     assert "absld/seed0" in run(["dvc", "metrics", "diff", "HEAD"], project).stdout
+
+    # dvc plots diff overlays the two experiments: per attack one chart with every model and both revisions
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "beta-half", "--json"], project).stdout)["data"]
+    for name in ("plots/analyze/classwise/pgd3.csv", "plots/analyze/training.csv", "plots/analyze/temperatures.csv",
+                 "plots/analyze/tradeoff.csv"):
+        (chart,) = plots[name]
+        values = chart["content"]["data"]["values"]
+        assert {v["rev"] for v in values} == {"HEAD", "beta-half"}, name
+    classwise = plots["plots/analyze/classwise/pgd3.csv"][0]["content"]
+    assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT"}
+    assert classwise["spec"]["encoding"]["yOffset"]["field"] == "model"  # side by side, not stacked
