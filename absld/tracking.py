@@ -50,6 +50,20 @@ def wandb_settings(profile: str) -> WandbSettings:
     )
 
 
+def wandb_dir(cwd: Path | None = None) -> str | None:
+    """Where W&B writes its ``wandb/`` folder: ``WANDB_DIR`` when set; inside a DVC temporary
+    workspace (``dvc exp run --temp``/``--queue`` run in ``<repo>/.dvc/tmp/exps/...``, deleted
+    afterwards) the repository itself, so that offline runs survive for ``wandb sync``; otherwise
+    None (W&B's default: the working directory)."""
+    if os.environ.get("WANDB_DIR"):
+        return os.environ["WANDB_DIR"]
+    parts = (cwd or Path.cwd()).resolve().parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return str(Path(*parts[:i]))
+    return None
+
+
 class TrackingError(ValueError):
     """W&B cannot run as asked (unknown WANDB_MODE, online without credentials); said before any work."""
 
@@ -108,6 +122,9 @@ class Tracker:
             return
         os.environ["WANDB_MODE"] = self.mode  # wandb reads the environment, not only mode=
         os.environ.setdefault("WANDB_SILENT", "true")
+        directory = wandb_dir()
+        if directory is not None:
+            os.environ["WANDB_DIR"] = directory
         import wandb
 
         exp = os.environ.get("DVC_EXP_NAME")

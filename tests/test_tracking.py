@@ -52,6 +52,18 @@ def test_wandb_settings_come_from_wandbs_environment_variables(monkeypatch):
                                                                           ("a", "b", "c"))
 
 
+def test_offline_runs_of_a_dvc_temporary_workspace_go_to_the_repository(tmp_path, monkeypatch):
+    from absld.tracking import wandb_dir
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    temp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "run" / "a1b2c3"
+    temp.mkdir(parents=True)
+    assert wandb_dir(temp) == str((tmp_path / "repo").resolve())
+    assert wandb_dir(tmp_path / "repo") is None  # a plain workspace: W&B's default (./wandb)
+    monkeypatch.setenv("WANDB_DIR", "/somewhere")
+    assert wandb_dir(temp) == "/somewhere"
+
+
 def test_per_class_keys_are_named_by_class_for_wandb():
     from absld.tracking import name_classes
 
