@@ -13,6 +13,8 @@ Where and under which names runs are logged cannot change a result, so it is not
 
 from __future__ import annotations
 
+import hashlib
+import json
 import netrc
 import os
 from dataclasses import dataclass
@@ -64,6 +66,25 @@ def wandb_dir(cwd: Path | None = None) -> str | None:
     return None
 
 
+ARTIFACT_MODES = ("reference", "file", "off")
+
+
+def artifact_mode() -> str:
+    """How models and data go to W&B as artifacts: ``ABSLD_WANDB_ARTIFACTS`` = ``reference``
+    (default: a checksummed file:// reference, nothing uploaded), ``file`` (uploaded) or ``off``."""
+    mode = os.environ.get("ABSLD_WANDB_ARTIFACTS", "").strip().lower() or "reference"
+    if mode not in ARTIFACT_MODES:
+        raise TrackingError(f"ABSLD_WANDB_ARTIFACTS={mode!r} is not one of {', '.join(ARTIFACT_MODES)}")
+    return mode
+
+
+def run_id(*parts: Any) -> str:
+    """A W&B run id from what makes a run this run (project, group, DVC experiment, stage name,
+    configuration): a stage killed and started again with the same settings resumes its run."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 class TrackingError(ValueError):
     """W&B cannot run as asked (unknown WANDB_MODE, online without credentials); said before any work."""
 
@@ -105,9 +126,19 @@ def check_tracking() -> None:
     if mode not in WANDB_MODES:
         raise TrackingError(f"WANDB_MODE={os.environ.get('WANDB_MODE')!r} is not a W&B mode; use one of "
                             f"{', '.join(WANDB_MODES)} (unset: offline)")
+    artifact_mode()
     if mode == "online" and not wandb_credentials_available():
         raise TrackingError("WANDB_MODE=online but no W&B API key was found: run `wandb login` or set "
                             "WANDB_API_KEY (or use WANDB_MODE=offline and `wandb sync` later)")
+
+
+EPOCH_STAGES = ("teacher", "distill")
+"""Stages that log one row per epoch (``define_metric``: epoch is their x-axis)."""
+
+
+def artifact_name(model_id: str) -> str:
+    """W&B artifact names allow no "/": ``absld/seed0`` -> ``absld-seed0``."""
+    return model_id.replace("/", "-")
 
 
 class Tracker:
@@ -130,20 +161,56 @@ class Tracker:
         exp = os.environ.get("DVC_EXP_NAME")
         run_name = "-".join(p for p in (exp, name or stage) if p)
         where = wandb_settings(params.profile)
+        config = config if config is not None else params.model_dump(mode="json")
         self.run = wandb.init(
             project=where.project,
             entity=where.entity,
             group=where.group,
             job_type=stage,
             name=run_name,
+            id=run_id(where.project, where.entity, where.group, exp, run_name, config),
+            resume="allow",
             tags=list(where.tags),
-            config=config if config is not None else params.model_dump(mode="json"),
+            config=config,
             reinit="finish_previous",
         )
+        if stage in EPOCH_STAGES:  # curves against the epoch, also across a resumed run
+            self.run.define_metric("epoch")
+            self.run.define_metric("*", step_metric="epoch")
 
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Log one row (W&B's own step counts rows; training rows carry their ``epoch``)."""
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log(metrics)
+
+    def _artifact(self, name: str, kind: str, paths: list[Path], metadata: dict[str, Any] | None = None) -> Any:
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind, metadata=metadata or {})
+        for path in map(Path, paths):
+            if artifact_mode() == "file":
+                artifact.add_file(str(path), name=path.name)
+            else:  # a checksummed reference: nothing is uploaded
+                artifact.add_reference(path.resolve().as_uri(), name=path.name)
+        return artifact
+
+    def use_artifact(self, name: str, kind: str, paths: list[Path]) -> None:
+        """Link the run to the files it reads, as the artifact an earlier stage logged for them
+        (the same files give the same digest). W&B links inputs only online; an offline run
+        records the artifact's name and digest under ``inputs/`` in its summary instead."""
+        if self.run is None or artifact_mode() == "off":
+            return
+        artifact = self._artifact(name, kind, paths)
+        if self.mode == "online":
+            self.run.use_artifact(artifact)
+        else:
+            self.run.summary[f"inputs/{name}"] = artifact.digest
+
+    def log_artifact(self, name: str, kind: str, paths: list[Path], metadata: dict[str, Any] | None = None) -> None:
+        """Log files the run wrote as a W&B artifact: checksummed ``file://`` references (default)
+        or uploaded copies (``ABSLD_WANDB_ARTIFACTS=file``); nothing when ``off``."""
+        if self.run is not None and artifact_mode() != "off":
+            self.run.log_artifact(self._artifact(name, kind, paths, metadata))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:

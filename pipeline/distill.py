@@ -14,12 +14,12 @@ from absld.methods.absld import temperatures_used
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
 from absld.runtime import seed_everything, setup
-from absld.tracking import Tracker, name_classes
+from absld.tracking import Tracker, artifact_name, name_classes
 from absld.train import fit
 
 from .common import (
-    TEACHER_CHECKPOINT, StageError, data_dir, distill_plots, distill_resume, distill_results,
-    fingerprint, load, params_option, student_checkpoint, user_errors, write_timings,
+    TEACHER_CHECKPOINT, TEACHER_INFO, StageError, data_dir, distill_plots, distill_resume, distill_results,
+    fingerprint, load, params_option, student_checkpoint, student_id, user_errors, write_timings,
 )
 
 TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
@@ -114,8 +114,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     with Tracker(params, "distill", name=name, config=config) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=distill_resume(method_name, seed),
                      fingerprint=key, select_fn=select_fn, select_epochs=select_epochs,
-                     on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names),
-                                                      step=int(row["epoch"])),
+                     on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}")
         if len(result.history) < train_cfg.epochs:
             click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; "
@@ -156,6 +155,10 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
                         dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
         tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select,
                          "selection_on_test_set": selection["selection_on_test_set"]})
+        tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [data_dir(params) / "manifest.json"])
+        tracker.use_artifact("teacher", "model", [TEACHER_CHECKPOINT, TEACHER_INFO])
+        tracker.log_artifact(artifact_name(student_id(method_name, seed)), "model",
+                             [student_checkpoint(method_name, seed)], metadata=selection)
     click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{cfg.select}' "
                f"(epoch {chosen_epoch}) -> {student_checkpoint(method_name, seed)}")
     if selection["selection_on_test_set"]:

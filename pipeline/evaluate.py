@@ -18,7 +18,7 @@ from absld.models import checkpoint_meta, load_checkpoint
 from absld.plots import plot_classwise
 from absld.report import attack_label, metric_name
 from absld.runtime import setup
-from absld.tracking import Tracker
+from absld.tracking import Tracker, artifact_name
 
 from .common import (
     LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
@@ -146,6 +146,7 @@ def evaluate(params_path: str, model_id: str) -> None:
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
                                  num_classes=num_classes, desc=model_id)
+        tracker.use_artifact(artifact_name(model_id), "model", [checkpoint])
         ddof = params.analyze.nsd_ddof  # one NSD definition for metrics.json and the analysis
         summaries = summarize_records(records, num_classes, ddof=ddof)
         metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint, ddof)

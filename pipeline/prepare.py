@@ -36,5 +36,6 @@ def prepare(params_path: str) -> None:
     with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"profile", "data"})) as tracker:
         tracker.summary({**{f"size/{k}": v for k, v in sizes.items()}, "source": manifest["source"],
                          "sha256": manifest["sha256"]})
+        tracker.log_artifact(f"data-{cfg.dataset}", "dataset", [out / "manifest.json"], metadata={"sizes": sizes})
     click.echo(f"prepared {cfg.dataset} from {manifest['source']} -> {out}: "
                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images")

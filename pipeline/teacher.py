@@ -66,7 +66,7 @@ def teacher(params_path: str, stop_after: int | None) -> None:
             key = fingerprint(cfg.model_dump(mode="json", exclude={"eval"}), params.data.augment.model_dump(),
                               prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
             result = fit(model, method, loader, train_cfg, rt, checkpoint=TEACHER_RESUME,
-                         fingerprint=key, on_epoch=lambda row: tracker.log(row, step=int(row["epoch"])),
+                         fingerprint=key, on_epoch=tracker.log,
                          stop_after=stop_after, desc=f"teacher/{cfg.method}")
             history, timings = result.history, result.timings
             if len(history) < train_cfg.epochs:
@@ -109,6 +109,8 @@ def teacher(params_path: str, stop_after: int | None) -> None:
         if timings:
             write_timings("teacher", timings)
         tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
+        tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [data_dir(params) / "manifest.json"])
+        tracker.log_artifact("teacher", "model", [TEACHER_CHECKPOINT, TEACHER_INFO], metadata=metrics)
     click.echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, "
                f"PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} on {metrics['n']} test images "
                f"-> {TEACHER_CHECKPOINT}")

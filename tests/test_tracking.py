@@ -34,8 +34,20 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
         assert run.name == "exp-123-distill-absld-seed0" and run.project == "proj"
         assert set(run.tags) == {"ablation", "cpu"}
         assert run.config["profile"] == "fashion"
-        tracker.log({"train_loss": 1.5}, step=1)
+        first_id = run.id
+        tracker.log({"epoch": 1, "train_loss": 1.5})
+        checkpoint = tmp_path / "seed0.pt"
+        checkpoint.write_bytes(b"weights")
+        tracker.log_artifact("absld-seed0", "model", [checkpoint])
+        tracker.use_artifact("teacher", "model", [checkpoint])  # offline: recorded, not linked
+        assert len(run.summary["inputs/teacher"]) == 32  # the artifact's digest
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+    # the same stage with the same settings (a killed run started again) resumes the same W&B run;
+    # other settings make another run
+    with Tracker(params, "distill", name="distill-absld-seed0") as again:
+        assert again.run.id == first_id
+    with Tracker(params, "distill", name="distill-absld-seed0", config={"lr": 0.2}) as other:
+        assert other.run.id != first_id
 
 
 def test_wandb_settings_come_from_wandbs_environment_variables(monkeypatch):
@@ -62,6 +74,18 @@ def test_offline_runs_of_a_dvc_temporary_workspace_go_to_the_repository(tmp_path
     assert wandb_dir(tmp_path / "repo") is None  # a plain workspace: W&B's default (./wandb)
     monkeypatch.setenv("WANDB_DIR", "/somewhere")
     assert wandb_dir(temp) == "/somewhere"
+
+
+def test_artifact_mode_comes_from_the_environment_and_is_checked(monkeypatch):
+    from absld.tracking import TrackingError, artifact_mode, check_tracking
+
+    monkeypatch.delenv("ABSLD_WANDB_ARTIFACTS", raising=False)
+    assert artifact_mode() == "reference"
+    monkeypatch.setenv("ABSLD_WANDB_ARTIFACTS", "File")
+    assert artifact_mode() == "file"
+    monkeypatch.setenv("ABSLD_WANDB_ARTIFACTS", "upload")
+    with pytest.raises(TrackingError, match="'upload' is not one of reference, file, off"):
+        check_tracking()
 
 
 def test_per_class_keys_are_named_by_class_for_wandb():
