@@ -74,7 +74,16 @@ def write_torch(path: str | Path, obj: Any) -> None:
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
     """Write dict rows as CSV: ``columns``, or every key of every row in order of appearance
-    (a key missing from a row leaves its cell empty)."""
+    (a key missing from a row leaves its cell empty).
+
+    The stages write their per-epoch logs and plot data with this rather than with DVCLive (read
+    for issue 9, dvclive 3.49): DVCLive keeps one ``plots/metrics/<name>.tsv`` per scalar with a
+    ``step`` column, while the contract ``temperatures.csv`` is one row per (epoch, class) with
+    fixed columns and ``train_log.csv``/``plots/analyze/*.csv`` are single long tables that the
+    analysis, the tests and dvc.yaml's templates read as such; by default DVCLive also edits the
+    project's dvc.yaml and saves its own DVC experiment (``dvcyaml``, ``save_dvc_exp``), which a
+    stage inside `dvc exp run` must not do. What DVCLive would add (DVC plots and metrics files)
+    the stages already write, atomically and byte-reproducibly."""
     if columns is None:
         columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [",".join(columns)]
