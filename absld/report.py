@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import AnalyzeConfig, EvaluateConfig, fraction_of_255
+from .tracking import class_key
 from .fairness import (
     STATISTICS,
     SeedSummary,
@@ -1157,16 +1158,20 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                        table_md: str | None = None, tests_md: str | None = None,
                        configuration: Sequence[tuple[str, str]] = (), title: str | None = None,
                        eval_metric: str = "{attack}/{stat}", summary_table: str = "fairness_table",
-                       protocol: Protocol | None = None) -> "Report":
+                       protocol: Protocol | None = None, experiment: str | None = None) -> "Report":
     """The W&B report of a study, as a ``wandb_workspaces.reports.v2.Report`` (not saved).
 
     Blocks: a table of contents; "Class-wise robustness" (the results table as markdown); "Statistical
     tests" (the tests in words); "Per-attack accuracy of the evaluated models": a panel grid over the
     runs of ``job_type`` evaluate in group ``study``, one bar panel per attack (``eval_metric`` with
     stats avg and worst, e.g. ``aa/avg``; ``attack`` is :func:`metric_name`, so a non-standard AA of
-    ``protocol`` reads ``aa_nonstandard/avg``) and one of NSD per attack; "<reference> temperatures": a
-    panel grid over the reference's distill runs with a line plot of ``tau_adv/<k>`` per class;
+    ``protocol`` reads ``aa_nonstandard/avg``) and one of NSD per attack; "Class-wise accuracy per
+    attack": one bar panel per attack over the same runs with ``<attack>/class/<class name>`` (what
+    the evaluate stage logs); "<reference> temperatures": a panel grid over the reference's distill
+    runs with line plots of ``tau_adv/<class name>`` and ``tau_nat/<class name>`` against epoch;
     "Summary table": the ``summary_table`` W&B table logged by the analyze run; "Configuration".
+
+    ``experiment`` keeps only the runs of one DVC experiment (their ``dvc_experiment`` config).
 
     Building the object touches no network (``entity=None`` is stored as "" — resolve it before
     ``save()``); ``report.save()`` uploads it and needs a W&B login.
@@ -1180,6 +1185,8 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     title = title or f"{study}: class-wise robustness of {ref} and its baselines"
 
     def runset(name: str, job_type: str, *extra: Any) -> Any:
+        if experiment is not None:
+            extra = (*extra, expr.Config("dvc_experiment") == experiment)
         filters = expr.And(expr.Metric("JobType") == job_type, expr.Metric("Group") == study, *extra)
         return wr.Runset(entity=entity, project=project, name=name, filters=filters)
 
@@ -1193,10 +1200,13 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                            orientation="v", title_y="NSD"))
     num_classes = len(class_names) if class_names else len(next(iter(fairness.values()))[attacks[0]]["class_acc"])
     names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
-    tau_lines = [wr.LinePlot(title="τ_adv per class (after each epoch's update)", x="Step",
-                             y=[f"tau_adv/{k}" for k in range(num_classes)], title_x="epoch",
-                             title_y="temperature")]
-    mapping = ", ".join(f"`tau_adv/{k}` = {name}" for k, name in enumerate(names))
+    keys = [class_key(name) for name in names]
+    tau_lines = [wr.LinePlot(title=f"{symbol} per class (used during each epoch)", x="epoch",
+                             y=[f"{kind}/{key}" for key in keys], title_x="epoch", title_y="temperature")
+                 for kind, symbol in (("tau_adv", "τ_adv"), ("tau_nat", "τ_nat"))]
+    classwise = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: accuracy per class",
+                            metrics=[f"{metric_name(a, protocol)}/class/{key}" for key in keys], orientation="h",
+                            range_x=(0, 1), title_x="accuracy") for a in attacks]
 
     blocks: list[Any] = [
         wr.TableOfContents(),
@@ -1209,8 +1219,10 @@ def build_wandb_report(project: str, entity: str | None, study: str,
         wr.MarkdownBlock(tests_md or "No tests recorded (run `absld analyze`)."),
         wr.H1("Per-attack accuracy of the evaluated models"),
         wr.PanelGrid(runsets=[runset("evaluate runs", "evaluate")], panels=bars),
+        wr.H1("Class-wise accuracy per attack"),
+        wr.PanelGrid(runsets=[runset("evaluate runs", "evaluate")], panels=classwise),
         wr.H1(f"{ref} temperatures"),
-        wr.MarkdownBlock(f"Class-wise temperatures of the {ref} students: {mapping}."),
+        wr.MarkdownBlock(f"Class-wise temperatures of the {ref} students, per class name."),
         wr.PanelGrid(runsets=[runset(f"{ref} distill runs", "distill", expr.Config("method") == reference)],
                      panels=tau_lines),
         wr.H1("Summary table"),

@@ -108,6 +108,11 @@ def wandb_credentials_available() -> bool:
     return bool(entry and entry[2])
 
 
+def class_key(name: str) -> str:
+    """A class name as a W&B key part: "/" would open a W&B section ("T-shirt/top" -> "T-shirt-top")."""
+    return name.replace("/", "-")
+
+
 def name_classes(row: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """W&B keys of per-class values named by class: ``tau_adv/3`` -> ``tau_adv/Dress`` (a "/" inside
     a class name, as in "T-shirt/top", becomes "-" so that it does not open a W&B section)."""
@@ -115,7 +120,7 @@ def name_classes(row: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     for key, value in row.items():
         prefix, _, index = key.rpartition("/")
         if prefix and index.isdigit() and int(index) < len(class_names):
-            key = f"{prefix}/{class_names[int(index)].replace('/', '-')}"
+            key = f"{prefix}/{class_key(class_names[int(index)])}"
         out[key] = value
     return out
 
@@ -161,7 +166,7 @@ class Tracker:
         exp = os.environ.get("DVC_EXP_NAME")
         run_name = "-".join(p for p in (exp, name or stage) if p)
         where = wandb_settings(params.profile)
-        config = config if config is not None else params.model_dump(mode="json")
+        config = {**(config if config is not None else params.model_dump(mode="json")), "dvc_experiment": exp}
         self.run = wandb.init(
             project=where.project,
             entity=where.entity,

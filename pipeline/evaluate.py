@@ -18,7 +18,7 @@ from absld.models import checkpoint_meta, load_checkpoint
 from absld.plots import plot_classwise
 from absld.report import attack_label, metric_name
 from absld.runtime import setup
-from absld.tracking import Tracker, artifact_name
+from absld.tracking import Tracker, artifact_name, class_key
 
 from .common import (
     LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
@@ -174,6 +174,8 @@ def evaluate(params_path: str, model_id: str) -> None:
         tracker.log_image("classwise_png", str(figures / "classwise.png"))
         tracker.summary({f"{metric_name(name, records.protocol)}/{key}": summaries[name][key]  # type: ignore[literal-required]
                          for name in records.names for key in ("avg", "worst", "nsd")})
+        tracker.summary({f"{metric_name(name, records.protocol)}/class/{class_key(c)}": class_acc[name][k]
+                         for name in records.names for k, c in enumerate(class_names)})
         tracker.summary({f"seconds/{name}": t for name, t in records.seconds.items()})
 
     mode = "cascade" if cfg.cascade else "every attack on every clean-correct sample"

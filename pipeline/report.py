@@ -17,8 +17,10 @@ from .common import FAIRNESS_JSON, StageError, data_dir, load, params_option, us
 @params_option
 @click.option("--publish", is_flag=True,
               help="Upload the report to W&B (needs WANDB_API_KEY or `wandb login`); without it, print its outline.")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="Only the runs of this DVC experiment (as `dvc exp show` names it); default: every run of the group.")
 @user_errors
-def report(params_path: str, publish: bool) -> None:
+def report(params_path: str, publish: bool, experiment: str | None) -> None:
     """Build the W&B report of the study from results/fairness.json (written by `absld analyze`).
 
     The report holds the results table (results/table.md), the paired tests in words
@@ -56,7 +58,7 @@ def report(params_path: str, publish: bool) -> None:
         where.project, entity, where.group, fairness, attacks, class_names=class_names,
         reference=params.analyze.reference, table_md=TABLE_MD.read_text() if TABLE_MD.is_file() else None,
         tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
-        protocol=protocol,
+        protocol=protocol, experiment=experiment,
     )
     if not publish:
         click.echo(rep.report_outline(wandb_report))

@@ -94,15 +94,30 @@ def test_wandb_report_has_the_expected_blocks_without_network(no_network):
     kinds = [type(b).__name__ for b in report.blocks]
     headings = [b.text for b in report.blocks if type(b).__name__ == "H1"]
     assert headings == ["Class-wise robustness", "Statistical tests", "Per-attack accuracy of the evaluated models",
-                        "ABSLD temperatures", "Summary table", "Configuration"]
-    assert kinds.count("PanelGrid") == 2 and "WeaveBlockSummaryTable" in kinds and "MarkdownBlock" in kinds
-    bars, taus = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
+                        "Class-wise accuracy per attack", "ABSLD temperatures", "Summary table", "Configuration"]
+    assert kinds.count("PanelGrid") == 3 and "WeaveBlockSummaryTable" in kinds and "MarkdownBlock" in kinds
+    bars, classwise, taus = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
     assert [type(p).__name__ for p in bars.panels] == ["BarPlot"] * (len(ALL_ATTACKS) + 1)
     assert bars.panels[4].metrics == ["aa/avg", "aa/worst"] and bars.panels[4].title.startswith("AA")
-    assert [type(p).__name__ for p in taus.panels] == ["LinePlot"]
-    assert taus.panels[0].y == [f"tau_adv/{k}" for k in range(10)]
+    # class-wise bars per attack, keyed by class name as the evaluate stage logs them
+    assert [type(p).__name__ for p in classwise.panels] == ["BarPlot"] * len(ALL_ATTACKS)
+    assert classwise.panels[2].metrics == [f"pgd20/class/{name}" for name in CIFAR10_NAMES]
+    # temperatures by class name against epoch (the distill stage's keys), tau_adv and tau_nat
+    assert [type(p).__name__ for p in taus.panels] == ["LinePlot", "LinePlot"]
+    assert taus.panels[0].y == [f"tau_adv/{name}" for name in CIFAR10_NAMES] and taus.panels[0].x == "epoch"
+    assert taus.panels[1].y == [f"tau_nat/{name}" for name in CIFAR10_NAMES]
     assert report.blocks[kinds.index("MarkdownBlock")].text == "| a |\n|---|\n| 1 |"
     report._to_model()  # the spec W&B would receive serialises, still offline
+
+
+def test_wandb_report_can_keep_one_dvc_experiment(no_network):
+    def filters(report):
+        return [str(grid.runsets[0].filters) for grid in report.blocks if type(grid).__name__ == "PanelGrid"]
+
+    everything = rep.build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS)
+    one = rep.build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS, experiment="beta-half")
+    assert all("beta-half" in f and "dvc_experiment" in f for f in filters(one))
+    assert not any("dvc_experiment" in f for f in filters(everything))
 
 
 def test_report_outline_lists_every_block(no_network):

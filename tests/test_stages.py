@@ -316,3 +316,16 @@ def test_distill_logs_abslds_temperatures_to_wandb_by_class_name(project, monkey
     student_rows = [row for row in logged if "train_kl_adv" in row]  # (the teacher's rows come first)
     assert student_rows and all({f"tau_adv/{name}" for name in names} <= set(row) for row in student_rows)
     assert not any(key[-1].isdigit() for row in student_rows for key in row if key.startswith("tau_adv/"))
+
+
+def test_evaluate_logs_class_wise_accuracy_to_wandb_by_class_name(project, monkeypatch):
+    """The keys the W&B report's class-wise panels read: <attack>/class/<class name>."""
+    import pipeline.evaluate as evaluate_stage
+
+    summaries = {}
+    monkeypatch.setattr(evaluate_stage.Tracker, "summary", lambda self, values: summaries.update(values))
+    assert invoke("prepare").exit_code == 0 and invoke("teacher").exit_code == 0
+    assert invoke("evaluate", "--model", "teacher").exit_code == 0
+    metrics = json.loads((project / "results" / "eval" / "teacher" / "metrics.json").read_text())
+    names = json.loads((project / "data" / "synthetic" / "manifest.json").read_text())["class_names"]
+    assert [summaries[f"pgd3/class/{name}"] for name in names] == pytest.approx(metrics["pgd3"]["class_acc"])
