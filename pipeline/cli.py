@@ -20,8 +20,11 @@ from .teacher import teacher
 def main() -> None:
     """Reproduce Anti-Bias Soft Label Distillation (ABSLD) and its baselines.
 
-    Each sub-command is one DVC stage and reads its settings from params.yaml; run the whole
-    pipeline with `dvc repro`, or try settings with `dvc exp run -S key=value`.
+    Each sub-command is one DVC stage and reads its settings from params.yaml (composed by DVC
+    from conf/config.yaml and one conf/profile/<name>.yaml); run the whole pipeline with `dvc
+    repro`, select a profile with `dvc exp run -S profile=quick`, or try settings with `dvc exp
+    run -S key=value`. W&B, progress bars and CPU threads follow the environment (WANDB_*,
+    TQDM_DISABLE, OMP_NUM_THREADS).
     """
 
 
