@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from .models import ModelName
+from .errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist")
 Dataset = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
@@ -41,7 +42,7 @@ TeacherMethod = Literal["sat", "trades"]
 TemperatureMode = Literal["separate", "aliased"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A problem with params.yaml or a profile, phrased for the user (one line)."""
 
 

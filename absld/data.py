@@ -21,12 +21,13 @@ import torch
 from torch import Tensor
 
 from .io import atomic_dir, md5_file, sha256_file, write_json, write_npy
+from .errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data cannot be found, read or trusted; the message says how to fix it."""
 
 

@@ -55,12 +55,13 @@ from .fairness import (
     seed_summary,
     summarize_with_ci,
 )
+from .errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from wandb_workspaces.reports.v2 import Report
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Records or inputs that cannot be analysed together; the message says how to fix it."""
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .config import RuntimeConfig
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def progress_enabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """The requested device cannot be used."""
 
 

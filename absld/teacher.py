@@ -14,9 +14,10 @@ from torch import nn
 
 from .io import atomic_path, sha256_file
 from .models import ModelError, build_model, load_weights
+from .errors import UserError
 
 
-class TeacherImportError(RuntimeError):
+class TeacherImportError(UserError, RuntimeError):
     """The teacher cannot be imported; the message says why and what to do."""
 
 

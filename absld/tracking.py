@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .config import Params
+from .errors import UserError
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun")
@@ -85,7 +86,7 @@ def run_id(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """W&B cannot run as asked (unknown WANDB_MODE, online without credentials); said before any work."""
 
 

@@ -28,6 +28,7 @@ from .data import TensorLoader
 from .io import write_torch
 from .methods.base import MethodBase
 from .runtime import Runtime, rng_state, set_rng_state
+from .errors import UserError
 
 CHECKPOINT_FORMAT = 1
 
@@ -42,7 +43,7 @@ def without_wall_clock(row: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what happened."""
 
 

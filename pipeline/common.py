@@ -10,25 +10,15 @@ from typing import Any, Callable
 
 import click
 
-from absld.attacks import AttackError
-from absld.config import ConfigError, Params, load_params
-from absld.data import DataError
-from absld.models import ModelError
-from absld.runtime import DeviceError
-from absld.teacher import TeacherImportError
-from absld.tracking import TrackingError, check_tracking
+from absld.config import Params, load_params
+from absld.errors import UserError
 from absld.io import write_csv
-from absld.train import WALL_CLOCK_KEYS, TrainingError
+from absld.tracking import check_tracking
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage-level problem for the user (e.g. a teacher whose accuracy does not match)."""
 
-
-USER_ERRORS = (
-    ConfigError, DataError, ModelError, AttackError, DeviceError, TrainingError, StageError,
-    TeacherImportError, TrackingError,
-)
 
 params_option = click.option(
     "--params", "params_path", default="params.yaml", show_default=True,
@@ -37,13 +27,14 @@ params_option = click.option(
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's user errors into a one-line ``Error: ...`` and exit code 1."""
+    """Turn every :class:`absld.errors.UserError` into a one-line ``Error: ...`` and exit code 1
+    (any other exception is a bug and keeps its traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except USER_ERRORS as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
@@ -119,7 +110,7 @@ byte-identical tracked outputs; the same numbers also go to W&B."""
 def write_timings(name: str, timings: list[dict[str, float]]) -> Path:
     """logs/<name>.csv from :attr:`absld.train.FitResult.timings`."""
     path = LOGS / f"{name}.csv"
-    write_csv(path, timings, columns=["epoch", *WALL_CLOCK_KEYS])
+    write_csv(path, timings)
     return path
 
 

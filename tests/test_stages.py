@@ -329,3 +329,26 @@ def test_evaluate_logs_class_wise_accuracy_to_wandb_by_class_name(project, monke
     metrics = json.loads((project / "results" / "eval" / "teacher" / "metrics.json").read_text())
     names = json.loads((project / "data" / "synthetic" / "manifest.json").read_text())["class_names"]
     assert [summaries[f"pgd3/class/{name}"] for name in names] == pytest.approx(metrics["pgd3"]["class_acc"])
+
+
+def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback(project, monkeypatch):
+    from absld.attacks import AttackError
+    from absld.config import ConfigError
+    from absld.data import DataError
+    from absld.errors import UserError
+    from absld.models import ModelError
+    from absld.report import ReportError
+    from absld.runtime import DeviceError
+    from absld.teacher import TeacherImportError
+    from absld.tracking import TrackingError
+    from absld.train import TrainingError
+    from pipeline.common import StageError
+
+    for error in (AttackError, ConfigError, DataError, ModelError, ReportError, DeviceError, TeacherImportError,
+                  TrackingError, TrainingError, StageError):
+        assert issubclass(error, UserError), error
+    import pipeline.prepare as prepare_stage
+
+    monkeypatch.setattr(prepare_stage.data, "prepare", lambda *a, **k: {}["a bug"])
+    result = CliRunner().invoke(main, ["prepare"])
+    assert isinstance(result.exception, KeyError)  # not turned into a one-line user error

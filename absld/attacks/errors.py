@@ -6,9 +6,10 @@ The pipeline turns it into a one-line message for the user.
 """
 
 from __future__ import annotations
+from ..errors import UserError
 
 __all__ = ["AttackError"]
 
 
-class AttackError(ValueError):
+class AttackError(UserError, ValueError):
     """An attack was asked for something it cannot do; the message says how to fix it."""

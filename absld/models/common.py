@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
+from ..errors import UserError
 
 __all__ = [
     "ImageClassifier",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A user error about models or checkpoints; its message is one line meant for the user."""
 
 

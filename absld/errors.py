@@ -1,0 +1,14 @@
+"""The one base class of every error that is the user's to fix.
+
+Each library module raises its own subclass (``ConfigError``, ``DataError``, ...), which also
+keeps its built-in base (``ValueError``/``RuntimeError``) for code that catches those. The CLI
+catches :class:`UserError` alone and prints its message as one line, without a traceback; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad params, missing data, a wrong checksum, ...): its message
+    names the value and what is allowed."""
