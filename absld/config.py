@@ -30,10 +30,11 @@ from pydantic import (
 )
 
 from .models import ModelName
+from .vocab import AA_ATTACK_NAMES, METHOD_NAMES, AutoAttackName, DatasetName, MethodName
 from .errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist")
-Dataset = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
+Dataset = DatasetName
 Device = Literal["auto", "cpu", "cuda"]
 KLReduction = Literal["element_mean", "batchmean"]
 Selection = Literal["last", "val_fair_best", "test_fair_best"]
@@ -356,10 +357,8 @@ class SelectEvalConfig(Section):
         return [e for e in range(1, train.epochs + 1) if e % self.every == 0 or e >= first]
 
 
-DISTILL_METHODS = ("absld", "rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
-                   "reweighted_rslad")
-DistillMethod = Literal["absld", "rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
-                        "reweighted_rslad"]
+DISTILL_METHODS = METHOD_NAMES
+DistillMethod = MethodName
 
 
 class DistillConfig(Section):
@@ -490,14 +489,14 @@ class CwEvalConfig(Section):
     kappa: Annotated[float, Field(ge=0)] = 50.0
 
 
-AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+AA_ATTACKS = AA_ATTACK_NAMES
 
 
 class AutoAttackConfig(Section):
     backend: Literal["pyautoattack", "torchattacks"] = "pyautoattack"
     """pyautoattack: Croce & Hein's reference code (report this); torchattacks: a cross-check."""
     version: Literal["standard", "rand", "custom"] = "standard"
-    attacks: list[Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]] | None = None
+    attacks: list[AutoAttackName] | None = None
     """The attacks of version custom, in order (e.g. [apgd-ce, apgd-t] on a CPU)."""
     batch_size: PosInt = 500
     n_samples: PosInt | None = None

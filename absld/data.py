@@ -50,12 +50,13 @@ FASHION_MNIST_CLASSES = (
 )
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), (
-        "alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett")),
     "cifar10": DatasetSpec("cifar10", 10, (3, 32, 32), CIFAR10_CLASSES),
     "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32)),  # names read from the archive's meta
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, (1, 28, 28), FASHION_MNIST_CLASSES),
+    "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), (
+        "alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett")),
 }
+"""The readable datasets, keyed by the names of :data:`absld.vocab.DATASET_NAMES` (a test holds them equal)."""
 
 # torchvision's md5 sums of the extracted CIFAR python files (torchvision.datasets.CIFAR10/100)
 _CIFAR_FILES = {

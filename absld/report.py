@@ -44,6 +44,7 @@ import numpy.typing as npt
 
 from .config import AnalyzeConfig, EvaluateConfig, fraction_of_255
 from .tracking import class_key
+from .vocab import DATASET_LABELS, METHOD_LABELS as VOCAB_METHOD_LABELS, ModelId
 from .fairness import (
     STATISTICS,
     SeedSummary,
@@ -74,20 +75,8 @@ WORST = "worst"
 
 _PGD = re.compile(r"^pgd(\d+)$")
 
-METHOD_LABELS: dict[str, str] = {
-    "teacher": "Teacher",
-    "absld": "ABSLD",
-    "rslad": "RSLAD",
-    "ard": "ARD",
-    "iad": "IAD",
-    "adaad": "AdaAD",
-    "sat": "SAT",
-    "trades": "TRADES",
-    "fair_rslad": "Fair-RSLAD",
-    "reweighted_rslad": "Re-weighted RSLAD",
-}
+METHOD_LABELS: dict[str, str] = {"teacher": "Teacher", **VOCAB_METHOD_LABELS}
 
-DATASET_LABELS: dict[str, str] = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion-mnist": "Fashion-MNIST"}
 
 STAT_LABELS: dict[str, str] = {"avg": "Avg", "worst": "Worst", "nsd": "NSD"}
 
@@ -162,8 +151,8 @@ def method_label(method: str) -> str:
 
 def model_label(model: str) -> str:
     """Display name of a model id: ``teacher`` -> ``Teacher``, ``absld/seed0`` -> ``ABSLD (seed 0)``."""
-    method, sep, seed = model.partition("/seed")
-    return f"{method_label(method)} (seed {seed})" if sep else method_label(method)
+    model_id = ModelId.parse(model)
+    return "Teacher" if model_id.is_teacher else f"{method_label(model_id.method)} (seed {model_id.seed})"
 
 
 def dataset_label(dataset: str) -> str:
@@ -1003,7 +992,7 @@ def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: 
     for model, meta in metas.items():
         if not meta or meta.get("select") is None:
             continue
-        method = model.partition("/seed")[0]
+        method = ModelId.parse(model).method
         epoch = meta.get("selected_epoch")
         rules.setdefault(str(meta["select"]), {}).setdefault(method, []).append("?" if epoch is None else str(epoch))
     if not rules:

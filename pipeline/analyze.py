@@ -18,6 +18,7 @@ from absld.fairness import STATISTICS
 from absld.io import atomic_dir, write_csv, write_text
 from absld.plots import plot_class_accuracy, plot_fairness_tradeoff, plot_temperatures
 from absld.tracking import Tracker
+from absld.vocab import ModelId
 
 from .common import (
     ANALYSIS_DIR, ANALYSIS_PLOTS, FAIRNESS_JSON, PUBLISHED, StageError, data_dir, distill_results, eval_dir, load,
@@ -55,10 +56,8 @@ def class_names_of(params: Params) -> list[str]:
 
 def evaluate_stage(model: str) -> str:
     """The DVC stage that writes results/eval/<model> (dvc.yaml's names)."""
-    if model == "teacher":
-        return "evaluate-teacher"
-    method, _, seed = model.partition("/seed")
-    return f"evaluate@{method}-{seed}"
+    model_id = ModelId.parse(model)
+    return "evaluate-teacher" if model_id.is_teacher else f"evaluate@{model_id.method}-{model_id.seed}"
 
 
 def selection_meta(model: str, method: str, seed: int) -> dict[str, Any] | None:

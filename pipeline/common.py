@@ -14,6 +14,7 @@ from absld.config import Params, load_params
 from absld.errors import UserError
 from absld.io import write_csv
 from absld.tracking import check_tracking
+from absld.vocab import ModelId
 
 
 class StageError(UserError, RuntimeError):
@@ -66,7 +67,8 @@ TEACHER_DOWNLOADS = Path("checkpoints/teacher/downloads")
 
 
 def student_id(method: str, seed: int) -> str:
-    return f"{method}/seed{seed}"
+    """``<method>/seed<S>`` (:class:`absld.vocab.ModelId`)."""
+    return str(ModelId.student(method, seed))
 
 
 def student_checkpoint(method: str, seed: int) -> Path:
@@ -96,10 +98,10 @@ def eval_plots(model_id: str) -> Path:
 
 def model_checkpoint(model_id: str) -> Path:
     """The checkpoint of a model id (teacher or <method>/seed<S>)."""
-    if model_id == "teacher":
+    model = ModelId.parse(model_id)
+    if model.is_teacher:
         return TEACHER_CHECKPOINT
-    method, _, seed = model_id.partition("/seed")
-    return student_checkpoint(method, int(seed))
+    return student_checkpoint(model.method, model.seed)
 
 
 LOGS = Path("logs")

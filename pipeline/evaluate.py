@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import click
 import numpy as np
 
 from absld import data as data_lib
-from absld.config import DISTILL_METHODS, fraction_of_255
+from absld.config import fraction_of_255
 from absld.evaluate import Records, evaluate_model, first_n, summarize_records
 from absld.fairness import Summary
 from absld.io import atomic_dir, sha256_file, write_json, write_npz
@@ -19,34 +18,30 @@ from absld.plots import plot_classwise
 from absld.report import attack_label, metric_name
 from absld.runtime import setup
 from absld.tracking import Tracker, artifact_name, class_key
+from absld.vocab import ModelId
 
 from .common import (
     LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
 )
 
-_STUDENT_ID = re.compile(r"(?P<method>[a-z_]+)/seed(?P<seed>\d+)")
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split", "selection_score")
 """Checkpoint meta written by the distill stage about how the checkpoint was chosen."""
 
 
 def parse_model_id(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
     """``teacher`` or ``<method>/seed<S>`` with a known method; the canonical form (``seed007`` -> ``seed7``)."""
-    if value == "teacher":
-        return value
-    match = _STUDENT_ID.fullmatch(value)
-    if match is None or match["method"] not in DISTILL_METHODS:
-        raise click.BadParameter(
-            f"{value!r} is not a model id; use 'teacher' or '<method>/seed<S>' (e.g. absld/seed0) "
-            f"with <method> one of: {', '.join(DISTILL_METHODS)}"
-        )
-    return f"{match['method']}/seed{int(match['seed'])}"
+    try:
+        return str(ModelId.parse(value))
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (e.g. absld/seed0)") from None
 
 
 def _missing_checkpoint(model_id: str, path: Path) -> StageError:
-    if model_id == "teacher":
+    model = ModelId.parse(model_id)
+    if model.is_teacher:
         how = "`absld teacher` (or `dvc repro teacher`)"
     else:
-        method, _, seed = model_id.partition("/seed")
+        method, seed = model.method, model.seed
         how = f"`absld distill --method {method} --seed {seed}` (or `dvc repro distill@{method}-{seed}`)"
     return StageError(f"{path} is missing; run {how} first")
 
@@ -120,9 +115,9 @@ def evaluate(params_path: str, model_id: str) -> None:
     checkpoint = model_checkpoint(model_id)
     if not checkpoint.is_file():
         raise _missing_checkpoint(model_id, checkpoint)
-    if model_id != "teacher":
-        method, _, seed = model_id.partition("/seed")
-        if method not in params.distill.methods or int(seed) not in params.seeds:
+    model = ModelId.parse(model_id)
+    if not model.is_teacher:
+        if model.method not in params.distill.methods or model.seed not in params.seeds:
             click.echo(f"note: {model_id} is not among distill.methods x seeds in {params_path} "
                        "(DVC does not track its evaluation)")
     rt = setup(params.runtime)

@@ -64,7 +64,7 @@ __all__ = [
 AutoAttackBackend = Literal["pyautoattack", "torchattacks"]
 AutoAttackVersion = Literal["standard", "rand", "custom"]
 AutoAttackNorm = Literal["Linf", "L2"]
-AutoAttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
+from ..vocab import AutoAttackName  # noqa: E402 - the one list of AutoAttack's attack names
 
 STANDARD_ATTACKS: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
 """The attacks of AutoAttack's ``standard`` version, in its order."""
