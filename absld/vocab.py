@@ -50,7 +50,7 @@ class ModelId:
             return cls(None)
         method, sep, seed = text.partition("/seed")
         if not sep or not seed.isdigit() or method not in METHOD_NAMES:
-            raise ValueError(f"{text!r} is not a model id: use teacher or <method>/seed<S> with a method of "
+            raise ValueError(f"{text!r} is not a model id: use 'teacher' or '<method>/seed<S>' with a method of "
                              f"{', '.join(METHOD_NAMES)}")
         return cls(method, int(seed))
 

@@ -34,7 +34,7 @@ def test_model_ids_parse_and_print_back(text, method, seed):
 
 @pytest.mark.parametrize("text", ["absld", "absld/seed", "absld/seedx", "nope/seed0", "teacher/seed0", "ABSLD/seed0"])
 def test_a_bad_model_id_names_the_forms_allowed(text):
-    with pytest.raises(ValueError, match="teacher or <method>/seed<S>"):
+    with pytest.raises(ValueError, match="'teacher' or '<method>/seed<S>'"):
         ModelId.parse(text)
 
 
