@@ -62,11 +62,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -79,6 +78,7 @@ from .attacks import autoattack, ce_loss, cw_margin_loss, pgd
 from .config import EvalAttack, EvaluateConfig
 from .data import TensorLoader
 from .fairness import Summary, class_accuracies, summarize
+from .records import WORST, Records
 from .runtime import Runtime
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -95,7 +95,6 @@ batch (for checks and debugging; ``x_adv is x`` for ``clean``)."""
 NoiseKind = Literal["uniform", "gaussian"]
 
 CLEAN = "clean"
-WORST = "worst"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,40 +304,6 @@ def start_noise(kind: NoiseKind, shape: tuple[int, ...], *, seed: int, name: str
 
 # ----------------------------------------------------------------------------------------------
 # the records
-@dataclass
-class Records:
-    """Per-sample results of one model (``results/eval/<model>/records.npz``, contract).
-
-    ``correct`` maps record names to ``(N,)`` bool arrays in order: ``clean``, the attacks of
-    ``evaluate.attacks`` (``fgsm``, ``pgd20``, ``cw``, ``aa``), ``worst``. ``seconds`` holds each
-    attack's wall time (``clean`` included).
-    """
-
-    index: npt.NDArray[np.int64]  # (N,) test-set positions, in order
-    y: npt.NDArray[np.int64]  # (N,) labels
-    correct: dict[str, npt.NDArray[np.bool_]]  # name -> (N,)
-    eps: float
-    cascade: bool
-    seconds: dict[str, float] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)  # :func:`protocol` of the evaluation
-    evaluated: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-    """name -> (N,) mask of the samples a column covers, for columns on a subset only (aa, worst)."""
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.correct)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The contract's arrays: ``index``, ``y``, ``correct_<name>`` for every name, scalar ``eps``,
-        and ``protocol`` (0-d string: the JSON of :func:`protocol`)."""
-        out: dict[str, np.ndarray] = {"index": self.index.astype(np.int64), "y": self.y.astype(np.int64)}
-        out.update({f"correct_{name}": c.astype(np.bool_) for name, c in self.correct.items()})
-        out.update({f"evaluated_{name}": mask.astype(np.bool_) for name, mask in self.evaluated.items()})
-        out["eps"] = np.asarray(self.eps, dtype=np.float64)  # 0-d
-        out["protocol"] = np.asarray(json.dumps(self.protocol, sort_keys=True))  # 0-d str (no pickle)
-        return out
-
-
 def summarize_records(records: Records, num_classes: int, ddof: int = 0) -> dict[str, Summary]:
     """Avg, Worst, NSD (std with ``ddof``) and class accuracies for every column of the records, each
     on the samples it covers (``records.evaluated``: AutoAttack and the worst case on a subset)."""
@@ -476,6 +441,6 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
         correct[spec.name] = robust  # cascade: robust is False wherever an earlier attack won
         robust_to_all = robust_to_all & (robust if covered is None else (robust | ~covered))
     correct[WORST] = robust_to_all
-    return Records(index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
+    return Records(model=desc, index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
                    correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds,
                    protocol=protocol(cfg, rt.amp), evaluated=evaluated)

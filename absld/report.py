@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
-import numpy.typing as npt
 
 from .config import AnalyzeConfig, EvaluateConfig, fraction_of_255
 from .tracking import class_key
@@ -57,6 +56,7 @@ from .fairness import (
     summarize_with_ci,
 )
 from .errors import UserError
+from .records import WORST, Records, RecordsError, read_records as _read_records
 
 if TYPE_CHECKING:  # pragma: no cover
     from wandb_workspaces.reports.v2 import Report
@@ -70,7 +70,6 @@ class ReportError(UserError, ValueError):
 # vocabulary: attacks, methods, datasets
 # --------------------------------------------------------------------------------------------------
 
-WORST = "worst"
 """The pointwise worst case over every attack run (``correct_worst``)."""
 
 _PGD = re.compile(r"^pgd(\d+)$")
@@ -164,85 +163,6 @@ def dataset_label(dataset: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Records:
-    """One model's ``records.npz``: per-sample correctness under each attack on the same samples."""
-
-    model: str
-    index: npt.NDArray[np.int64]  # (N,) test-set positions, in order
-    y: npt.NDArray[np.int64]  # (N,) labels
-    correct: dict[str, npt.NDArray[np.bool_]]  # attack -> (N,), paper order, ``worst`` last
-    eps: float
-    protocol: dict[str, Any] = field(default_factory=dict)  # how the evaluation was made
-    evaluated: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)  # columns on a subset
-
-    @property
-    def attacks(self) -> list[str]:
-        return list(self.correct)
-
-    def column(self, attack: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        """``(correct, y)`` of ``attack`` on the samples its column covers (all, or its
-        ``evaluated_<attack>`` mask: AutoAttack and the worst case on a subset)."""
-        mask = self.evaluated.get(attack)
-        if mask is None:
-            return self.correct[attack], self.y
-        return self.correct[attack][mask], self.y[mask]
-
-    @property
-    def n(self) -> int:
-        return int(self.index.shape[0])
-
-
-def read_records(model: str, path: str | Path) -> Records:
-    """Load ``records.npz`` of ``model`` and check its arrays (lengths, dtypes, ``correct_worst``)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: not a readable records.npz ({exc}); re-run the evaluate stage of {model}") from None
-    missing = [key for key in ("index", "y", "eps", f"correct_{WORST}") if key not in arrays]
-    if missing:
-        raise ReportError(f"{path}: missing array(s) {', '.join(missing)}; re-run the evaluate stage of {model}")
-    index = np.asarray(arrays["index"])
-    y = np.asarray(arrays["y"])
-    if index.ndim != 1 or y.shape != index.shape:
-        raise ReportError(f"{path}: index {index.shape} and y {y.shape} must be 1-D arrays of the same length")
-    if not (np.issubdtype(index.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
-        raise ReportError(f"{path}: index and y must hold integers, got {index.dtype} and {y.dtype}")
-    correct: dict[str, npt.NDArray[np.bool_]] = {}
-    evaluated: dict[str, npt.NDArray[np.bool_]] = {}
-    for key in arrays:
-        if key.startswith("evaluated_"):
-            mask = np.asarray(arrays[key])
-            if mask.dtype != np.bool_ or mask.shape != index.shape:
-                raise ReportError(f"{path}: {key} must be a boolean array of shape {index.shape}, "
-                                  f"got {mask.dtype} {mask.shape}")
-            evaluated[key[len("evaluated_"):]] = mask
-        if not key.startswith("correct_"):
-            continue
-        attack, values = key[len("correct_"):], np.asarray(arrays[key])
-        if values.dtype != np.bool_ or values.shape != index.shape:
-            raise ReportError(f"{path}: {key} must be a boolean array of shape {index.shape}, "
-                              f"got {values.dtype} {values.shape}")
-        correct[attack] = values
-    eps = np.asarray(arrays["eps"])
-    if eps.size != 1:
-        raise ReportError(f"{path}: eps must be a scalar, got shape {eps.shape}")
-    if "protocol" not in arrays:
-        raise ReportError(f"{path} does not record how it was evaluated (no protocol: written by an older "
-                          f"absld); re-run the evaluate stage of {model}")
-    try:
-        protocol = json.loads(str(arrays["protocol"]))
-    except ValueError:
-        protocol = None
-    if not isinstance(protocol, dict):
-        raise ReportError(f"{path}: protocol is not a JSON object; re-run the evaluate stage of {model}")
-    return Records(model=model, index=index.astype(np.int64), y=y.astype(np.int64),
-                   correct={a: correct[a] for a in order_attacks(list(correct))}, eps=float(eps),
-                   protocol=protocol, evaluated=evaluated)
-
-
 def protocol_differences(a: Protocol, b: Protocol, prefix: str = "") -> list[str]:
     """``key: value_a vs value_b`` for every (dotted) key where two protocols differ."""
     out = []
@@ -283,6 +203,16 @@ def check_same_samples(records: Mapping[str, Records]) -> None:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
             raise ReportError(f"{pair} were evaluated differently ({shown}); models must be compared under the "
                               f"same evaluation: {fix}")
+
+
+def read_records(model: str, path: str | Path) -> Records:
+    """:meth:`Records.load` with the columns in the paper's attack order; a bad file is a ReportError."""
+    try:
+        records = _read_records(model, path)
+    except RecordsError as exc:
+        raise ReportError(str(exc)) from None
+    records.correct = {a: records.correct[a] for a in order_attacks(list(records.correct))}
+    return records
 
 
 def load_evaluations(paths: Mapping[str, str | Path]) -> dict[str, Records]:

@@ -12,7 +12,7 @@ from absld import data as data_lib
 from absld.config import fraction_of_255
 from absld.evaluate import Records, evaluate_model, first_n, summarize_records
 from absld.fairness import Summary
-from absld.io import atomic_dir, sha256_file, write_json, write_npz
+from absld.io import atomic_dir, sha256_file, write_json
 from absld.models import checkpoint_meta, load_checkpoint
 from absld.plots import plot_classwise
 from absld.report import attack_label, metric_name
@@ -147,7 +147,7 @@ def evaluate(params_path: str, model_id: str) -> None:
         metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint, ddof)
 
         with atomic_dir(eval_dir(model_id)) as out:
-            write_npz(out / "records.npz", **records.arrays())
+            records.save(out / "records.npz")
             write_json(out / "metrics.json", metrics)
         write_json(LOGS / "eval" / f"{model_id}.json",  # untracked: times differ on every run
                    {"seconds": {name: round(t, 3) for name, t in records.seconds.items()}})
