@@ -454,13 +454,29 @@ class Prepared:
         return self.train_images[index], self.train_labels[index]
 
 
+MANIFEST_KEYS = ("sha256", "class_names", "train_indices", "val_indices")
+
+
+def read_manifest(directory: str | Path, keys: tuple[str, ...] = MANIFEST_KEYS) -> dict:
+    """The ``manifest.json`` of a prepared directory (the one reader of that file), with the
+    ``keys`` the caller relies on checked (all of :data:`MANIFEST_KEYS` by default)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{directory} is not a prepared dataset (no {MANIFEST}); run `absld prepare`")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise DataError(f"{path} is not JSON; run `absld prepare` again") from None
+    missing = [k for k in keys if k not in manifest]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; run `absld prepare` again")
+    return manifest
+
+
 def load_prepared(directory: str | Path, verify: bool = True) -> Prepared:
     """Load a directory written by :func:`prepare`, checking every file's sha256."""
     directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"{directory} is not a prepared dataset (no {MANIFEST}); run `absld prepare`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
     arrays = {}
     for name, digest in manifest["sha256"].items():
         path = directory / name

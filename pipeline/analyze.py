@@ -14,6 +14,7 @@ import yaml
 
 from absld import report as rep
 from absld.config import Params, fraction_of_255
+from absld.data import MANIFEST, read_manifest
 from absld.fairness import STATISTICS
 from absld.io import atomic_dir, write_csv, write_text
 from absld.plots import plot_class_accuracy, plot_fairness_tradeoff, plot_temperatures
@@ -45,12 +46,9 @@ def dumps_strict(obj: Any) -> str:
 
 def class_names_of(params: Params) -> list[str]:
     """Class names from data/<dataset>/manifest.json (the arrays are not loaded)."""
-    manifest = data_dir(params) / "manifest.json"
-    if not manifest.is_file():
-        raise StageError(f"{manifest} is missing; run `dvc repro prepare` (or `absld prepare`)")
-    names = json.loads(manifest.read_text()).get("class_names")
+    names = read_manifest(data_dir(params), keys=("class_names",))["class_names"]
     if not names:
-        raise StageError(f"{manifest} has no class_names; re-run `absld prepare`")
+        raise StageError(f"{data_dir(params) / MANIFEST} has no class_names; re-run `absld prepare`")
     return [str(n) for n in names]
 
 

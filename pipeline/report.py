@@ -7,6 +7,7 @@ import json
 import click
 
 from absld import report as rep
+from absld.data import MANIFEST, read_manifest
 from absld.tracking import wandb_credentials_available, wandb_settings
 
 from .analyze import COMPARISONS_JSON, TABLE_MD
@@ -40,9 +41,8 @@ def report(params_path: str, publish: bool, experiment: str | None) -> None:
     meta = extra.get("meta", {})
     attacks = rep.order_attacks(list(next(iter(fairness.values()))))
     class_names = meta.get("class_names")
-    manifest = data_dir(params) / "manifest.json"
-    if class_names is None and manifest.is_file():
-        class_names = json.loads(manifest.read_text()).get("class_names")
+    if class_names is None and (data_dir(params) / MANIFEST).is_file():
+        class_names = read_manifest(data_dir(params), keys=("class_names",))["class_names"]
     protocol = meta.get("protocol")
     tests_md = (rep.findings_markdown(extra["comparisons"], meta.get("n_samples"), protocol)
                 if "comparisons" in extra else None)
