@@ -1,0 +1,363 @@
+"""The numbers: the results/fairness.json contract, seed summaries, the paired tests against the reference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import numpy as np
+
+from ..config import AnalyzeConfig
+from ..fairness import (
+    STATISTICS,
+    SeedSummary,
+    compare,
+    holm,
+    paired_seed_test,
+    seed_summary,
+    summarize_with_ci,
+)
+from ..records import WORST, Records
+from .evaluations import _check_labels
+from .labels import Protocol
+from .labels import _finite
+from .labels import STAT_LABELS
+from .labels import _PGD
+from .labels import attack_label
+from .labels import dataset_label
+from .labels import method_label
+from .labels import model_label
+from .labels import format_p
+
+
+class FairnessEntry(TypedDict):
+    """One (model, attack) cell of ``results/fairness.json`` (contract): fractions in [0, 1]."""
+
+    avg: float
+    worst: float
+    nsd: float
+    class_acc: list[float]
+    avg_ci: list[float]
+    worst_ci: list[float]
+    nsd_ci: list[float]
+
+
+FAIRNESS_KEYS = ("avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci")
+
+Fairness = dict[str, dict[str, FairnessEntry]]
+
+
+def fairness_table(records: Mapping[str, Records], num_classes: int, cfg: AnalyzeConfig) -> Fairness:
+    """``{model: {attack: FairnessEntry}}``: :func:`absld.fairness.summarize_with_ci` of every model
+    under every attack (``worst`` included), with ``analyze.nsd_ddof``, ``n_bootstrap``, ``seed`` and
+    ``confidence``. Every cell uses the same bootstrap seed (common random numbers: identical
+    resampled samples across models). May contain NaN; pass the result through :func:`json_safe`."""
+    _check_labels(records, num_classes)
+    out: Fairness = {}
+    for model, rec in records.items():
+        out[model] = {}
+        for attack in rec.correct:
+            correct, y = rec.column(attack)
+            entry = summarize_with_ci(correct, y, num_classes, n_resamples=cfg.n_bootstrap, seed=cfg.seed,
+                                      ddof=cfg.nsd_ddof, confidence=cfg.confidence,
+                                      method=cfg.bootstrap_method)
+            out[model][attack] = {key: entry[key] for key in FAIRNESS_KEYS}  # type: ignore[literal-required]
+    return out
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON accepts: NaN and +-inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def intervals_excluding_the_estimate(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]]
+                                     ) -> list[tuple[str, str, str]]:
+    """(model, attack, stat) of every cell whose percentile interval does not contain its point estimate.
+
+    Worst (a minimum) and NSD (a std) are biased under resampling: with few samples per class the
+    bootstrap adds sampling noise to the class accuracies, which lowers the minimum and inflates the
+    spread, so their whole bootstrap distribution can lie on one side of the estimate. Such
+    intervals are flagged in the report rather than hidden."""
+    out = []
+    for model, by_attack in fairness.items():
+        for attack, entry in by_attack.items():
+            for stat in STATISTICS:
+                value, ci = _finite(entry[stat]), entry.get(f"{stat}_ci") or [None, None]
+                low, high = _finite(ci[0]), _finite(ci[1])
+                if None not in (value, low, high) and not low <= value <= high:  # type: ignore[operator]
+                    out.append((model, attack, stat))
+    return out
+
+
+def interval_note(flagged: Sequence[tuple[str, str, str]], min_class_size: int,
+                  protocol: Protocol | None = None) -> str:
+    """A sentence for the report about the cells of :func:`intervals_excluding_the_estimate` ('' if none)."""
+    if not flagged:
+        return ""
+    shown = ", ".join(f"{model_label(m)} {attack_label(a, protocol=protocol)} {STAT_LABELS[s]}"
+                      for m, a, s in flagged[:4])
+    more = f" and {len(flagged) - 4} more" if len(flagged) > 4 else ""
+    return (f"Note: in {len(flagged)} cell(s) ({shown}{more}) the bootstrap interval does not contain the point "
+            f"estimate. Worst and NSD are biased under resampling when classes have few samples (here at least "
+            f"{min_class_size} per class): read those intervals with care, or evaluate on more test samples.")
+
+
+MethodSeeds = Mapping[str, Mapping[int, str]]
+"""``{method: {seed: model id}}``, e.g. ``{"absld": {0: "absld/seed0"}}``."""
+
+
+def seed_summaries(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: MethodSeeds,
+                   confidence: float) -> dict[str, dict[str, dict[str, SeedSummary | None]]]:
+    """Mean, std (ddof 1) and Student-t interval over seeds of Avg, Worst and NSD, for every method
+    with at least two seeds: ``{method: {attack: {stat: SeedSummary}}}``. A statistic undefined on
+    some seed (NSD NaN) gets None."""
+    out: dict[str, dict[str, dict[str, SeedSummary | None]]] = {}
+    for method, by_seed in groups.items():
+        models = list(by_seed.values())
+        if len(models) < 2:
+            continue
+        out[method] = {}
+        for attack in fairness[models[0]]:
+            out[method][attack] = {}
+            for stat in STATISTICS:
+                values = [_finite(fairness[m][attack][stat]) for m in models]
+                out[method][attack][stat] = (None if any(v is None for v in values)
+                                             else seed_summary([float(v) for v in values], confidence))  # type: ignore[arg-type]
+    return out
+
+
+class SeedComparisons(TypedDict):
+    reference: str
+    alpha: float
+    confidence: float
+    skipped: dict[str, str]
+    attacks: dict[str, dict[str, dict[str, dict[str, Any]]]]  # attack -> baseline -> stat -> test
+
+
+def _paired_seeds(groups: MethodSeeds, reference: str, minimum: int) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """``({baseline: seeds in common with reference}, {baseline: why skipped})`` for every method
+    but ``reference``; a baseline with fewer than ``minimum`` common seeds is skipped."""
+    ref = groups[reference]
+    pairs: dict[str, list[int]] = {}
+    skipped: dict[str, str] = {}
+    for method, by_seed in groups.items():
+        if method == reference:
+            continue
+        common = sorted(set(ref) & set(by_seed))
+        if len(common) >= minimum:
+            pairs[method] = common
+        elif not common:
+            skipped[method] = f"no seed in common with {reference} ({sorted(by_seed)} vs {sorted(ref)})"
+        else:
+            skipped[method] = f"{len(common)} seed(s) in common with {reference}; a test over seeds needs {minimum}"
+    return pairs, skipped
+
+
+def _holm_across_baselines(by_baseline: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add ``p_holm`` to every ``by_baseline[method][stat]`` test: Holm across the baselines within
+    each statistic, over the defined p-values (NaN stays NaN)."""
+    for stat in STATISTICS:
+        family = [m for m in by_baseline if not math.isnan(by_baseline[m][stat]["p"])]
+        for method in by_baseline:
+            by_baseline[method][stat]["p_holm"] = math.nan
+        for method, p_adj in zip(family, holm([by_baseline[m][stat]["p"] for m in family])):
+            by_baseline[method][stat]["p_holm"] = p_adj
+
+
+def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: MethodSeeds,
+                     cfg: AnalyzeConfig) -> SeedComparisons | None:
+    """``cfg.reference`` against every other method by paired t-tests over the seeds both were
+    trained with (:func:`absld.fairness.paired_seed_test` on each seed's Avg, Worst and NSD), Holm
+    across baselines within each (attack, statistic): ``p_holm``. Unlike :func:`compare_to_reference`
+    these tests see the variation between training runs. None when the reference was not trained;
+    a baseline with fewer than two common seeds is skipped (with the reason)."""
+    reference = cfg.reference
+    if reference not in groups:
+        return None
+    ref = groups[reference]
+    common, skipped = _paired_seeds(groups, reference, minimum=2)
+    attacks = list(fairness[next(iter(ref.values()))])
+    table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {a: {m: {} for m in common} for a in attacks}
+    for attack in attacks:
+        for stat in STATISTICS:
+            for method, seeds in common.items():
+                mine = [_finite(fairness[ref[s]][attack][stat]) for s in seeds]
+                theirs = [_finite(fairness[groups[method][s]][attack][stat]) for s in seeds]
+                if None in mine or None in theirs:
+                    test: dict[str, Any] = {"n": len(seeds), "diff": math.nan, "ci": [math.nan, math.nan], "p": math.nan}
+                else:
+                    test = dict(paired_seed_test(mine, theirs, cfg.confidence))  # type: ignore[arg-type]
+                test["seeds"] = seeds
+                table[attack][method][stat] = test
+        _holm_across_baselines(table[attack])
+    return {"reference": reference, "alpha": round(1.0 - cfg.confidence, 12), "confidence": cfg.confidence,
+            "skipped": skipped, "attacks": table}
+
+
+def headline_attack(attacks: Sequence[str]) -> str:
+    """The attack a verdict is stated for: the PGD column (the papers' main robustness number),
+    else AutoAttack, else the last attack before the worst case."""
+    pgd_columns = [a for a in attacks if _PGD.match(a)]
+    if pgd_columns:
+        return pgd_columns[-1]
+    if "aa" in attacks:
+        return "aa"
+    return [a for a in attacks if a != WORST][-1]
+
+
+def _seed_clause(stat: str, test: Mapping[str, Any], alpha: float) -> tuple[str, str]:
+    """("+2.10 points [−1.0, 5.2], p = 0.12", sign) with sign "+", "−" (significant) or "0"."""
+    diff, ci, p = _finite(test["diff"]), test["ci"], _finite(test.get("p_holm"))
+    if diff is None:
+        return "undefined", "0"
+    scale, unit, digits = (1.0, "", 3) if stat == "nsd" else (100.0, " points", 2)
+    low, high = _finite(ci[0]), _finite(ci[1])
+    interval = "" if low is None or high is None else f" [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    significant = p is not None and p < alpha
+    sign = ("+" if diff > 0 else "−") if significant else "0"
+    return f"{scale * diff:+.{digits}f}{unit}{interval}, {format_p(p)}", sign
+
+
+def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], attacks: Sequence[str], *,
+            baseline: str = "rslad", dataset: str = "", protocol: Protocol | None = None) -> str:
+    """The report's first paragraph: do ABSLD's claims hold at this scale? Against ``baseline``
+    under the :func:`headline_attack`, by the paired t-tests over seeds (Holm-adjusted): worst-class
+    robustness up, NSD down, and the Avg cost — each 'holds' only when significant in the claimed
+    direction, 'contradicted' when significant the other way, else 'not shown'."""
+    if seed_cmp is None or baseline not in next(iter(seed_cmp["attacks"].values()), {}):
+        reason = (seed_cmp or {}).get("skipped", {}).get(baseline, f"{method_label(baseline)} or the reference was not trained")
+        return (f"**Verdict:** not tested: ABSLD's claims are judged against {method_label(baseline)} by paired "
+                f"tests over training seeds, and {reason}.")
+    ref = method_label(seed_cmp["reference"])
+    other = method_label(baseline)
+    attack = headline_attack(attacks)
+    tests = seed_cmp["attacks"][attack][baseline]
+    alpha = seed_cmp["alpha"]
+    n = tests["avg"]["n"]
+
+    def mean_of(method: str, stat: str) -> str:
+        s = (seed_stats.get(method, {}).get(attack, {}) or {}).get(stat)
+        if not s:
+            return "–"
+        return f"{s['mean']:.3f}" if stat == "nsd" else f"{100 * s['mean']:.1f} %"
+
+    worst_text, worst_sign = _seed_clause("worst", tests["worst"], alpha)
+    nsd_text, nsd_sign = _seed_clause("nsd", tests["nsd"], alpha)
+    avg_text, avg_sign = _seed_clause("avg", tests["avg"], alpha)
+    judge = {("worst", "+"): "holds", ("worst", "−"): "is contradicted", ("nsd", "−"): "holds",
+             ("nsd", "+"): "is contradicted"}
+    worst_verdict = judge.get(("worst", worst_sign), "is not shown")
+    nsd_verdict = judge.get(("nsd", nsd_sign), "is not shown")
+    avg_verdict = {"−": "a significant Avg cost", "+": "a significant Avg gain", "0": "no significant Avg change"}[avg_sign]
+    label = attack_label(attack, protocol=protocol)
+    where = f" on {dataset_label(dataset)}" if dataset else ""
+    return (f"**Verdict at this scale{where}** ({label}, {ref} against {other}, {n} seeds each, paired t-tests over "
+            f"seeds, Holm-adjusted, α = {alpha:g}; differences {ref} − {other} with "
+            f"{int(round(100 * seed_cmp['confidence']))}% t-intervals): "
+            f"worst-class robustness up {worst_verdict} ({mean_of(seed_cmp['reference'], 'worst')} vs "
+            f"{mean_of(baseline, 'worst')}: {worst_text}); NSD down {nsd_verdict} "
+            f"({mean_of(seed_cmp['reference'], 'nsd')} vs {mean_of(baseline, 'nsd')}: {nsd_text}); and {avg_verdict} "
+            f"({mean_of(seed_cmp['reference'], 'avg')} vs {mean_of(baseline, 'avg')}: {avg_text}). "
+            f"With {n} seeds only large effects can be significant: 'not shown' is not 'false'.")
+
+
+def seed_tests_markdown(seed_cmp: SeedComparisons | None, protocol: Protocol | None = None) -> str:
+    """Markdown table of the paired t-tests over seeds ('' when none were run)."""
+    if seed_cmp is None or not any(seed_cmp["attacks"].values()):
+        return ""
+    ref = method_label(seed_cmp["reference"])
+    lines = [f"{ref} − baseline per seed, averaged over the seeds both were trained with; paired t-test over "
+             f"seeds (training variation), Holm-adjusted across baselines; Avg and Worst in points, NSD as a ratio.", "",
+             "| Attack | Baseline | ΔAvg | ΔWorst | ΔNSD |", "|:---|:---|---:|---:|---:|"]
+    for attack, by_baseline in seed_cmp["attacks"].items():
+        for method, tests in by_baseline.items():
+            cells = [_seed_clause(stat, tests[stat], seed_cmp["alpha"])[0] for stat in STATISTICS]
+            lines.append(f"| {attack_label(attack, protocol=protocol)} | {method_label(method)} | " + " | ".join(cells) + " |")
+    if seed_cmp["skipped"]:
+        lines += [""] + [f"- {method_label(m)} was not tested over seeds: {r}." for m, r in seed_cmp["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+class PairedTest(TypedDict, total=False):
+    test: str
+    p: float
+    p_holm: float
+    diff: float
+    n01: int
+    n10: int
+
+
+class PairComparison(TypedDict):
+    seeds: list[int]
+    n_pairs: int
+    avg: PairedTest
+    worst: PairedTest
+    nsd: PairedTest
+
+
+class Comparisons(TypedDict):
+    reference: str
+    baselines: list[str]
+    pooling: str
+    alpha: float
+    n_permutations: int
+    seed: int
+    ddof: int
+    skipped: dict[str, str]
+    attacks: dict[str, dict[str, PairComparison]]
+
+
+POOLING = ("seed-matched pairs stacked: ref/seed<S> paired with baseline/seed<S> on the same samples for "
+           "every common seed S, pooled into one paired sample of N x #seeds; p-values are conditional on the "
+           "trained models (test-sample noise), the spread over seeds is in seed_summary")
+
+
+def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, num_classes: int,
+                         cfg: AnalyzeConfig) -> Comparisons | None:
+    """Paired tests of ``cfg.reference`` against every other method, per attack (``worst`` included).
+
+    Avg: exact McNemar; Worst and NSD: paired permutation tests (``cfg.n_permutations``,
+    ``cfg.seed``), all via :func:`absld.fairness.compare`, on seed-matched pairs stacked (module
+    docstring). Holm's correction runs across baselines within each (attack, statistic) family:
+    ``p_holm``. Every ``diff`` is stat(reference) - stat(baseline) as a fraction (NSD: a ratio).
+    Returns None when the reference method was not trained (not in ``groups``).
+    """
+    reference = cfg.reference
+    if reference not in groups:
+        return None
+    _check_labels(records, num_classes)
+    ref_seeds = groups[reference]
+    pairs, skipped = _paired_seeds(groups, reference, minimum=1)
+    baselines = list(pairs)
+
+    attacks = next(iter(records.values())).attacks
+    table: dict[str, dict[str, PairComparison]] = {attack: {} for attack in attacks}
+    for attack in attacks:
+        y = next(iter(records.values())).column(attack)[1]  # the samples the column covers
+        for method in baselines:
+            seeds = pairs[method]
+            ref = np.concatenate([records[ref_seeds[s]].column(attack)[0] for s in seeds])  # (N * S,)
+            other = np.concatenate([records[groups[method][s]].column(attack)[0] for s in seeds])  # (N * S,)
+            labels = np.tile(y, len(seeds))  # (N * S,)
+            result = compare(ref, other, labels, num_classes, n_resamples=cfg.n_permutations, seed=cfg.seed,
+                             ddof=cfg.nsd_ddof)
+            table[attack][method] = {"seeds": seeds, "n_pairs": int(ref.shape[0]),
+                                     "avg": dict(result["avg"]), "worst": dict(result["worst"]),
+                                     "nsd": dict(result["nsd"])}  # type: ignore[typeddict-item]
+        _holm_across_baselines(table[attack])
+    return {"reference": reference, "baselines": baselines, "pooling": POOLING, "alpha": round(1.0 - cfg.confidence, 12),
+            "n_permutations": cfg.n_permutations, "seed": cfg.seed, "ddof": cfg.nsd_ddof, "skipped": skipped,
+            "attacks": table}

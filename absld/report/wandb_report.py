@@ -1,0 +1,153 @@
+"""The W&B report spec, built without touching the network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+
+from ..tracking import class_key
+from ..fairness import (
+    STATISTICS,
+)
+from .labels import _finite
+from .labels import Protocol
+from .labels import STAT_LABELS
+from .labels import attack_label
+from .labels import method_label
+from .labels import metric_name
+from .labels import model_label
+from .labels import order_attacks
+from .tables import Cell
+from .tables import format_cell
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wandb_workspaces.reports.v2 import Report
+
+
+def _fallback_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str],
+                    protocol: Protocol | None = None) -> str:
+    header = ["Model"] + [f"{attack_label(a, protocol=protocol)} {STAT_LABELS[s]}" for a in attacks for s in STATISTICS]
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
+    for model, by_attack in fairness.items():
+        cells = [format_cell(Cell(_finite(by_attack[a][s])), s) if a in by_attack else "–"
+                 for a in attacks for s in STATISTICS]
+        lines.append(f"| {model_label(model)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_wandb_report(project: str, entity: str | None, study: str,
+                       fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str], *,
+                       class_names: Sequence[str] | None = None, reference: str = "absld",
+                       table_md: str | None = None, tests_md: str | None = None,
+                       configuration: Sequence[tuple[str, str]] = (), title: str | None = None,
+                       eval_metric: str = "{attack}/{stat}", summary_table: str = "fairness_table",
+                       protocol: Protocol | None = None, experiment: str | None = None) -> "Report":
+    """The W&B report of a study, as a ``wandb_workspaces.reports.v2.Report`` (not saved).
+
+    Blocks: a table of contents; "Class-wise robustness" (the results table as markdown); "Statistical
+    tests" (the tests in words); "Per-attack accuracy of the evaluated models": a panel grid over the
+    runs of ``job_type`` evaluate in group ``study``, one bar panel per attack (``eval_metric`` with
+    stats avg and worst, e.g. ``aa/avg``; ``attack`` is :func:`metric_name`, so a non-standard AA of
+    ``protocol`` reads ``aa_nonstandard/avg``) and one of NSD per attack; "Class-wise accuracy per
+    attack": one bar panel per attack over the same runs with ``<attack>/class/<class name>`` (what
+    the evaluate stage logs); "<reference> temperatures": a panel grid over the reference's distill
+    runs with line plots of ``tau_adv/<class name>`` and ``tau_nat/<class name>`` against epoch;
+    "Summary table": the ``summary_table`` W&B table logged by the analyze run; "Configuration".
+
+    ``experiment`` keeps only the runs of one DVC experiment (their ``dvc_experiment`` config).
+
+    Building the object touches no network (``entity=None`` is stored as "" — resolve it before
+    ``save()``); ``report.save()`` uploads it and needs a W&B login.
+    """
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    entity = entity or ""
+    attacks = order_attacks(list(attacks))
+    ref = method_label(reference)
+    title = title or f"{study}: class-wise robustness of {ref} and its baselines"
+
+    def runset(name: str, job_type: str, *extra: Any) -> Any:
+        if experiment is not None:
+            extra = (*extra, expr.Config("dvc_experiment") == experiment)
+        filters = expr.And(expr.Metric("JobType") == job_type, expr.Metric("Group") == study, *extra)
+        return wr.Runset(entity=entity, project=project, name=name, filters=filters)
+
+    def metric(attack: str, stat: str) -> str:
+        return eval_metric.format(attack=metric_name(attack, protocol), stat=stat)
+
+    bars = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: Avg and worst-class accuracy",
+                       metrics=[metric(a, "avg"), metric(a, "worst")], orientation="v",
+                       range_x=(0, 1), title_y="accuracy") for a in attacks]
+    bars.append(wr.BarPlot(title="NSD per attack (lower is fairer)", metrics=[metric(a, "nsd") for a in attacks],
+                           orientation="v", title_y="NSD"))
+    num_classes = len(class_names) if class_names else len(next(iter(fairness.values()))[attacks[0]]["class_acc"])
+    names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
+    keys = [class_key(name) for name in names]
+    tau_lines = [wr.LinePlot(title=f"{symbol} per class (used during each epoch)", x="epoch",
+                             y=[f"{kind}/{key}" for key in keys], title_x="epoch", title_y="temperature")
+                 for kind, symbol in (("tau_adv", "τ_adv"), ("tau_nat", "τ_nat"))]
+    classwise = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: accuracy per class",
+                            metrics=[f"{metric_name(a, protocol)}/class/{key}" for key in keys], orientation="h",
+                            range_x=(0, 1), title_x="accuracy") for a in attacks]
+
+    blocks: list[Any] = [
+        wr.TableOfContents(),
+        wr.P(f"Study {study}: Avg, worst-class accuracy and NSD (std/mean of class accuracies, lower is "
+             f"fairer) of {ref} and its baselines under every attack; built by `absld report` from "
+             "results/fairness.json."),
+        wr.H1("Class-wise robustness"),
+        wr.MarkdownBlock(table_md or _fallback_table(fairness, attacks, protocol)),
+        wr.H1("Statistical tests"),
+        wr.MarkdownBlock(tests_md or "No tests recorded (run `absld analyze`)."),
+        wr.H1("Per-attack accuracy of the evaluated models"),
+        wr.PanelGrid(runsets=[runset("evaluate runs", "evaluate")], panels=bars),
+        wr.H1("Class-wise accuracy per attack"),
+        wr.PanelGrid(runsets=[runset("evaluate runs", "evaluate")], panels=classwise),
+        wr.H1(f"{ref} temperatures"),
+        wr.MarkdownBlock(f"Class-wise temperatures of the {ref} students, per class name."),
+        wr.PanelGrid(runsets=[runset(f"{ref} distill runs", "distill", expr.Config("method") == reference)],
+                     panels=tau_lines),
+        wr.H1("Summary table"),
+        wr.WeaveBlockSummaryTable(entity=entity, project=project, table_name=summary_table),
+    ]
+    if configuration:
+        blocks += [wr.H1("Configuration"),
+                   wr.MarkdownBlock("\n".join(["| setting | value |", "|:---|:---|"]
+                                              + [f"| {n} | {v} |" for n, v in configuration]))]
+    return wr.Report(project=project, entity=entity, title=title[:128],
+                     description=f"ABSLD reproduction, study {study}", blocks=blocks)
+
+
+def _block_text(block: Any) -> str:
+    text = getattr(block, "text", "")
+    if isinstance(text, list):
+        text = "".join(str(t) for t in text)
+    return str(text)
+
+
+def report_outline(report: "Report") -> str:
+    """A plain-text outline of a W&B report: its title, then one line per block (headings, markdown
+    sizes, panel grids with their runsets and panels)."""
+    lines = [f"W&B report '{report.title}' ({report.entity or '<default entity>'}/{report.project})"]
+    for block in report.blocks:
+        kind = type(block).__name__
+        if kind in ("H1", "H2", "H3"):
+            lines.append(f"{kind}: {_block_text(block)}")
+        elif kind == "MarkdownBlock":
+            lines.append(f"  MarkdownBlock: {len(block.text.splitlines())} lines")
+        elif kind == "P":
+            lines.append(f"  P: {_block_text(block)[:80]}")
+        elif kind == "PanelGrid":
+            runsets = "; ".join(f"'{rs.name}'" for rs in block.runsets)
+            lines.append(f"  PanelGrid over runset {runsets}:")
+            for panel in block.panels:
+                ys = getattr(panel, "metrics", None) or getattr(panel, "y", None) or []
+                shown = ", ".join(map(str, ys[:4])) + (", ..." if len(ys) > 4 else "")
+                lines.append(f"    {type(panel).__name__} '{panel.title}': {shown}")
+        elif kind == "WeaveBlockSummaryTable":
+            lines.append(f"  WeaveBlockSummaryTable: {block.table_name}")
+        else:
+            lines.append(f"  {kind}")
+    return "\n".join(lines)
