@@ -55,12 +55,23 @@ class Summary(TypedDict):
     ddof: int
 
 
-class SummaryWithCI(Summary):
-    """One (model, attack) entry of ``results/fairness.json`` (contract), plus ``n`` and ``ddof``."""
+class FairnessEntry(TypedDict):
+    """One (model, attack) cell of ``results/fairness.json`` (contract): fractions in [0, 1]."""
 
+    avg: float
+    worst: float
+    nsd: float
+    class_acc: list[float]
     avg_ci: list[float]
     worst_ci: list[float]
     nsd_ci: list[float]
+
+
+class SummaryWithCI(FairnessEntry):
+    """A :class:`FairnessEntry` plus how it was computed: ``n`` and ``ddof``."""
+
+    n: int
+    ddof: int
 
 
 class SeedSummary(TypedDict):

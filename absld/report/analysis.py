@@ -11,6 +11,7 @@ import numpy as np
 from ..config import AnalyzeConfig
 from ..fairness import (
     STATISTICS,
+    FairnessEntry,
     SeedSummary,
     compare,
     holm,
@@ -31,19 +32,8 @@ from .labels import model_label
 from .labels import format_p
 
 
-class FairnessEntry(TypedDict):
-    """One (model, attack) cell of ``results/fairness.json`` (contract): fractions in [0, 1]."""
-
-    avg: float
-    worst: float
-    nsd: float
-    class_acc: list[float]
-    avg_ci: list[float]
-    worst_ci: list[float]
-    nsd_ci: list[float]
-
-
-FAIRNESS_KEYS = ("avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci")
+FAIRNESS_KEYS = tuple(FairnessEntry.__annotations__)
+"""The keys of a fairness.json cell (:class:`absld.fairness.FairnessEntry`, the contract)."""
 
 Fairness = dict[str, dict[str, FairnessEntry]]
 
