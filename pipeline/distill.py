@@ -10,19 +10,18 @@ from absld.config import DISTILL_METHODS, DistillConfig, TrainConfig, fraction_o
 from absld.evaluate import fair_score, first_n
 from absld.io import sha256_file, write_csv, write_json
 from absld.methods import METHODS, MethodContext, build_method
-from absld.methods.absld import temperatures_used
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
 from absld.runtime import seed_everything, setup
 from absld.tracking import Tracker, artifact_name, name_classes
 from absld.train import fit
+from absld.vocab import METHOD_LABELS
 
 from .common import (
     TEACHER_CHECKPOINT, TEACHER_INFO, StageError, data_dir, distill_plots, distill_resume, distill_results,
     fingerprint, load, params_option, student_checkpoint, student_id, user_errors, write_timings,
 )
 
-TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
 
 
 @click.command()
@@ -139,17 +138,16 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
         figures = distill_plots(method_name, seed)
         plot_training(history, figures / "training.png",
                       title=f"{method_name} ({params.data.dataset}, seed {seed})")
-        if method_name == "absld":
-            write_csv(results / "temperatures.csv", method.log, TEMPERATURE_COLUMNS)
+        extra = method.artefacts(chosen_epoch, prepared.class_names)  # e.g. ABSLD's temperatures
+        for file_name, (rows, columns) in extra.tables.items():
+            write_csv(results / file_name, rows, columns)
+        metrics.update(extra.metrics)
+        if extra.temperatures is not None:
             png = figures / "temperatures.png"
-            plot_temperatures(method.log, prepared.class_names, png,
-                              title=f"ABSLD class-wise temperatures ({params.data.dataset}, seed {seed})")
+            plot_temperatures(extra.temperatures, prepared.class_names, png,
+                              title=f"{METHOD_LABELS[method_name]} class-wise temperatures "
+                                    f"({params.data.dataset}, seed {seed})")
             tracker.log_image("temperatures", str(png))
-            # the temperatures used during the selected epoch (the last one for select last)
-            tau_adv, tau_nat = temperatures_used(method.log, chosen_epoch)
-            metrics["final_tau_adv"] = dict(zip(prepared.class_names, tau_adv))
-            metrics["final_tau_nat"] = dict(zip(prepared.class_names, tau_nat))
-            metrics["final_tau_epoch"] = chosen_epoch
         write_json(results / "metrics.json", metrics)
         save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
                         dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)

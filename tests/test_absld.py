@@ -305,3 +305,22 @@ def test_temperatures_move_to_the_teacher_logits_device():
     p_adv, p_nat = method.soft_labels(torch.zeros(2, 3, device=meta), torch.tensor([0, 2], device=meta))
     assert method.tau_adv.device == meta and method.tau_nat.device == meta
     assert p_adv.device == meta and p_nat.device == meta and p_adv.shape == (2, 3)
+
+
+def test_absld_hands_the_stage_its_temperatures_through_the_artefacts_hook():
+    """The distill stage writes what a method's ``artefacts`` returns, never asking which method it
+    is: for ABSLD temperatures.csv (contract columns) and the temperatures of the chosen epoch."""
+    from absld.methods.absld import ABSLD, TEMPERATURE_COLUMNS
+    from absld.methods.base import MethodBase
+
+    method = ABSLD.__new__(ABSLD)  # only the log matters here
+    method.log = [{"epoch": e, "class": k, "tau_adv": 10 * e + k, "tau_nat": -(10 * e + k), "risk_adv": 0.0,
+                   "risk_nat": 0.0, "beta": 0.1} for e in (1, 2) for k in (0, 1)]
+    extra = method.artefacts(2, ["cat", "dog"])
+    assert extra.tables == {"temperatures.csv": (method.log, TEMPERATURE_COLUMNS)}
+    assert TEMPERATURE_COLUMNS == ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
+    assert extra.metrics == {"final_tau_adv": {"cat": 20.0, "dog": 21.0}, "final_tau_nat": {"cat": -20.0, "dog": -21.0},
+                             "final_tau_epoch": 2}
+    assert extra.temperatures is method.log
+    plain = MethodBase.artefacts(MethodBase.__new__(MethodBase), 2, ["cat", "dog"])
+    assert (plain.tables, plain.metrics, plain.temperatures) == ({}, {}, None)

@@ -23,7 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import Artefacts
 from .rslad import RSLAD
+
+TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
+"""The columns of ``results/distill/absld/seed<S>/temperatures.csv`` (contract, ARCHITECTURE.md)."""
 
 
 def update_temperatures(tau: Tensor, risk: Tensor, beta: float, tau_min: float, tau_max: float) -> Tensor:
@@ -102,6 +106,16 @@ class ABSLD(RSLAD):
         self.tau_adv, self.tau_nat = state["tau_adv"].clone(), state["tau_nat"].clone()
         self.beta = float(state["beta"])
         self.log = list(state["log"])
+
+    def artefacts(self, chosen_epoch: int, class_names: list[str]) -> Artefacts:
+        """temperatures.csv (every epoch's temperatures and risks) and, for metrics.json, the
+        temperatures *used during* the chosen epoch (the last one for ``select: last``)."""
+        tau_adv, tau_nat = temperatures_used(self.log, chosen_epoch)
+        return Artefacts(tables={"temperatures.csv": (self.log, TEMPERATURE_COLUMNS)},
+                         metrics={"final_tau_adv": dict(zip(class_names, tau_adv)),
+                                  "final_tau_nat": dict(zip(class_names, tau_nat)),
+                                  "final_tau_epoch": chosen_epoch},
+                         temperatures=self.log)
 
 
 def temperatures_used(log: list[dict[str, float]], epoch: int) -> tuple[list[float], list[float]]:

@@ -69,6 +69,19 @@ class Method(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@dataclass
+class Artefacts:
+    """What a method wants written beside every student's training log once training ends (the
+    distill stage writes them without knowing the method)."""
+
+    tables: dict[str, tuple[list[dict[str, Any]], list[str]]] = field(default_factory=dict)
+    """file name -> (rows, columns), e.g. ABSLD's ``temperatures.csv``."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Merged into the student's metrics.json (e.g. ABSLD's ``final_tau_*``)."""
+    temperatures: list[dict[str, Any]] | None = None
+    """Rows (epoch, class, tau_adv, tau_nat) to draw as class-wise temperature curves."""
+
+
 class MethodBase:
     """Defaults for the bookkeeping half of the protocol: stateless, nothing to log."""
 
@@ -94,3 +107,7 @@ class MethodBase:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+    def artefacts(self, chosen_epoch: int, class_names: list[str]) -> Artefacts:
+        """Tables, metrics and curves of this method for the checkpoint of ``chosen_epoch``."""
+        return Artefacts()
