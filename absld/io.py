@@ -120,17 +120,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:
+    """The hex digest of a file read in chunks (``algorithm``: any of hashlib's names)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | Path) -> str:
+    return file_digest(path, "md5")
