@@ -330,20 +330,17 @@ class AdaadConfig(MethodConfig):
     """alpha KL(T(x')||S(x')) + (1 - alpha) KL(T(x)||S(x))."""
 
 
-class SelectEvalConfig(Section):
-    """PGD evaluation for checkpoint selection (distill.select val_fair_best / test_fair_best).
+class SelectEvalConfig(EvalAttackConfig):
+    """PGD evaluation for checkpoint selection (distill.select val_fair_best / test_fair_best):
+    the teacher's check (:class:`EvalAttackConfig`: the first ``n_samples`` images of the split,
+    null: all of them) plus when to run it.
 
     The defaults are the official ABSLD script's: PGD-20 on CE, uniform start, eps 8/255, step
     0.003 (= 0.765/255), on the whole split, after every 10th epoch before the first LR milestone
     and after every epoch from that milestone on.
     """
 
-    n_samples: PosInt | None = None
-    """The first n images of the split (null: all of them, as the official script)."""
-    batch_size: PosInt = 256
-    eps: Pixels = 8 / 255
     step: Pixels = 0.765 / 255
-    steps: NonNegInt = 20
     every: PosInt = 10
     """Evaluate after epoch e when e % every == 0 or e >= the method's first LR milestone
     (1: after every epoch); see :meth:`epochs`."""
