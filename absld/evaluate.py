@@ -74,7 +74,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import autoattack, ce_loss, cw_margin_loss, pgd
+from .attacks import autoattack, ce_loss, cw_inf, fgsm, pgd
 from .config import EvalAttack, EvaluateConfig
 from .data import TensorLoader
 from .fairness import Summary, class_accuracies, summarize
@@ -237,10 +237,8 @@ def _clean(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tens
 def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None) -> list[EvalAttackSpec]:
     """The attacks of ``cfg.attacks``, in order, as the evaluation runs them (clean not included).
 
-    FGSM is :func:`absld.attacks.pgd` with ``steps=1, step=eps, start="gaussian"`` (the same as
-    :func:`absld.attacks.fgsm`) and CW-inf is :func:`absld.attacks.pgd` on
-    :func:`absld.attacks.cw_margin_loss` (the same as :func:`absld.attacks.cw_inf`): both called
-    directly so that their start noise can be given per sample.
+    FGSM is :func:`absld.attacks.fgsm`, PGD :func:`absld.attacks.pgd` on CE with a uniform start,
+    CW-inf :func:`absld.attacks.cw_inf`; each gets its start noise drawn per sample.
     """
     eps = cfg.eps
     specs: list[EvalAttackSpec] = []
@@ -250,8 +248,7 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
             gauss_std = cfg.fgsm.gauss_std
 
             def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
-                return pgd(model, x, ce_loss(y), eps=eps, step=eps, steps=1, start="gaussian",
-                           gauss_std=gauss_std, noise=noise)
+                return fgsm(model, x, y, eps=eps, gauss_std=gauss_std, noise=noise)
 
             specs.append(EvalAttackSpec(name, run_fgsm, cfg.batch_size, noise_kind="gaussian", autocast=cfg.amp))
         elif attack == "pgd":
@@ -266,8 +263,8 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
             cw_cfg = cfg.cw
 
             def run_cw(model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None) -> Tensor:
-                return pgd(model, x, cw_margin_loss(y, cw_cfg.kappa), eps=eps, step=cw_cfg.step,
-                           steps=cw_cfg.steps, start="uniform", noise=noise)
+                return cw_inf(model, x, y, eps=eps, step=cw_cfg.step, steps=cw_cfg.steps, kappa=cw_cfg.kappa,
+                              start="uniform", noise=noise)
 
             specs.append(EvalAttackSpec(name, run_cw, cfg.batch_size, noise_kind="uniform", autocast=cfg.amp))
         else:  # "aa"

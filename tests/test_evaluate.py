@@ -395,7 +395,8 @@ def test_worst_is_the_pointwise_and_of_every_column(full_run: Records) -> None:
 def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: Task, rt: Runtime,
                                                                          monkeypatch) -> None:
     """evaluate.eps, pgd.steps/step, cw.kappa/steps/step, fgsm.gauss_std and aa.* arrive in the calls
-    of the PGD engine, the CW loss and AutoAttack's reference code."""
+    of the PGD engine (directly, and through absld.attacks.fgsm and cw_inf), the CW loss and
+    AutoAttack's reference code."""
     import importlib
 
     aa_module = importlib.import_module("absld.attacks.autoattack")  # the module, not the function
@@ -404,7 +405,9 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
     pgd_calls: list[dict] = []
     kappas: list[float] = []
     aa_calls: list[dict] = []
-    real_pgd, real_cw = evaluate_module.pgd, evaluate_module.cw_margin_loss
+    fgsm_module = importlib.import_module("absld.attacks.fgsm")
+    cw_module = importlib.import_module("absld.attacks.cw")
+    real_pgd, real_cw = evaluate_module.pgd, cw_module.cw_margin_loss
 
     def spy_pgd(model, x, loss_fn, **kwargs):
         pgd_calls.append(kwargs)
@@ -418,8 +421,9 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
         aa_calls.append(kwargs)
         return x
 
-    monkeypatch.setattr(evaluate_module, "pgd", spy_pgd)
-    monkeypatch.setattr(evaluate_module, "cw_margin_loss", spy_cw)
+    for module in (evaluate_module, fgsm_module, cw_module):  # PGD, and FGSM and CW built on it
+        monkeypatch.setattr(module, "pgd", spy_pgd)
+    monkeypatch.setattr(cw_module, "cw_margin_loss", spy_cw)
     monkeypatch.setattr(aa_module, "_run_pyautoattack", spy_aa)
     cfg = config(attacks=["fgsm", "pgd", "cw", "aa"], n_samples=20, eps="6/255", seed=3,
                  fgsm={"gauss_std": 0.002}, pgd={"step": "1/255", "steps": 7},

@@ -38,6 +38,7 @@ def cw_inf(
     steps: int,
     kappa: float = 50.0,
     start: Start = "uniform",
+    noise: Tensor | None = None,
 ) -> Tensor:
     """PGD on the CW margin loss with confidence ``kappa``; returns detached ``x_adv``.
 
@@ -50,5 +51,6 @@ def cw_inf(
         steps: number of steps (20 in the papers).
         kappa: confidence of the margin (50 in the ARD/RSLAD/ABSLD evaluation).
         start: PGD start rule (uniform in the evaluation code).
+        noise: the start's draw (see :func:`absld.attacks.pgd.pgd`) instead of the global torch RNG.
     """
-    return pgd(model, x, cw_margin_loss(y, kappa), eps=eps, step=step, steps=steps, start=start)
+    return pgd(model, x, cw_margin_loss(y, kappa), eps=eps, step=step, steps=steps, start=start, noise=noise)

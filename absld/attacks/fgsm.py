@@ -24,7 +24,8 @@ from absld.attacks.pgd import pgd
 __all__ = ["fgsm"]
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, gauss_std: float = 0.001) -> Tensor:
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, gauss_std: float = 0.001,
+         noise: Tensor | None = None) -> Tensor:
     """One step of size ``eps`` on CE from ``x + gauss_std * N(0, I)``; returns detached ``x_adv``.
 
     Args:
@@ -33,5 +34,8 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, gauss_std: float
         y: labels (B,).
         eps: radius of the L-inf ball and size of the single step, pixel space (8/255 in the papers).
         gauss_std: standard deviation of the Gaussian start (0.001 in the official code).
+        noise: the start's N(0, I) draw (shape of ``x``) instead of the global torch RNG (the
+            evaluation draws it per sample, so that a sample's attack does not depend on its batch).
     """
-    return pgd(model, x, ce_loss(y), eps=eps, step=eps, steps=1, start="gaussian", gauss_std=gauss_std)
+    return pgd(model, x, ce_loss(y), eps=eps, step=eps, steps=1, start="gaussian", gauss_std=gauss_std,
+               noise=noise)
