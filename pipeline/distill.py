@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 import torch
 
 from absld import data as data_lib
-from absld.config import DISTILL_METHODS, DistillConfig, TrainConfig, fraction_of_255
+from absld.config import DISTILL_METHODS, DistillConfig, Params, TrainConfig, fraction_of_255
 from absld.evaluate import fair_score, first_n
 from absld.io import sha256_file, write_csv, write_json
 from absld.methods import METHODS, MethodContext, build_method
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
-from absld.runtime import seed_everything, setup
+from absld.runtime import Runtime, seed_everything, setup
 from absld.tracking import Tracker, artifact_name, name_classes
-from absld.train import fit
+from absld.train import FitResult, fit
 from absld.vocab import METHOD_LABELS
 
 from .common import (
@@ -56,61 +58,24 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     prepared = data_lib.load_prepared(data_dir(params))
     method_cfg = cfg.method_config(method_name)
     train_cfg = method_cfg.train.apply(cfg.train)
-    if cfg.select == "val_fair_best" and len(prepared.val_labels) == 0:
-        raise StageError("distill.select val_fair_best needs a validation split; set data.val_per_class > 0")
-    select_epochs = cfg.selection_epochs(method_name)  # the method's own milestones count
-    if cfg.select != "last" and not select_epochs:
-        raise StageError(f"distill.select_eval.every = {cfg.select_eval.every} picks no epoch of {method_name}'s "
-                         f"{train_cfg.epochs} (milestones {train_cfg.milestones}); lower it (1: every epoch)")
-
-    teacher, teacher_sha = None, None
-    if METHODS[method_name].uses_teacher:
-        if not TEACHER_CHECKPOINT.is_file():
-            raise StageError(f"{TEACHER_CHECKPOINT} is missing; run `absld teacher` (or `dvc repro teacher`)")
-        teacher = load_checkpoint(TEACHER_CHECKPOINT)
-        if teacher.num_classes != prepared.num_classes:
-            raise StageError(f"the teacher predicts {teacher.num_classes} classes but "
-                             f"{params.data.dataset} has {prepared.num_classes}")
-        teacher = rt.to_device(teacher).eval().requires_grad_(False)
-        teacher_sha = sha256_file(TEACHER_CHECKPOINT)
+    select_fn, select_epochs, selection_rule = _selection(params, method_name, train_cfg, prepared, rt, seed)
+    teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset)
 
     seed_everything(seed)
     mean, std = (prepared.mean, prepared.std) if cfg.student.normalize else (None, None)
     student = rt.to_device(build_model(cfg.student.arch, num_classes=prepared.num_classes,
                                        in_channels=prepared.in_channels, mean=mean, std=std))
-    ctx = MethodContext(num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher,
-                        kl_reduction=cfg.kl_reduction)
-    method = build_method(method_name, method_cfg, ctx)
-    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed,
-                                              "distill.train_per_class")
+    method = build_method(method_name, method_cfg, MethodContext(
+        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction))
+    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
     loader = data_lib.TensorLoader(
-        images, labels, batch_size=train_cfg.batch_size,
-        device=rt.device, shuffle=True, crop_padding=params.data.augment.crop_padding,
-        flip=params.data.augment.flip, seed=seed, channels_last=rt.channels_last,
+        images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True,
+        crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip, seed=seed,
+        channels_last=rt.channels_last,
     )
-    select_fn, selection_rule = None, f"the last epoch ({train_cfg.epochs})"
-    if cfg.select != "last":
-        sel = cfg.select_eval
-        images, labels = ((prepared.val_images, prepared.val_labels) if cfg.select == "val_fair_best"
-                          else (prepared.test_images, prepared.test_labels))
-        images, labels = first_n(images, labels, sel.n_samples)
-        selection_rule = _selection_rule(cfg, train_cfg, select_epochs, len(labels))
-
-        def select_fn(model: torch.nn.Module) -> dict[str, float]:
-            return fair_score(model, images, labels, prepared.num_classes, rt, eps=sel.eps,
-                              step=sel.step, steps=sel.steps, batch_size=sel.batch_size, seed=seed)
-
-    key = fingerprint(method_name, seed, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
-                      cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction", "select",
-                                                           "select_eval"}),
-                      params.data.augment.model_dump(), prepared.manifest["sha256"],
-                      prepared.manifest["train_indices"][:50], teacher_sha)
-    name = f"distill-{method_name}-seed{seed}"
-    config = {"method": method_name, "seed": seed, "profile": params.profile,
-              "distill": cfg.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
-                                                              "select", "select_eval", method_name}),
-              "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
-    with Tracker(params, "distill", name=name, config=config) as tracker:
+    key = _resume_key(params, method_name, seed, train_cfg, prepared.manifest, teacher_sha)
+    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}",
+                 config=_run_config(params, method_name, seed)) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=distill_resume(method_name, seed),
                      fingerprint=key, select_fn=select_fn, select_epochs=select_epochs,
                      on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
@@ -119,49 +84,111 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
             click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; "
                        "run the stage again to continue")
             return
-        chosen_state, chosen_epoch = result.final_state, train_cfg.epochs
-        if cfg.select != "last":
-            chosen_state, chosen_epoch = result.best_state, result.best_epoch
-        student.load_state_dict(chosen_state)
-        selection = {"select": cfg.select, "selected_epoch": chosen_epoch,
-                     "selection_split": {"last": None, "val_fair_best": "validation",
-                                         "test_fair_best": "test"}[cfg.select],
-                     "selection_score": result.best_score,
-                     "selection_on_test_set": cfg.select == "test_fair_best",
-                     "selection_rule": selection_rule}
-        results = distill_results(method_name, seed)
-        history = result.history
-        metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
-                   "final": {k: v for k, v in history[-1].items() if "/" not in k}}
-        write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
-        write_timings(f"distill/{method_name}/seed{seed}", result.timings)
-        figures = distill_plots(method_name, seed)
-        plot_training(history, figures / "training.png",
-                      title=f"{method_name} ({params.data.dataset}, seed {seed})")
-        extra = method.artefacts(chosen_epoch, prepared.class_names)  # e.g. ABSLD's temperatures
-        for file_name, (rows, columns) in extra.tables.items():
-            write_csv(results / file_name, rows, columns)
-        metrics.update(extra.metrics)
-        if extra.temperatures is not None:
-            png = figures / "temperatures.png"
-            plot_temperatures(extra.temperatures, prepared.class_names, png,
-                              title=f"{METHOD_LABELS[method_name]} class-wise temperatures "
-                                    f"({params.data.dataset}, seed {seed})")
-            tracker.log_image("temperatures", str(png))
-        write_json(results / "metrics.json", metrics)
-        save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
-                        dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
-        tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select,
-                         "selection_on_test_set": selection["selection_on_test_set"]})
-        tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [data_dir(params) / "manifest.json"])
-        tracker.use_artifact("teacher", "model", [TEACHER_CHECKPOINT, TEACHER_INFO])
-        tracker.log_artifact(artifact_name(student_id(method_name, seed)), "model",
-                             [student_checkpoint(method_name, seed)], metadata=selection)
+        selection = _write_student(params, method_name, seed, student, method, result, train_cfg, selection_rule,
+                                   prepared.class_names, teacher_sha, tracker)
     click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{cfg.select}' "
-               f"(epoch {chosen_epoch}) -> {student_checkpoint(method_name, seed)}")
+               f"(epoch {selection['selected_epoch']}) -> {student_checkpoint(method_name, seed)}")
     if selection["selection_on_test_set"]:
         click.echo("note: this checkpoint was selected on the test set (the official script's rule); "
                    "its test-set numbers are not a held-out estimate")
+
+
+def _selection(params: Params, method_name: str, train_cfg: TrainConfig, prepared: data_lib.Prepared,
+               rt: Runtime, seed: int) -> tuple[Callable[[torch.nn.Module], dict[str, float]] | None, list[int], str]:
+    """distill.select as (score function or None for ``last``, the epochs it runs after, the rule in words)."""
+    cfg = params.distill
+    if cfg.select == "val_fair_best" and len(prepared.val_labels) == 0:
+        raise StageError("distill.select val_fair_best needs a validation split; set data.val_per_class > 0")
+    select_epochs = cfg.selection_epochs(method_name)  # the method's own milestones count
+    if cfg.select == "last":
+        return None, select_epochs, f"the last epoch ({train_cfg.epochs})"
+    if not select_epochs:
+        raise StageError(f"distill.select_eval.every = {cfg.select_eval.every} picks no epoch of {method_name}'s "
+                         f"{train_cfg.epochs} (milestones {train_cfg.milestones}); lower it (1: every epoch)")
+    sel = cfg.select_eval
+    images, labels = ((prepared.val_images, prepared.val_labels) if cfg.select == "val_fair_best"
+                      else (prepared.test_images, prepared.test_labels))
+    images, labels = first_n(images, labels, sel.n_samples)
+
+    def select_fn(model: torch.nn.Module) -> dict[str, float]:
+        return fair_score(model, images, labels, prepared.num_classes, rt, eps=sel.eps,
+                          step=sel.step, steps=sel.steps, batch_size=sel.batch_size, seed=seed)
+
+    return select_fn, select_epochs, _selection_rule(cfg, train_cfg, select_epochs, len(labels))
+
+
+def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime,
+             dataset: str) -> tuple[torch.nn.Module | None, str | None]:
+    """The frozen teacher on the device and its checkpoint's sha256 (None, None for SAT/TRADES)."""
+    if not METHODS[method_name].uses_teacher:
+        return None, None
+    if not TEACHER_CHECKPOINT.is_file():
+        raise StageError(f"{TEACHER_CHECKPOINT} is missing; run `absld teacher` (or `dvc repro teacher`)")
+    teacher = load_checkpoint(TEACHER_CHECKPOINT)
+    if teacher.num_classes != prepared.num_classes:
+        raise StageError(f"the teacher predicts {teacher.num_classes} classes but {dataset} has {prepared.num_classes}")
+    return rt.to_device(teacher).eval().requires_grad_(False), sha256_file(TEACHER_CHECKPOINT)
+
+
+def _resume_key(params: Params, method_name: str, seed: int, train_cfg: TrainConfig, manifest: dict,
+                teacher_sha: str | None) -> str:
+    """What a resumable checkpoint must match to be resumed: every setting of this student's training."""
+    cfg = params.distill
+    return fingerprint(method_name, seed, cfg.method_config(method_name).model_dump(mode="json"),
+                       train_cfg.model_dump(),
+                       cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction",
+                                                            "select", "select_eval"}),
+                       params.data.augment.model_dump(), manifest["sha256"], manifest["train_indices"][:50],
+                       teacher_sha)
+
+
+def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
+    """The W&B run's config: this student's settings."""
+    return {"method": method_name, "seed": seed, "profile": params.profile,
+            "distill": params.distill.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
+                                                                        "select", "select_eval", method_name}),
+            "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+
+
+def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,
+                   result: FitResult, train_cfg: TrainConfig, selection_rule: str, class_names: list[str],
+                   teacher_sha: str | None, tracker: Tracker) -> dict[str, Any]:
+    """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures;
+    returns the selection record (also stored in the checkpoint and metrics.json)."""
+    cfg = params.distill
+    chosen_state, chosen_epoch = result.final_state, train_cfg.epochs
+    if cfg.select != "last":
+        chosen_state, chosen_epoch = result.best_state, result.best_epoch
+    student.load_state_dict(chosen_state)
+    selection = {"select": cfg.select, "selected_epoch": chosen_epoch,
+                 "selection_split": {"last": None, "val_fair_best": "validation", "test_fair_best": "test"}[cfg.select],
+                 "selection_score": result.best_score, "selection_on_test_set": cfg.select == "test_fair_best",
+                 "selection_rule": selection_rule}
+    results, figures, history = distill_results(method_name, seed), distill_plots(method_name, seed), result.history
+    metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
+               "final": {k: v for k, v in history[-1].items() if "/" not in k}}
+    write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
+    write_timings(f"distill/{method_name}/seed{seed}", result.timings)
+    plot_training(history, figures / "training.png", title=f"{method_name} ({params.data.dataset}, seed {seed})")
+    extra = method.artefacts(chosen_epoch, class_names)  # e.g. ABSLD's temperatures
+    for file_name, (rows, columns) in extra.tables.items():
+        write_csv(results / file_name, rows, columns)
+    metrics.update(extra.metrics)
+    if extra.temperatures is not None:
+        png = figures / "temperatures.png"
+        plot_temperatures(extra.temperatures, class_names, png, title=f"{METHOD_LABELS[method_name]} class-wise "
+                          f"temperatures ({params.data.dataset}, seed {seed})")
+        tracker.log_image("temperatures", str(png))
+    write_json(results / "metrics.json", metrics)
+    save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
+                    dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
+    tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select,
+                     "selection_on_test_set": selection["selection_on_test_set"]})
+    tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [data_dir(params) / "manifest.json"])
+    tracker.use_artifact("teacher", "model", [TEACHER_CHECKPOINT, TEACHER_INFO])
+    tracker.log_artifact(artifact_name(student_id(method_name, seed)), "model",
+                         [student_checkpoint(method_name, seed)], metadata=selection)
+    return selection
 
 
 def _selection_rule(cfg: DistillConfig, train_cfg: TrainConfig, epochs: list[int], n: int) -> str:
