@@ -7,16 +7,17 @@ from typing import Any
 
 import click
 import numpy as np
+import torch
 
 from absld import data as data_lib
-from absld.config import fraction_of_255
+from absld.config import Params, fraction_of_255
 from absld.evaluate import Records, evaluate_model, first_n, summarize_records
 from absld.fairness import Summary
 from absld.io import atomic_dir, sha256_file, write_json
 from absld.models import checkpoint_meta, load_checkpoint
 from absld.plots import plot_classwise
 from absld.report import attack_label, metric_name
-from absld.runtime import setup
+from absld.runtime import Runtime, setup
 from absld.tracking import Tracker, artifact_name, class_key
 from absld.vocab import ModelId
 
@@ -115,72 +116,95 @@ def evaluate(params_path: str, model_id: str) -> None:
     checkpoint = model_checkpoint(model_id)
     if not checkpoint.is_file():
         raise _missing_checkpoint(model_id, checkpoint)
-    model = ModelId.parse(model_id)
-    if not model.is_teacher:
-        if model.method not in params.distill.methods or model.seed not in params.seeds:
-            click.echo(f"note: {model_id} is not among distill.methods x seeds in {params_path} "
-                       "(DVC does not track its evaluation)")
+    _note_untracked(params, model_id, params_path)
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(data_dir(params))
-    num_classes, class_names = prepared.num_classes, prepared.class_names
-    _, labels = first_n(prepared.test_images, prepared.test_labels, cfg.n_samples)
-    empty = [class_names[k] for k in np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)]
-    if empty:
-        raise StageError(f"the first {len(labels)} test images (evaluate.n_samples) hold no image of class(es) "
-                         f"{', '.join(empty)}; raise evaluate.n_samples or set it to null (all)")
-
+    _check_every_class_is_evaluated(prepared, cfg.n_samples)
     meta = checkpoint_meta(checkpoint)
-    model = load_checkpoint(checkpoint)
-    if model.num_classes != num_classes:
-        raise StageError(f"{checkpoint} predicts {model.num_classes} classes but {params.data.dataset} "
-                         f"has {num_classes}; evaluate it with the dataset it was trained on")
-    model = rt.to_device(model).eval().requires_grad_(False)
-
+    model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
     config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
-                                 num_classes=num_classes, desc=model_id)
+                                 num_classes=prepared.num_classes, desc=model_id)
         tracker.use_artifact(artifact_name(model_id), "model", [checkpoint])
         ddof = params.analyze.nsd_ddof  # one NSD definition for metrics.json and the analysis
-        summaries = summarize_records(records, num_classes, ddof=ddof)
-        metrics = _metrics(model_id, records, summaries, class_names, meta, checkpoint, ddof)
-
+        summaries = summarize_records(records, prepared.num_classes, ddof=ddof)
         with atomic_dir(eval_dir(model_id)) as out:
             records.save(out / "records.npz")
-            write_json(out / "metrics.json", metrics)
+            write_json(out / "metrics.json",
+                       _metrics(model_id, records, summaries, prepared.class_names, meta, checkpoint, ddof))
         write_json(LOGS / "eval" / f"{model_id}.json",  # untracked: times differ on every run
                    {"seconds": {name: round(t, 3) for name, t in records.seconds.items()}})
-        figures = eval_plots(model_id)
         class_acc = {name: s["class_acc"] for name, s in summaries.items()}
-        with atomic_dir(figures) as out:
-            for name, accs in class_acc.items():
-                write_json(out / f"{name}.json",
-                           [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
-            plot_classwise(class_acc, class_names, out / "classwise.png",
-                           title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
-                                 f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
+        _write_figures(model_id, class_acc, prepared.class_names,
+                       title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
+                             f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
+        _track(tracker, model_id, records, summaries, class_acc, prepared.class_names)
+    _echo(model_id, records, summaries, prepared.class_names, cascade=cfg.cascade,
+          test_selected=meta.get("selection_split") == "test")
 
-        rows = [[c, *(class_acc[name][k] for name in records.names)] for k, c in enumerate(class_names)]
-        tracker.log_table("classwise", ["class", *records.names], rows)
-        for name in records.names:
-            tracker.log_bar(f"classwise/{metric_name(name, records.protocol)}", class_names, class_acc[name],
-                            title=f"{model_id} {attack_label(name, protocol=records.protocol)}")
-        tracker.log_image("classwise_png", str(figures / "classwise.png"))
-        tracker.summary({f"{metric_name(name, records.protocol)}/{key}": summaries[name][key]  # type: ignore[literal-required]
-                         for name in records.names for key in ("avg", "worst", "nsd")})
-        tracker.summary({f"{metric_name(name, records.protocol)}/class/{class_key(c)}": class_acc[name][k]
-                         for name in records.names for k, c in enumerate(class_names)})
-        tracker.summary({f"seconds/{name}": t for name, t in records.seconds.items()})
 
-    mode = "cascade" if cfg.cascade else "every attack on every clean-correct sample"
-    click.echo(f"{model_id}: {len(records.y)} test images, eps {fraction_of_255(cfg.eps)}, {mode} "
+def _note_untracked(params: Params, model_id: str, params_path: str) -> None:
+    model = ModelId.parse(model_id)
+    if not model.is_teacher and (model.method not in params.distill.methods or model.seed not in params.seeds):
+        click.echo(f"note: {model_id} is not among distill.methods x seeds in {params_path} "
+                   "(DVC does not track its evaluation)")
+
+
+def _check_every_class_is_evaluated(prepared: data_lib.Prepared, n_samples: int | None) -> None:
+    _, labels = first_n(prepared.test_images, prepared.test_labels, n_samples)
+    counts = np.bincount(labels, minlength=prepared.num_classes)
+    empty = [prepared.class_names[k] for k in np.flatnonzero(counts == 0)]
+    if empty:
+        raise StageError(f"the first {len(labels)} test images (evaluate.n_samples) hold no image of class(es) "
+                         f"{', '.join(empty)}; raise evaluate.n_samples or set it to null (all)")
+
+
+def _load_model(checkpoint: Path, num_classes: int, dataset: str, rt: Runtime) -> torch.nn.Module:
+    model = load_checkpoint(checkpoint)
+    if model.num_classes != num_classes:
+        raise StageError(f"{checkpoint} predicts {model.num_classes} classes but {dataset} "
+                         f"has {num_classes}; evaluate it with the dataset it was trained on")
+    return rt.to_device(model).eval().requires_grad_(False)
+
+
+def _write_figures(model_id: str, class_acc: dict[str, list[float]], class_names: list[str], title: str) -> None:
+    """plots/eval/<model>/: one JSON of class accuracies per attack and the grouped-bar PNG."""
+    with atomic_dir(eval_plots(model_id)) as out:
+        for name, accs in class_acc.items():
+            write_json(out / f"{name}.json", [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
+        plot_classwise(class_acc, class_names, out / "classwise.png", title=title)
+
+
+def _track(tracker: Tracker, model_id: str, records: Records, summaries: dict[str, Summary],
+           class_acc: dict[str, list[float]], class_names: list[str]) -> None:
+    """The class x attack table, a bar chart per attack, the figure and the summaries in W&B."""
+    names = records.names
+    tracker.log_table("classwise", ["class", *names], [[c, *(class_acc[n][k] for n in names)]
+                                                       for k, c in enumerate(class_names)])
+    for name in names:
+        tracker.log_bar(f"classwise/{metric_name(name, records.protocol)}", class_names, class_acc[name],
+                        title=f"{model_id} {attack_label(name, protocol=records.protocol)}")
+    tracker.log_image("classwise_png", str(eval_plots(model_id) / "classwise.png"))
+    tracker.summary({f"{metric_name(name, records.protocol)}/{key}": summaries[name][key]  # type: ignore[literal-required]
+                     for name in names for key in ("avg", "worst", "nsd")})
+    tracker.summary({f"{metric_name(name, records.protocol)}/class/{class_key(c)}": class_acc[name][k]
+                     for name in names for k, c in enumerate(class_names)})
+    tracker.summary({f"seconds/{name}": t for name, t in records.seconds.items()})
+
+
+def _echo(model_id: str, records: Records, summaries: dict[str, Summary], class_names: list[str], *,
+          cascade: bool, test_selected: bool) -> None:
+    """One line per attack: Avg, the worst class and NSD, and the attack's time."""
+    mode = "cascade" if cascade else "every attack on every clean-correct sample"
+    click.echo(f"{model_id}: {len(records.y)} test images, eps {fraction_of_255(records.eps)}, {mode} "
                f"-> {eval_dir(model_id) / 'records.npz'}")
     for name, s in summaries.items():
         worst_class = class_names[int(np.argmin(s["class_acc"]))]
         seconds = f"{records.seconds[name]:8.1f}s" if name in records.seconds else ""
         click.echo(f"  {name:<7} avg {s['avg']:7.2%}  worst {s['worst']:7.2%} ({worst_class})  "
                    f"nsd {s['nsd']:.3f}{seconds}")
-    if metrics.get("selection", {}).get("selection_split") == "test":
+    if test_selected:
         click.echo("note: this checkpoint was selected on the test set (distill.select test_fair_best), "
                    "like the reference code; its numbers are optimistic")
