@@ -109,76 +109,96 @@ def analyze(params_path: str) -> None:
     methods, seeds = list(params.distill.methods), list(params.seeds)
     groups = {m: {s: student_id(m, s) for s in seeds} for m in methods}
     models = ["teacher"] + [groups[m][s] for m in methods for s in seeds]
+    _check_evaluated(models)
+    class_names = class_names_of(params)
+    records, fairness, seed_stats, comparisons, seed_tests, published = _numbers(params, models, groups,
+                                                                                 len(class_names))
 
+    first = records["teacher"]
+    metas = {groups[m][s]: selection_meta(groups[m][s], m, s) for m in methods for s in seeds}
+    selection = rep.describe_selection(metas, fallback=params.distill.select)
+    configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,
+                                               n_samples=first.n, eps=first.eps, attacks=first.attacks, seeds=seeds,
+                                               selection=selection, protocol=first.protocol)
+    write_text(FAIRNESS_JSON, dumps_strict(fairness))
+    write_text(TRAINING_JSON, dumps_strict({groups[m][s]: training_summary(m, s) for m in methods for s in seeds}))
+    write_text(COMPARISONS_JSON, dumps_strict({
+        "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models,
+                 "attacks": first.attacks, "n_samples": first.n, "eps": first.eps,
+                 "eps_255": fraction_of_255(first.eps), "nsd_ddof": cfg.nsd_ddof, "confidence": cfg.confidence,
+                 "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed, "selection": metas, "selection_rule": selection,
+                 "configuration": configuration, "protocol": first.protocol},
+        "seed_summary": seed_stats, "seed_comparisons": seed_tests, "comparisons": comparisons,
+    }))
+    table_md = _write_tables(params, fairness, first, published, selection)
+    figures = _write_figures(params, fairness, seed_stats, groups, class_names, first.attacks, first.protocol)
+    _write_report(params, first, fairness, seed_stats, seed_tests, comparisons, table_md, figures, configuration,
+                  len(class_names))
+    _track(params, fairness, models, [name for _, name in figures], first.protocol)
+    click.echo(table_md, nl=False)
+
+
+def _numbers(params: Params, models: list[str], groups: dict[str, dict[int, str]], num_classes: int) -> tuple:
+    """(records, fairness, seed summaries, per-sample comparisons, seed comparisons, published numbers)."""
+    cfg = params.analyze
+    published_raw = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
+    try:
+        records = rep.load_evaluations({m: eval_dir(m) / "records.npz" for m in models})
+        fairness = rep.fairness_table(records, num_classes, cfg)
+        return (records, fairness, rep.seed_summaries(fairness, groups, cfg.confidence),
+                rep.compare_to_reference(records, groups, num_classes, cfg), rep.seed_comparisons(fairness, groups, cfg),
+                applicable(rep.published_numbers(published_raw, params.data.dataset), params))
+    except rep.ReportError as exc:
+        raise StageError(str(exc)) from None
+
+
+def _check_evaluated(models: list[str]) -> None:
     missing = [m for m in models if not (eval_dir(m) / "records.npz").is_file()]
     if missing:
         shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         stages = " ".join(evaluate_stage(m) for m in missing[:6])
         raise StageError(f"not evaluated yet: {shown} (no results/eval/<model>/records.npz); run "
                          f"`dvc repro {stages}`{' ...' if len(missing) > 6 else ''} or `dvc repro analyze`")
-    class_names = class_names_of(params)
-    published_raw = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
 
-    try:
-        records = rep.load_evaluations({m: eval_dir(m) / "records.npz" for m in models})
-        fairness = rep.fairness_table(records, len(class_names), cfg)
-        seed_stats = rep.seed_summaries(fairness, groups, cfg.confidence)
-        comparisons = rep.compare_to_reference(records, groups, len(class_names), cfg)
-        seed_tests = rep.seed_comparisons(fairness, groups, cfg)
-        published = applicable(rep.published_numbers(published_raw, params.data.dataset), params)
-    except rep.ReportError as exc:
-        raise StageError(str(exc)) from None
 
-    first = records["teacher"]
-    attacks, n_samples, eps, protocol = first.attacks, first.n, first.eps, first.protocol
-    metas = {groups[m][s]: selection_meta(groups[m][s], m, s) for m in methods for s in seeds}
-    selection = rep.describe_selection(metas, fallback=params.distill.select)
-    caption = rep.table_caption(dataset=params.data.dataset, n_samples=n_samples, eps=eps, ddof=cfg.nsd_ddof,
+def _write_tables(params: Params, fairness: rep.Fairness, first: rep.Records, published: dict,
+                  selection: str) -> str:
+    """results/table.{md,tex,csv} (the paper-style table); returns its markdown."""
+    cfg, seeds = params.analyze, list(params.seeds)
+    caption = rep.table_caption(dataset=params.data.dataset, n_samples=first.n, eps=first.eps, ddof=cfg.nsd_ddof,
                                 confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
-                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), protocol=protocol,
+                                several_seeds=len(seeds) > 1, n_seeds=len(seeds), protocol=first.protocol,
                                 bootstrap_method=cfg.bootstrap_method)
-    table = rep.results_table(fairness, rep.row_specs(methods, seeds), attacks, caption=caption, published=published,
-                              protocol=protocol)
+    table = rep.results_table(fairness, rep.row_specs(list(params.distill.methods), seeds), first.attacks,
+                              caption=caption, published=published, protocol=first.protocol)
     table_md = rep.table_markdown(table)
-    configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,
-                                               n_samples=n_samples, eps=eps, attacks=attacks, seeds=seeds,
-                                               selection=selection, protocol=protocol)
-    tests_md = rep.findings_markdown(comparisons, n_samples, protocol)
-
-    write_text(FAIRNESS_JSON, dumps_strict(fairness))
-    write_text(TRAINING_JSON, dumps_strict({groups[m][s]: training_summary(m, s) for m in methods for s in seeds}))
-    write_text(COMPARISONS_JSON, dumps_strict({
-        "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models, "attacks": attacks,
-                 "n_samples": n_samples, "eps": eps, "eps_255": fraction_of_255(eps), "nsd_ddof": cfg.nsd_ddof,
-                 "confidence": cfg.confidence, "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed,
-                 "selection": metas, "selection_rule": selection, "configuration": configuration,
-                 "protocol": protocol},
-        "seed_summary": seed_stats,
-        "seed_comparisons": seed_tests,
-        "comparisons": comparisons,
-    }))
     write_text(TABLE_MD, table_md)
     write_text(TABLE_TEX, rep.table_latex(table))
     write_text(TABLE_CSV, rep.table_csv(table))
+    return table_md
 
-    figures = _write_figures(params, fairness, seed_stats, groups, class_names, attacks, protocol)
-    figure_links = [(caption_, os.path.relpath(ANALYSIS_PLOTS / name, ANALYSIS_DIR)) for caption_, name in figures]
+
+def _write_report(params: Params, first: rep.Records, fairness: rep.Fairness, seed_stats: dict, seed_tests: dict,
+                  comparisons: dict, table_md: str, figures: list[tuple[str, str]],
+                  configuration: list[tuple[str, str]], num_classes: int) -> None:
+    """results/report.md: the verdict first, then the table, the tests, the seeds and the figures."""
+    cfg, protocol = params.analyze, first.protocol
     dataset = rep.dataset_label(params.data.dataset)
-    verdict = rep.verdict(seed_tests, seed_stats, attacks, baseline="rslad", dataset=params.data.dataset,
+    verdict = rep.verdict(seed_tests, seed_stats, first.attacks, baseline="rslad", dataset=params.data.dataset,
                           protocol=protocol)
-    intro = verdict + "\n\n" + (f"Profile `{params.profile}`: the teacher and {len(methods)} method(s) x {len(seeds)} seed(s), every "
-             f"model evaluated on the same {n_samples} {dataset} test images at L∞ eps = {fraction_of_255(eps)}. "
-             "Generated by `absld analyze` from results/eval/; do not edit by hand.")
+    intro = verdict + "\n\n" + (
+        f"Profile `{params.profile}`: the teacher and {len(params.distill.methods)} method(s) x "
+        f"{len(params.seeds)} seed(s), every model evaluated on the same {first.n} {dataset} test images at "
+        f"L∞ eps = {fraction_of_255(first.eps)}. Generated by `absld analyze` from results/eval/; do not edit by hand.")
     write_text(REPORT_MD, rep.markdown_report(
         title=f"{rep.method_label(cfg.reference)} and its baselines: class-wise robustness on {dataset}",
-        intro=intro, table_md=table_md, tests_md=tests_md, figures=figure_links, configuration=configuration,
-        seeds_md="\n".join(part for part in (rep.seed_markdown(seed_stats, attacks, cfg.confidence, protocol),
+        intro=intro, table_md=table_md, tests_md=rep.findings_markdown(comparisons, first.n, protocol),
+        figures=[(caption, os.path.relpath(ANALYSIS_PLOTS / name, ANALYSIS_DIR)) for caption, name in figures],
+        configuration=configuration,
+        seeds_md="\n".join(part for part in (rep.seed_markdown(seed_stats, first.attacks, cfg.confidence, protocol),
                                               rep.seed_tests_markdown(seed_tests, protocol)) if part),
         notes=[rep.interval_note(rep.intervals_excluding_the_estimate(fairness),
-                                 int(np.bincount(first.y, minlength=len(class_names)).min()), protocol)]))
-
-    _track(params, fairness, models, [name for _, name in figures], protocol)
-    click.echo(table_md, nl=False)
+                                 int(np.bincount(first.y, minlength=num_classes).min()), protocol)]))
 
 
 def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, groups: dict[str, dict[int, str]],

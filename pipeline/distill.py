@@ -62,9 +62,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset)
 
     seed_everything(seed)
-    mean, std = (prepared.mean, prepared.std) if cfg.student.normalize else (None, None)
-    student = rt.to_device(build_model(cfg.student.arch, num_classes=prepared.num_classes,
-                                       in_channels=prepared.in_channels, mean=mean, std=std))
+    student = _student(params, prepared, rt)
     method = build_method(method_name, method_cfg, MethodContext(
         num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction))
     images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
@@ -115,6 +113,14 @@ def _selection(params: Params, method_name: str, train_cfg: TrainConfig, prepare
                           step=sel.step, steps=sel.steps, batch_size=sel.batch_size, seed=seed)
 
     return select_fn, select_epochs, _selection_rule(cfg, train_cfg, select_epochs, len(labels))
+
+
+def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.nn.Module:
+    """A fresh distill.student on the device (initialised from the global seed)."""
+    student = params.distill.student
+    mean, std = (prepared.mean, prepared.std) if student.normalize else (None, None)
+    return rt.to_device(build_model(student.arch, num_classes=prepared.num_classes,
+                                    in_channels=prepared.in_channels, mean=mean, std=std))
 
 
 def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime,
