@@ -22,20 +22,11 @@ from absld.tracking import Tracker
 from absld.vocab import ModelId
 
 from .common import (
-    ANALYSIS_DIR, ANALYSIS_PLOTS, FAIRNESS_JSON, PUBLISHED, StageError, data_dir, distill_results, eval_dir, load,
+    ANALYSIS_DIR, ANALYSIS_PLOTS, COMPARISONS_JSON, FAIRNESS_JSON, PUBLISHED, REPORT_MD, TABLE_CSV, TABLE_MD,
+    TABLE_TEX, TRAINING_JSON, StageError, data_dir, distill_results, eval_dir, load,
     params_option, student_id, user_errors,
 )
 
-COMPARISONS_JSON = ANALYSIS_DIR / "comparisons.json"
-"""Seed summaries, paired tests and the analysis meta (fairness.json keeps exactly its contract)."""
-TABLE_MD = ANALYSIS_DIR / "table.md"
-TABLE_TEX = ANALYSIS_DIR / "table.tex"
-TABLE_CSV = ANALYSIS_DIR / "table.csv"
-REPORT_MD = ANALYSIS_DIR / "report.md"
-TRAINING_JSON = ANALYSIS_DIR / "training.json"
-"""DVC metrics: each student's checkpoint choice and last-epoch training metrics, so that `dvc exp
-show` lists them beside the fairness metrics (the distill stages' own metrics.json files live in
-output directories that also hold logs and tables, which DVC would read as metrics too)."""
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split")
 
 

@@ -8,15 +8,13 @@ changes with the params (a stage downstream reruns only for the params it tracks
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from absld.io import write_text
 
-from .common import load, params_option, user_errors
+from .common import CHECKED, load, params_option, user_errors
 
-CHECKED = Path("results/params-checked.txt")
 CHECKED_TEXT = "params.yaml is valid (absld check)\n"
 
 

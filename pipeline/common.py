@@ -116,7 +116,19 @@ def write_timings(name: str, timings: list[dict[str, float]]) -> Path:
     return path
 
 
+CHECKED = Path("results/params-checked.txt")
+"""The check stage's constant stamp (its only output)."""
 FAIRNESS_JSON = Path("results/fairness.json")
 ANALYSIS_DIR = Path("results")
 ANALYSIS_PLOTS = Path("plots/analyze")
 PUBLISHED = Path("references/published.yaml")
+COMPARISONS_JSON = ANALYSIS_DIR / "comparisons.json"
+"""Seed summaries, paired tests and the analysis meta (fairness.json keeps exactly its contract)."""
+TABLE_MD = ANALYSIS_DIR / "table.md"
+TABLE_TEX = ANALYSIS_DIR / "table.tex"
+TABLE_CSV = ANALYSIS_DIR / "table.csv"
+REPORT_MD = ANALYSIS_DIR / "report.md"
+TRAINING_JSON = ANALYSIS_DIR / "training.json"
+"""DVC metrics: each student's checkpoint choice and last-epoch training metrics, so that `dvc exp
+show` lists them beside the fairness metrics (the distill stages' own metrics.json files live in
+output directories that also hold logs and tables, which DVC would read as metrics too)."""

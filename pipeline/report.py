@@ -10,8 +10,7 @@ from absld import report as rep
 from absld.data import MANIFEST, read_manifest
 from absld.tracking import wandb_credentials_available, wandb_settings
 
-from .analyze import COMPARISONS_JSON, TABLE_MD
-from .common import FAIRNESS_JSON, StageError, data_dir, load, params_option, user_errors
+from .common import COMPARISONS_JSON, FAIRNESS_JSON, TABLE_MD, StageError, data_dir, load, params_option, user_errors
 
 
 @click.command()

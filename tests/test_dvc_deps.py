@@ -86,3 +86,13 @@ def test_the_import_closure_follows_relative_and_package_imports():
     assert {"pipeline/check.py", "pipeline/common.py", "absld/config.py", "absld/models/__init__.py",
             "absld/models/small_cnn.py"} <= files
     assert "absld/train.py" not in files and "absld/attacks/pgd.py" not in files
+
+
+def test_stages_do_not_import_each_other():
+    """A stage module imports the library and pipeline/common (the file layout), never another stage."""
+    stage_modules = {f"pipeline.{p.stem}" for p in (REPO / "pipeline").glob("*.py")} - {
+        "pipeline.__init__", "pipeline.common", "pipeline.cli", "pipeline.profiles"}
+    for module in sorted(stage_modules):
+        imported = imported_modules(REPO / Path(*module.split(".")).with_suffix(".py"))
+        others = {m for m in imported if any(m == s or m.startswith(s + ".") for s in stage_modules - {module})}
+        assert not others, f"{module} imports {sorted(others)}"
