@@ -264,13 +264,7 @@ class RiskRuleConfig(DistillWeights):
     beta_decoupled: bool = False
     """true: allow beta_milestones that differ from the LR milestones (not the reference's rule)."""
 
-    def beta_after(self, beta: float, epoch: int) -> float:
-        """beta for the update at the end of ``epoch`` (decayed first at a milestone). Needs
-        resolved milestones: :meth:`DistillConfig.method_config` fills null with the LR's."""
-        if self.beta_milestones is None:
-            raise ValueError("beta_milestones is unresolved (null): build the method from "
-                             "DistillConfig.method_config, which fills in the LR milestones")
-        return beta * self.beta_gamma if epoch in self.beta_milestones else beta
+    # the schedule itself: absld.methods.absld.beta_after (beside update_temperatures)
 
 
 class AbsldConfig(RiskRuleConfig):

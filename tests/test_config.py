@@ -179,6 +179,9 @@ def test_beta_milestones_that_differ_from_the_lr_need_beta_decoupled():
 
 def test_unresolved_beta_milestones_fail_loudly_instead_of_never_decaying():
     from absld.config import AbsldConfig
+    from absld.methods.absld import beta_after
 
+    cfg = AbsldConfig()
     with pytest.raises(ValueError, match="unresolved"):
-        AbsldConfig().beta_after(0.1, 1)
+        beta_after(0.1, 1, cfg.beta_milestones, cfg.beta_gamma)
+    assert beta_after(0.1, 5, [5, 8], 0.5) == pytest.approx(0.05) and beta_after(0.1, 6, [5, 8], 0.5) == 0.1

@@ -30,6 +30,16 @@ TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk
 """The columns of ``results/distill/absld/seed<S>/temperatures.csv`` (contract, ARCHITECTURE.md)."""
 
 
+def beta_after(beta: float, epoch: int, milestones: list[int] | None, gamma: float) -> float:
+    """ABSLD's beta for the update at the end of ``epoch``: decayed by ``gamma`` first when ``epoch``
+    is a milestone (the reference code decays beta with the learning rate). ``milestones`` must be
+    resolved: :meth:`absld.config.DistillConfig.method_config` fills null with the LR's."""
+    if milestones is None:
+        raise ValueError("beta_milestones is unresolved (null): build the method from "
+                         "DistillConfig.method_config, which fills in the LR milestones")
+    return beta * gamma if epoch in milestones else beta
+
+
 def update_temperatures(tau: Tensor, risk: Tensor, beta: float, tau_min: float, tau_max: float) -> Tensor:
     """ABSLD's end-of-epoch rule (**contract**), on 1-D tensors of length C::
 
@@ -75,7 +85,7 @@ class ABSLD(RSLAD):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         risk_adv, risk_nat = self.end_of_epoch_risks()  # (C,) each, this epoch
-        self.beta = self.cfg.beta_after(self.beta, epoch)  # decays before this epoch's update
+        self.beta = beta_after(self.beta, epoch, self.cfg.beta_milestones, self.cfg.beta_gamma)  # decays first
         used_adv, used_nat = self.tau_adv.cpu(), self.tau_nat.cpu()
         risk_adv_cpu, risk_nat_cpu = risk_adv.cpu(), risk_nat.cpu()
         for k in range(len(used_adv)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .absld import update_temperatures
+from .absld import beta_after, update_temperatures
 from .rslad import RSLAD
 
 
@@ -34,7 +34,7 @@ class ReweightedRSLAD(RSLAD):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         risk_adv, risk_nat = self.end_of_epoch_risks()
-        self.beta = self.cfg.beta_after(self.beta, epoch)  # decays before this epoch's update
+        self.beta = beta_after(self.beta, epoch, self.cfg.beta_milestones, self.cfg.beta_gamma)  # decays first
         cfg = self.cfg
         self.w_adv = update_temperatures(self.w_adv, -risk_adv.to(self.w_adv.device), self.beta, cfg.w_min, cfg.w_max)
         self.w_nat = update_temperatures(self.w_nat, -risk_nat.to(self.w_nat.device), self.beta, cfg.w_min, cfg.w_max)
