@@ -176,7 +176,7 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
     write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
     write_timings(f"distill/{method_name}/seed{seed}", result.timings)
     plot_training(history, figures / "training.png", title=f"{method_name} ({params.data.dataset}, seed {seed})")
-    extra = method.artefacts(chosen_epoch, class_names)  # e.g. ABSLD's temperatures
+    extra = method.artefacts(chosen_epoch, class_names, history)  # e.g. ABSLD's temperatures
     for file_name, (rows, columns) in extra.tables.items():
         write_csv(results / file_name, rows, columns)
     metrics.update(extra.metrics)

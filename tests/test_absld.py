@@ -324,3 +324,20 @@ def test_absld_hands_the_stage_its_temperatures_through_the_artefacts_hook():
     assert extra.temperatures is method.log
     plain = MethodBase.artefacts(MethodBase.__new__(MethodBase), 2, ["cat", "dog"])
     assert (plain.tables, plain.metrics, plain.temperatures) == ({}, {}, None)
+
+
+def test_fair_rslad_and_the_control_write_their_class_weights_per_epoch():
+    """weights.csv from the per-class keys of the training log (``w/<k>``; ``w_adv/<k>``)."""
+    from absld.methods.base import per_class_rows
+    from absld.methods.fair_rslad import FairRSLAD
+    from absld.methods.reweighted_rslad import ReweightedRSLAD
+
+    history = [{"epoch": e, "train_loss": 1.0, **{f"w/{k}": e + k / 10 for k in range(3)},
+                **{f"w_adv/{k}": -(e + k) for k in range(3)}} for e in (1, 2)]
+    assert per_class_rows(history, ["w"])[4] == {"epoch": 2, "class": 1, "w": 2.1}
+    fair = FairRSLAD.artefacts(FairRSLAD.__new__(FairRSLAD), 2, ["a", "b", "c"], history)
+    rows, columns = fair.tables["weights.csv"]
+    assert columns == ["epoch", "class", "w"] and len(rows) == 6 and rows[2] == {"epoch": 1, "class": 2, "w": 1.2}
+    control = ReweightedRSLAD.artefacts(ReweightedRSLAD.__new__(ReweightedRSLAD), 2, ["a", "b", "c"], history)
+    rows, columns = control.tables["weights.csv"]
+    assert columns == ["epoch", "class", "w_adv"] and rows[-1] == {"epoch": 2, "class": 2, "w_adv": -4}

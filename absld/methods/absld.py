@@ -19,6 +19,8 @@ share storage, so that both KL terms and the attack use ``z_T / (tau_adv[y] * ta
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -117,7 +119,8 @@ class ABSLD(RSLAD):
         self.beta = float(state["beta"])
         self.log = list(state["log"])
 
-    def artefacts(self, chosen_epoch: int, class_names: list[str]) -> Artefacts:
+    def artefacts(self, chosen_epoch: int, class_names: list[str],
+                  history: list[dict[str, Any]] | None = None) -> Artefacts:
         """temperatures.csv (every epoch's temperatures and risks) and, for metrics.json, the
         temperatures *used during* the chosen epoch (the last one for ``select: last``)."""
         tau_adv, tau_nat = temperatures_used(self.log, chosen_epoch)

@@ -108,6 +108,20 @@ class MethodBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
-    def artefacts(self, chosen_epoch: int, class_names: list[str]) -> Artefacts:
-        """Tables, metrics and curves of this method for the checkpoint of ``chosen_epoch``."""
+    def artefacts(self, chosen_epoch: int, class_names: list[str],
+                  history: list[dict[str, Any]] | None = None) -> Artefacts:
+        """Tables, metrics and curves of this method for the checkpoint of ``chosen_epoch``
+        (``history``: the training log's rows, per-class values under ``<name>/<k>`` keys)."""
         return Artefacts()
+
+
+def per_class_rows(history: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Long rows (epoch, class, <name>...) from the ``<name>/<k>`` keys of training-log rows, e.g.
+    Fair-RSLAD's class weights ``w/3`` -> ``{"epoch": 1, "class": 3, "w": ...}``."""
+    rows: list[dict[str, Any]] = []
+    for row in history:
+        classes = sorted({int(key.rpartition("/")[2]) for key in row
+                          if key.rpartition("/")[0] in names and key.rpartition("/")[2].isdigit()})
+        rows += [{"epoch": row["epoch"], "class": k, **{n: row[f"{n}/{k}"] for n in names if f"{n}/{k}" in row}}
+                 for k in classes]
+    return rows

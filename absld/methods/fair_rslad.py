@@ -13,11 +13,14 @@ scripts train with Nesterov momentum: ``distill.fair_rslad.train.nesterov: true`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..attacks import kl_to_target, pgd
 from ..data import Batch
+from .base import Artefacts, per_class_rows
 from .rslad import RSLAD
 
 
@@ -67,6 +70,11 @@ class FairRSLAD(RSLAD):
         self.kappa_sum.zero_()
         self.count.zero_()
         return {**logs, **{f"w/{k}": float(w) for k, w in enumerate(self.weights.cpu())}}
+
+    def artefacts(self, chosen_epoch: int, class_names: list[str],
+                  history: list[dict[str, Any]] | None = None) -> Artefacts:
+        """weights.csv: the class weights w_k after each epoch (those used during the next one)."""
+        return Artefacts(tables={"weights.csv": (per_class_rows(history or [], ["w"]), ["epoch", "class", "w"])})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "weights": self.weights.cpu(),

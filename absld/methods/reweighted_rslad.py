@@ -11,10 +11,13 @@ with higher risk gets a *larger* weight)::
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from .absld import beta_after, update_temperatures
+from .base import Artefacts, per_class_rows
 from .rslad import RSLAD
 
 
@@ -39,6 +42,12 @@ class ReweightedRSLAD(RSLAD):
         self.w_adv = update_temperatures(self.w_adv, -risk_adv.to(self.w_adv.device), self.beta, cfg.w_min, cfg.w_max)
         self.w_nat = update_temperatures(self.w_nat, -risk_nat.to(self.w_nat.device), self.beta, cfg.w_min, cfg.w_max)
         return {"beta": self.beta, **{f"w_adv/{k}": float(w) for k, w in enumerate(self.w_adv.cpu())}}
+
+    def artefacts(self, chosen_epoch: int, class_names: list[str],
+                  history: list[dict[str, Any]] | None = None) -> Artefacts:
+        """weights.csv: the adversarial class weights after each epoch (those used during the next one)."""
+        return Artefacts(tables={"weights.csv": (per_class_rows(history or [], ["w_adv"]),
+                                                 ["epoch", "class", "w_adv"])})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "w_adv": self.w_adv.cpu(), "w_nat": self.w_nat.cpu(), "beta": self.beta}
