@@ -184,3 +184,10 @@ def test_synthetic_dataset_is_generated_to_size_and_from_its_seed(tmp_path):
     assert make("c", 1)["sha256"] != manifest["sha256"]
     for split in ("train_images", "test_images"):
         assert not np.array_equal(np.load(tmp_path / "a" / f"{split}.npy"), np.load(tmp_path / "c" / f"{split}.npy"))
+
+
+def test_the_manifest_prepare_writes_has_exactly_the_typed_keys(tmp_path):
+    manifest = data.prepare("synthetic", tmp_path / "s", root=tmp_path, source_dir=None, download=False,
+                            verify_md5=False, val_per_class=1, train_per_class=None, split_seed=0)
+    assert list(manifest) == list(data.Manifest.__annotations__)
+    assert data.read_manifest(tmp_path / "s") == manifest
