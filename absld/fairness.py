@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -368,25 +368,16 @@ def bootstrap_ci(
     return {f"{name}_ci": [float(low[i]), float(high[i])] for i, name in enumerate(STATISTICS)}
 
 
-def summarize_with_ci(
-    correct: npt.NDArray[np.bool_],
-    y: npt.NDArray[np.integer],
-    num_classes: int,
-    *,
-    n_resamples: int,
-    seed: int,
-    ddof: int = 0,
-    confidence: float = 0.95,
-    method: BootstrapMethod = "percentile",
-) -> SummaryWithCI:
+def summarize_with_ci(correct: npt.NDArray[np.bool_], y: npt.NDArray[np.integer], num_classes: int, *,
+                      ddof: int = 0, **bootstrap: Any) -> SummaryWithCI:
     """One (model, attack) entry of ``results/fairness.json``: :func:`summarize` + :func:`bootstrap_ci`.
 
-    Keys: ``avg, worst, nsd, class_acc, avg_ci, worst_ci, nsd_ci`` (the contract) and ``n, ddof``.
+    ``bootstrap``: the keyword arguments of :func:`bootstrap_ci` (``n_resamples`` and ``seed``,
+    required; ``confidence``, ``method``). Keys: ``avg, worst, nsd, class_acc, avg_ci, worst_ci,
+    nsd_ci`` (the contract) and ``n, ddof``.
     """
     summary = summarize(correct, y, num_classes, ddof)
-    cis = bootstrap_ci(
-        correct, y, num_classes, n_resamples=n_resamples, seed=seed, ddof=ddof, confidence=confidence, method=method
-    )
+    cis = bootstrap_ci(correct, y, num_classes, ddof=ddof, **bootstrap)
     return {
         "avg": summary["avg"],
         "worst": summary["worst"],
