@@ -125,16 +125,19 @@ def _check_correct(correct: npt.ArrayLike, name: str = "correct") -> npt.NDArray
     return arr
 
 
+def _check_int(value: int, name: str, minimum: int, allowed: str) -> int:
+    """``value`` as an int when it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return int(value)
+
+
 def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
+    return _check_int(num_classes, "num_classes", 1, "a positive integer")
 
 
 def _check_ddof(ddof: int) -> int:
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative integer (0 or 1), got {ddof!r}")
-    return int(ddof)
+    return _check_int(ddof, "ddof", 0, "a non-negative integer (0 or 1)")
 
 
 def _check_confidence(confidence: float) -> float:
@@ -144,9 +147,7 @@ def _check_confidence(confidence: float) -> float:
 
 
 def _check_n_resamples(n_resamples: int) -> int:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
-    return int(n_resamples)
+    return _check_int(n_resamples, "n_resamples", 1, "a positive integer")
 
 
 def _check_records(
