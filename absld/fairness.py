@@ -570,29 +570,18 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(v) for v in adjusted]
 
 
-def compare(
-    correct_a: npt.NDArray[np.bool_],
-    correct_b: npt.NDArray[np.bool_],
-    y: npt.NDArray[np.integer],
-    num_classes: int,
-    *,
-    n_resamples: int,
-    seed: int,
-    ddof: int = 0,
-) -> Comparison:
+def compare(correct_a: npt.NDArray[np.bool_], correct_b: npt.NDArray[np.bool_], y: npt.NDArray[np.integer],
+            num_classes: int, **permutation: Any) -> Comparison:
     """Compare model A with model B on the same samples under one attack.
 
     ``avg``: exact McNemar (:func:`mcnemar_exact`); ``worst`` and ``nsd``: paired permutation tests
-    (:func:`paired_permutation_test`, both with ``seed``). Every ``diff`` is stat(A) - stat(B).
+    (:func:`paired_permutation_test`, both with ``permutation``: its keyword arguments
+    ``n_resamples`` and ``seed``, required, and ``ddof``). Every ``diff`` is stat(A) - stat(B).
     p-values are raw: apply :func:`holm` over the whole family of comparisons being reported.
     """
     avg = mcnemar_exact(correct_a, correct_b)
-    worst = paired_permutation_test(
-        correct_a, correct_b, y, num_classes, statistic="worst", n_resamples=n_resamples, seed=seed, ddof=ddof
-    )
-    nsd_test = paired_permutation_test(
-        correct_a, correct_b, y, num_classes, statistic="nsd", n_resamples=n_resamples, seed=seed, ddof=ddof
-    )
+    worst = paired_permutation_test(correct_a, correct_b, y, num_classes, statistic="worst", **permutation)
+    nsd_test = paired_permutation_test(correct_a, correct_b, y, num_classes, statistic="nsd", **permutation)
     return {
         "avg": {"test": "mcnemar_exact", **avg},
         "worst": {"test": "paired_permutation", **worst},

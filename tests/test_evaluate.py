@@ -417,8 +417,8 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
         kappas.append(kappa)
         return real_cw(y, kappa)
 
-    def spy_aa(package, model, x, y, **kwargs):
-        aa_calls.append(kwargs)
+    def spy_aa(package, model, x, y, run, state_path):
+        aa_calls.append(vars(run))
         return x
 
     for module in (evaluate_module, fgsm_module, cw_module):  # PGD, and FGSM and CW built on it

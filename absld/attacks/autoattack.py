@@ -43,6 +43,7 @@ import numbers
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, get_args
@@ -154,22 +155,24 @@ def _caller_state_preserved(device: torch.device) -> Iterator[None]:
         sys.settrace(previous_trace)
 
 
-def _run_pyautoattack(
-    package: ModuleType,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: AutoAttackNorm,
-    version: AutoAttackVersion,
-    attacks: Sequence[AutoAttackName] | None,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    n_classes: int,
-    state_path: Path | None,
-) -> Tensor:
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one AutoAttack call, as both backends take them."""
+
+    eps: float
+    norm: AutoAttackNorm
+    version: AutoAttackVersion
+    attacks: Sequence[AutoAttackName] | None
+    seed: int
+    batch_size: int
+    device: torch.device
+    n_classes: int
+
+
+def _run_pyautoattack(package: ModuleType, model: nn.Module, x: Tensor, y: Tensor, run: _Run,
+                      state_path: Path | None) -> Tensor:
+    eps, norm, version, attacks, seed = run.eps, run.norm, run.version, run.attacks, run.seed
+    batch_size, device, n_classes = run.batch_size, run.device, run.n_classes
     adversary = package.AutoAttack(
         model,
         eps=eps,
@@ -221,21 +224,9 @@ def _keep_caller_mode(attack: Any, training: bool) -> None:
         pending.extend(getattr(current, "attacks", []))  # MultiAttack's components
 
 
-def _run_torchattacks(
-    package: ModuleType,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: AutoAttackNorm,
-    version: AutoAttackVersion,
-    attacks: Sequence[AutoAttackName] | None,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    n_classes: int,
-) -> Tensor:
+def _run_torchattacks(package: ModuleType, model: nn.Module, x: Tensor, y: Tensor, run: _Run) -> Tensor:
+    eps, norm, version, attacks, seed = run.eps, run.norm, run.version, run.attacks, run.seed
+    batch_size, device, n_classes = run.batch_size, run.device, run.n_classes
     if version == "custom":
         assert attacks is not None  # checked by _check_arguments
         parts = [
@@ -306,11 +297,11 @@ def autoattack(
     if n_classes < 2:
         raise AttackError(f"the model has {n_classes} output(s); AutoAttack needs logits for at least 2 classes.")
 
-    common = dict(eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
-                  batch_size=batch_size, device=device, n_classes=n_classes)
+    run = _Run(eps=eps, norm=norm, version=version, attacks=attacks, seed=seed, batch_size=batch_size,
+               device=device, n_classes=n_classes)
     with _caller_state_preserved(device):
         if backend == "pyautoattack":
-            x_adv = _run_pyautoattack(package, model, x, y, state_path=state_path, **common)
+            x_adv = _run_pyautoattack(package, model, x, y, run, state_path)
         else:
-            x_adv = _run_torchattacks(package, model, x, y, **common)
+            x_adv = _run_torchattacks(package, model, x, y, run)
     return x_adv.detach().to(device=x.device, dtype=x.dtype)
