@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -86,17 +87,15 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] |
     the stages already write, atomically and byte-reproducibly."""
     if columns is None:
         columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join(_csv_cell(row.get(c, "")) for c in columns))
-    write_text(path, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # quotes (and doubles quotes) only where needed
+    writer.writerow(columns)
+    writer.writerows([_csv_cell(row.get(c, "")) for c in columns] for row in rows)
+    write_text(path, buffer.getvalue())
 
 
-def _csv_cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    text = str(value)
-    return f'"{text}"' if ("," in text or '"' in text) else text
+def _csv_cell(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 @contextlib.contextmanager

@@ -52,6 +52,28 @@ def paper_params(tmp_path: Path) -> Path:
 THREADS = 1 if "MUTANT_UNDER_TEST" in os.environ or os.environ.get("ABSLD_TEST_THREADS") == "1" else 2
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """The whole suite runs offline: a connection to anything but this machine (loopback or a Unix
+    socket, which W&B's local service and DVC's queue use) fails the test that tried it."""
+    import socket
+
+    for name in ("connect", "connect_ex"):
+        real = getattr(socket.socket, name)
+
+        def guarded(self, address, _real=real):
+            host = address[0] if isinstance(address, tuple) else None
+            if self.family == getattr(socket, "AF_UNIX", None) or host in LOOPBACK:
+                return _real(self, address)
+            raise AssertionError(f"the test suite never touches the network; something connected to {address!r}")
+
+        monkeypatch.setattr(socket.socket, name, guarded)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(THREADS)

@@ -641,3 +641,12 @@ def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
     extra = json.loads((tmp_path / "results" / "comparisons.json").read_text())
     assert extra["seed_comparisons"]["attacks"]["pgd20"]["rslad"]["worst"]["n"] == 2
     assert "paired t-test over seeds" in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():
+    from absld.report import intervals_excluding_the_estimate
+
+    cell = {"avg": 0.3, "avg_ci": [0.1 + 0.2, 0.5], "worst": 0.2, "worst_ci": [0.25, 0.3],
+            "nsd": 1.0, "nsd_ci": [0.2, 0.9999999999999998]}
+    assert 0.1 + 0.2 > 0.3  # the float sum lies just above the estimate
+    assert intervals_excluding_the_estimate({"m": {"pgd20": cell}}) == [("m", "pgd20", "worst")]

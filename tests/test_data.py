@@ -191,3 +191,16 @@ def test_the_manifest_prepare_writes_has_exactly_the_typed_keys(tmp_path):
                             verify_md5=False, val_per_class=1, train_per_class=None, split_seed=0)
     assert list(manifest) == list(data.Manifest.__annotations__)
     assert data.read_manifest(tmp_path / "s") == manifest
+
+
+def test_csv_cells_with_commas_quotes_and_newlines_read_back_unchanged(tmp_path):
+    import csv
+
+    from absld.io import write_csv
+
+    rows = [{"name": 'T-shirt, "top"', "value": 0.5, "note": "two\nlines"}, {"name": "plain", "value": 1}]
+    write_csv(tmp_path / "t.csv", rows)
+    with open(tmp_path / "t.csv", newline="") as handle:
+        back = list(csv.DictReader(handle))
+    assert back == [{"name": 'T-shirt, "top"', "value": "0.5", "note": "two\nlines"},
+                    {"name": "plain", "value": "1", "note": ""}]

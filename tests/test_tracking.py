@@ -95,3 +95,10 @@ def test_per_class_keys_are_named_by_class_for_wandb():
     row = {"epoch": 3, "tau_adv/0": 0.9, "tau_adv/2": 1.1, "w/1": 0.5, "train_loss": 0.3, "tau_adv/7": 1.0}
     assert name_classes(row, names) == {"epoch": 3, "tau_adv/T-shirt-top": 0.9, "tau_adv/Pullover": 1.1,
                                         "w/Trouser": 0.5, "train_loss": 0.3, "tau_adv/7": 1.0}
+
+
+def test_the_suite_cannot_reach_the_network():
+    import socket
+
+    with pytest.raises(AssertionError, match="never touches the network"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1: unroutable anyway

@@ -87,7 +87,8 @@ def intervals_excluding_the_estimate(fairness: Mapping[str, Mapping[str, Mapping
             for stat in STATISTICS:
                 value, ci = _finite(entry[stat]), entry.get(f"{stat}_ci") or [None, None]
                 low, high = _finite(ci[0]), _finite(ci[1])
-                if None not in (value, low, high) and not low <= value <= high:  # type: ignore[operator]
+                tol = 1e-9 * max(1.0, abs(value)) if value is not None else 0.0  # floats: no exact comparison
+                if None not in (value, low, high) and not low - tol <= value <= high + tol:  # type: ignore[operator]
                     out.append((model, attack, stat))
     return out
 
