@@ -83,6 +83,8 @@ Num = Annotated[float, BeforeValidator(_parse_fraction)]
 """A float that may be written as a fraction (``5/6``)."""
 Pixels = Annotated[float, BeforeValidator(_parse_pixels), Field(ge=0, le=1)]
 """A perturbation size in [0, 1] pixel space, written as a fraction of 255."""
+Radius = Annotated[float, BeforeValidator(_parse_pixels), Field(gt=0, le=1)]
+"""An attack's L-inf radius eps in (0, 1] pixel space (0 would make every attack the clean input)."""
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Prob = Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, le=1)]
@@ -149,7 +151,7 @@ class DataConfig(Section):
 class AttackConfig(Section):
     """An L-inf PGD attack: eps and step in pixel space (fractions of 255)."""
 
-    eps: Pixels = 8 / 255
+    eps: Radius = 8 / 255
     step: Pixels = 2 / 255
     steps: NonNegInt = 10
 
@@ -214,7 +216,7 @@ class EvalAttackConfig(Section):
 
     n_samples: PosInt | None = None
     batch_size: PosInt = 256
-    eps: Pixels = 8 / 255
+    eps: Radius = 8 / 255
     step: Pixels = 2 / 255
     steps: NonNegInt = 20
 
@@ -510,7 +512,7 @@ class EvaluateConfig(Section):
     n_samples: PosInt | None = None
     """Evaluate the first n test images in test-set order (null: all)."""
     batch_size: PosInt = 256
-    eps: Pixels = 8 / 255
+    eps: Radius = 8 / 255
     seed: NonNegInt = 0
     """Seeds every random start (per sample, so results do not depend on batching) and AutoAttack."""
     amp: bool = False

@@ -153,6 +153,9 @@ def _note_untracked(params: Params, model_id: str, params_path: str) -> None:
 
 
 def _check_every_class_is_evaluated(prepared: data_lib.Prepared, n_samples: int | None) -> None:
+    if n_samples is not None and n_samples > len(prepared.test_labels):
+        raise StageError(f"evaluate.n_samples = {n_samples} exceeds the {len(prepared.test_labels)} test images; "
+                         "lower it or set it to null (all of them)")
     _, labels = first_n(prepared.test_images, prepared.test_labels, n_samples)
     counts = np.bincount(labels, minlength=prepared.num_classes)
     empty = [prepared.class_names[k] for k in np.flatnonzero(counts == 0)]
