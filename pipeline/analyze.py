@@ -22,6 +22,7 @@ from absld.tracking import Tracker
 from absld.vocab import ModelId
 
 from .common import (
+    locked,
     ANALYSIS_DIR, ANALYSIS_PLOTS, COMPARISONS_JSON, FAIRNESS_JSON, PUBLISHED, REPORT_MD, TABLE_CSV, TABLE_MD,
     TABLE_TEX, TRAINING_JSON, StageError, data_dir, distill_results, eval_dir, load,
     params_option, student_id, user_errors,
@@ -83,6 +84,7 @@ def read_temperatures(path: Path) -> list[dict[str, str]]:
 @click.command()
 @params_option
 @user_errors
+@locked(lambda **_: "analyze")
 def analyze(params_path: str) -> None:
     """Class-wise robustness of the teacher and every student, with intervals and paired tests.
 

@@ -20,6 +20,7 @@ from absld.train import FitResult, fit
 from absld.vocab import METHOD_LABELS
 
 from .common import (
+    locked,
     TEACHER_CHECKPOINT, TEACHER_INFO, StageError, data_dir, distill_plots, distill_resume, distill_results,
     fingerprint, load, params_option, student_checkpoint, student_id, user_errors, write_timings,
 )
@@ -35,6 +36,7 @@ from .common import (
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs in this call (the next call resumes).")
 @user_errors
+@locked(lambda method_name, seed, **_: f"distill-{method_name}-seed{seed}")
 def distill(params_path: str, method_name: str, seed: int, stop_after: int | None) -> None:
     """Train one student with METHOD from the teacher in models/teacher.pt.
 

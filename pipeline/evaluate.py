@@ -22,6 +22,7 @@ from absld.tracking import Tracker, artifact_name, class_key
 from absld.vocab import ModelId
 
 from .common import (
+    locked,
     LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
 )
 
@@ -77,6 +78,7 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
 @click.option("--model", "model_id", required=True, callback=parse_model_id, metavar="ID",
               help="teacher, or <method>/seed<S> for the student models/students/<method>/seed<S>.pt.")
 @user_errors
+@locked(lambda model_id, **_: f"evaluate-{model_id}")
 def evaluate(params_path: str, model_id: str) -> None:
     """Attack one model and record, per test sample, whether it survives each attack.
 

@@ -7,12 +7,13 @@ import click
 from absld import data
 from absld.tracking import Tracker
 
-from .common import data_dir, load, params_option, user_errors
+from .common import locked, data_dir, load, params_option, user_errors
 
 
 @click.command()
 @params_option
 @user_errors
+@locked(lambda **_: "prepare")
 def prepare(params_path: str) -> None:
     """Read the dataset named by data.dataset and write data/<dataset>/.
 

@@ -19,6 +19,7 @@ from absld.tracking import Tracker
 from absld.train import FitResult, fit
 
 from .common import (
+    locked,
     TEACHER_CHECKPOINT, TEACHER_DOWNLOADS, TEACHER_INFO, TEACHER_RESULTS, TEACHER_RESUME,
     StageError, data_dir, fingerprint, load, params_option, user_errors, write_timings,
 )
@@ -29,6 +30,7 @@ from .common import (
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs in this call (the next call resumes).")
 @user_errors
+@locked(lambda **_: "teacher")
 def teacher(params_path: str, stop_after: int | None) -> None:
     """Train or import the teacher and check its clean and PGD accuracy on the test split.
 

@@ -98,3 +98,20 @@ def test_a_student_checkpoint_for_another_dataset_is_refused(project):
     result = CliRunner().invoke(main, ["evaluate", "--model", "absld/seed0"])
     assert result.exit_code == 1 and "7 classes" in result.output and result.output.count("\n") == 1
     assert not (project / "results").exists()
+
+
+def test_a_second_run_of_a_running_stage_stops_at_once_naming_the_first(project):
+    import os
+
+    from pipeline.common import stage_lock
+
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    before = files(project)
+    with stage_lock("distill-absld-seed0"):  # as if another process were training this student
+        result = CliRunner().invoke(main, ["distill", "--method", "absld", "--seed", "0"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert f"distill-absld-seed0 is already running (pid {os.getpid()}" in result.output
+        other = CliRunner().invoke(main, ["distill", "--method", "rslad", "--seed", "0", "--stop-after", "1"])
+        assert "already running" not in other.output  # another student is another lock
+    assert not (project / "models" / "students" / "absld").exists()
+    assert all(entry in files(project) for entry in before)
