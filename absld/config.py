@@ -112,6 +112,9 @@ class RuntimeConfig(Section):
     channels_last: bool = True
     deterministic: bool = False
     """On CUDA: deterministic cuDNN algorithms (slower). The CPU is always deterministic."""
+    nan_policy: Literal["stop", "skip_batch"] = "stop"
+    """A NaN/inf training loss: stop (name the epoch, batch and method; the last finished epoch's
+    checkpoint is kept) or skip_batch (no update from that batch; counted in the training log)."""
 
 
 

@@ -21,6 +21,7 @@ class Runtime:
     amp: bool  # bf16 autocast active (CUDA only)
     channels_last: bool
     progress: bool
+    nan_policy: str = "stop"  # runtime.nan_policy: stop | skip_batch
 
     def autocast(self) -> ContextManager:
         """bf16 autocast on CUDA when enabled; a no-op otherwise (the CPU runs in fp32)."""
@@ -66,6 +67,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         amp=bool(cfg.amp and use_cuda),
         channels_last=bool(cfg.channels_last and use_cuda),
         progress=progress_enabled(),
+        nan_policy=cfg.nan_policy,
     )
 
 

@@ -193,7 +193,8 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
     seen = 0
     correct_adv = torch.zeros((), device=device)
     correct_nat = torch.zeros((), device=device)
-    n_adv = n_nat = 0
+    n_adv = n_nat = skipped = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite batch (no sync)
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"[{desc}] epoch {epoch}/{cfg.epochs}", leave=False,
                disable=not rt.progress, dynamic_ncols=True)
@@ -209,8 +210,13 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
         with rt.autocast():
             out = method.loss(model, batch, x_adv, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
+        if rt.nan_policy == "skip_batch" and not bool(torch.isfinite(out.loss)):  # syncs: only when asked
+            skipped += 1
+            continue
         out.loss.backward()
         optimizer.step()
+        bad = ~torch.isfinite(out.loss.detach())
+        first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
 
         size = len(batch.y)
         seen += size
@@ -226,6 +232,11 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
             bar.set_postfix(loss=f"{float(totals['loss']) / seen:.4f}",
                             acc_adv=f"{float(correct_adv) / max(n_adv, 1):.3f}" if n_adv else "-")
     bar.close()
+    if int(first_bad) >= 0:
+        raise TrainingError(
+            f"[{desc}] {method.name or type(method).__name__}'s training loss became NaN/inf in epoch {epoch}, "
+            f"batch {int(first_bad) + 1} of {len(loader)}; the checkpoint of the last finished epoch is kept. "
+            "Lower the learning rate, check the data, or set runtime.nan_policy: skip_batch")
     row: dict[str, float] = {"epoch": epoch, "lr": lr}
     row.update({f"train_{k}": float(v) / max(seen, 1) for k, v in totals.items()})
     if not math.isfinite(row["train_loss"]):
@@ -235,5 +246,7 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
         row["train_acc_adv"] = float(correct_adv) / n_adv
     if n_nat:
         row["train_acc_nat"] = float(correct_nat) / n_nat
+    if skipped:
+        row["skipped_batches"] = skipped
     row["epoch_seconds"] = time.perf_counter() - started
     return row

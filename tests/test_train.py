@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -270,3 +272,47 @@ def test_resume_keeps_the_best_epoch_and_its_weights(tmp_path):
     assert straight.best_state is not None and resumed.best_state is not None
     for key, value in straight.best_state.items():
         assert torch.equal(value, resumed.best_state[key]), key
+
+
+class _NanAt(_Recorder):
+    """The recorder's loss, made NaN at the batches of ``bad`` (0-based, counted over the run)."""
+
+    name = "nan_at"
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def loss(self, student, batch, x_adv, teacher_logits):
+        out = super().loss(student, batch, x_adv, teacher_logits)
+        if self.calls in self.bad:
+            out = StepOutput(out.loss * float("nan"), logits_adv=out.logits_adv, logits_nat=out.logits_nat,
+                             stats=out.stats)
+        self.calls += 1
+        return out
+
+
+def _nan_loader():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (48, 3, 16, 16)).astype(np.uint8)
+    return TensorLoader(images, np.arange(48) % 4, batch_size=16, shuffle=True, seed=0)  # 3 batches
+
+
+def test_a_nan_loss_stops_training_naming_epoch_batch_and_method_and_keeps_the_last_epoch(tmp_path):
+    model, _, _ = tiny_setup("sat")
+    checkpoint = tmp_path / "last.pt"
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, milestones=[])
+    with pytest.raises(TrainingError, match=r"nan_at's training loss became NaN/inf in epoch 2, batch 2 of 3"):
+        fit(model, _NanAt({4}), _nan_loader(), cfg, CPU, checkpoint=checkpoint, fingerprint="k")
+    kept = torch.load(checkpoint, weights_only=True)
+    assert kept["epoch"] == 1  # the last finished epoch's checkpoint, not a NaN one
+
+
+def test_skip_batch_leaves_out_the_nan_batches_and_counts_them():
+    model, _, _ = tiny_setup("sat")
+    rt = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False, nan_policy="skip_batch")
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, milestones=[])
+    history = fit(model, _NanAt({1, 4}), _nan_loader(), cfg, rt).history
+    assert [row.get("skipped_batches") for row in history] == [1, 1]
+    assert all(math.isfinite(row["train_loss"]) for row in history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
