@@ -13,6 +13,7 @@ fingerprint (other params or data) starts afresh.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,8 +116,8 @@ def fit(
     result = FitResult(history=[], final_state={})
     start_epoch = 1
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state, ckpt_used = _read_resumable(ckpt_path, desc) if ckpt_path is not None else (None, None)
+    if state is not None:
         if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -129,7 +130,7 @@ def fit(
             result.best_score = state.get("best_score")
             start_epoch = int(state["epoch"]) + 1
             result.resumed_from = int(state["epoch"])
-            tqdm.write(f"[{desc}] resuming after epoch {state['epoch']} from {ckpt_path}")
+            tqdm.write(f"[{desc}] resuming after epoch {state['epoch']} from {ckpt_used}")
         else:
             tqdm.write(f"[{desc}] {ckpt_path} belongs to other params or data: starting afresh")
 
@@ -163,6 +164,31 @@ def fit(
     return result
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint before ``path``'s current one is kept (``last.pt`` -> ``last.prev.pt``)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _read_resumable(path: Path, desc: str) -> tuple[dict | None, Path | None]:
+    """The newest readable resumable checkpoint: ``path``, else the one before it (a kill or a
+    corrupted write of the newest one loses one epoch, not the run). None when neither exists;
+    a :class:`TrainingError` naming both files when both exist but none can be read."""
+    failures = []
+    for candidate in (path, previous_checkpoint(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            return torch.load(candidate, map_location="cpu", weights_only=True), candidate
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: report it, try the previous one
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            failures.append(f"{candidate} ({type(exc).__name__}: {message[:120]})")
+            tqdm.write(f"[{desc}] cannot read the checkpoint {candidate}; trying the one before it")
+    if failures:
+        raise TrainingError(f"[{desc}] no resumable checkpoint can be read: {'; '.join(failures)}; delete "
+                            f"{path.parent} to train from the start")
+    return None, None
+
+
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method: MethodBase,
           result: FitResult, epoch: int, fingerprint: str) -> None:
     state = {
@@ -178,6 +204,8 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
     }
+    if path.is_file():  # keep the previous epoch's checkpoint until the new one is whole
+        os.replace(path, previous_checkpoint(path))
     write_torch(path, state)
 
 

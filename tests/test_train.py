@@ -316,3 +316,25 @@ def test_skip_batch_leaves_out_the_nan_batches_and_counts_them():
     assert [row.get("skipped_batches") for row in history] == [1, 1]
     assert all(math.isfinite(row["train_loss"]) for row in history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_corrupted_last_checkpoint_resumes_from_the_one_before_and_ends_the_same(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, milestones=[])
+    model, method, loader = tiny_setup("sat")
+    straight = fit(model, method, loader, cfg, CPU)
+
+    model, method, loader = tiny_setup("sat")
+    path = tmp_path / "last.pt"
+    fit(model, method, loader, cfg, CPU, checkpoint=path, fingerprint="k", stop_after=2)
+    assert torch.load(tmp_path / "last.prev.pt", weights_only=True)["epoch"] == 1
+    path.write_bytes(b"not a checkpoint")  # a disk error, a half-copied file...
+    model, method, loader = tiny_setup("sat")
+    again = fit(model, method, loader, cfg, CPU, checkpoint=path, fingerprint="k")
+    assert again.resumed_from == 1
+    assert all(torch.equal(v, again.final_state[k]) for k, v in straight.final_state.items())
+
+    (tmp_path / "last.prev.pt").write_bytes(b"nor this")
+    path.write_bytes(b"not a checkpoint")
+    model, method, loader = tiny_setup("sat")
+    with pytest.raises(TrainingError, match=r"no resumable checkpoint can be read: .*last.pt.*last.prev.pt.*delete"):
+        fit(model, method, loader, cfg, CPU, checkpoint=path, fingerprint="k")
