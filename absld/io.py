@@ -119,6 +119,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def short_hash(*parts: Any) -> str:
+    """A 16-hex-digit sha256 of JSON-able parts (sorted keys; other objects by ``str``): the identity
+    of a configuration, e.g. of a resumable checkpoint or of a W&B run."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def file_digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:
     """The hex digest of a file read in chunks (``algorithm``: any of hashlib's names)."""
     digest = hashlib.new(algorithm)

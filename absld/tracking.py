@@ -13,8 +13,6 @@ Where and under which names runs are logged cannot change a result, so it is not
 
 from __future__ import annotations
 
-import hashlib
-import json
 import netrc
 import os
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from urllib.parse import urlparse
 
 from .config import Params
 from .errors import UserError
+from .io import short_hash
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun")
@@ -77,13 +76,6 @@ def artifact_mode() -> str:
     if mode not in ARTIFACT_MODES:
         raise TrackingError(f"ABSLD_WANDB_ARTIFACTS={mode!r} is not one of {', '.join(ARTIFACT_MODES)}")
     return mode
-
-
-def run_id(*parts: Any) -> str:
-    """A W&B run id from what makes a run this run (project, group, DVC experiment, stage name,
-    configuration): a stage killed and started again with the same settings resumes its run."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class TrackingError(UserError, ValueError):
@@ -174,7 +166,8 @@ class Tracker:
             group=where.group,
             job_type=stage,
             name=run_name,
-            id=run_id(where.project, where.entity, where.group, exp, run_name, config),
+            # the same stage with the same settings (a killed one started again) resumes its run
+            id=short_hash(where.project, where.entity, where.group, exp, run_name, config),
             resume="allow",
             tags=list(where.tags),
             config=config,

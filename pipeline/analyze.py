@@ -135,14 +135,11 @@ def _numbers(params: Params, models: list[str], groups: dict[str, dict[int, str]
     """(records, fairness, seed summaries, per-sample comparisons, seed comparisons, published numbers)."""
     cfg = params.analyze
     published_raw = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
-    try:
-        records = rep.load_evaluations({m: eval_dir(m) / "records.npz" for m in models})
-        fairness = rep.fairness_table(records, num_classes, cfg)
-        return (records, fairness, rep.seed_summaries(fairness, groups, cfg.confidence),
-                rep.compare_to_reference(records, groups, num_classes, cfg), rep.seed_comparisons(fairness, groups, cfg),
-                applicable(rep.published_numbers(published_raw, params.data.dataset), params))
-    except rep.ReportError as exc:
-        raise StageError(str(exc)) from None
+    records = rep.load_evaluations({m: eval_dir(m) / "records.npz" for m in models})
+    fairness = rep.fairness_table(records, num_classes, cfg)
+    return (records, fairness, rep.seed_summaries(fairness, groups, cfg.confidence),
+            rep.compare_to_reference(records, groups, num_classes, cfg), rep.seed_comparisons(fairness, groups, cfg),
+            applicable(rep.published_numbers(published_raw, params.data.dataset), params))
 
 
 def _check_evaluated(models: list[str]) -> None:

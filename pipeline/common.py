@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ import click
 
 from absld.config import Params, load_params
 from absld.errors import UserError
-from absld.io import write_csv
+from absld.io import short_hash, write_csv
 from absld.tracking import check_tracking
 from absld.vocab import ModelId
 
@@ -97,10 +96,8 @@ def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callab
     return decorate
 
 
-def fingerprint(*parts: Any) -> str:
-    """A short hash of JSON-able parts (configuration + data identity) for resumable checkpoints."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+fingerprint = short_hash
+"""The identity of a resumable checkpoint: configuration + data (:func:`absld.io.short_hash`)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def evaluate(params_path: str, model_id: str) -> None:
     _note_untracked(params, model_id, params_path)
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(data_dir(params))
-    _check_every_class_is_evaluated(prepared, cfg.n_samples)
+    _check_test_samples(prepared, cfg.n_samples)
     meta = checkpoint_meta(checkpoint)
     model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
     config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
@@ -154,7 +154,7 @@ def _note_untracked(params: Params, model_id: str, params_path: str) -> None:
                    "(DVC does not track its evaluation)")
 
 
-def _check_every_class_is_evaluated(prepared: data_lib.Prepared, n_samples: int | None) -> None:
+def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None) -> None:
     if n_samples is not None and n_samples > len(prepared.test_labels):
         raise StageError(f"evaluate.n_samples = {n_samples} exceeds the {len(prepared.test_labels)} test images; "
                          "lower it or set it to null (all of them)")

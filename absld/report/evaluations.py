@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import fraction_of_255
-from ..records import Records, RecordsError, read_records as _read_records
+from ..records import Records, read_records as _read_records
 from .base import ReportError
 from .labels import Protocol
 from .labels import order_attacks
@@ -60,10 +60,7 @@ def check_same_samples(records: Mapping[str, Records]) -> None:
 
 def read_records(model: str, path: str | Path) -> Records:
     """:meth:`Records.load` with the columns in the paper's attack order; a bad file is a ReportError."""
-    try:
-        records = _read_records(model, path)
-    except RecordsError as exc:
-        raise ReportError(str(exc)) from None
+    records = _read_records(model, path)
     records.correct = {a: records.correct[a] for a in order_attacks(list(records.correct))}
     return records
 
