@@ -45,6 +45,9 @@ PARAMS_CASES = [  # (dotted key, bad value, words the one-line message must hold
     ("distill.train.lr", -0.1, ["distill.train.lr", "-0.1", "greater than 0"]),
     ("distill.absld.betta", 0.3, ["unknown key 'distill.absld.betta'"]),
     ("wandb", {"tags": ["x"]}, ["'wandb' is not a params.yaml key", "WANDB_TAGS"]),
+    ("runtime.nan_policy", "ignore", ["runtime.nan_policy", "ignore", "skip_batch"]),
+    ("data.synthetic.train_per_class", 0, ["data.synthetic.train_per_class", "greater than 0"]),
+    ("profile", "my profile", ["profile", "my profile"]),
 ]
 
 
