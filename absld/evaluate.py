@@ -62,10 +62,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -78,6 +80,7 @@ from .attacks import autoattack, ce_loss, cw_inf, fgsm, pgd
 from .config import EvalAttack, EvaluateConfig
 from .data import TensorLoader
 from .fairness import Summary, class_accuracies, summarize
+from .io import write_npz
 from .records import WORST, Records
 from .runtime import Runtime
 
@@ -315,6 +318,78 @@ def summarize_records(records: Records, num_classes: int, ddof: int = 0) -> dict
 
 
 # ----------------------------------------------------------------------------------------------
+# resuming an interrupted evaluation
+@dataclass(frozen=True)
+class ColumnProgress:
+    """How far one column of the records got: ``robust`` (N,) holds the verdicts of the first
+    ``done`` attacked samples (in sample order; False elsewhere), ``seconds`` the time spent on them."""
+
+    robust: npt.NDArray[np.bool_]
+    done: int
+    seconds: float
+    complete: bool
+
+
+class EvalProgress:
+    """The finished work of an evaluation, in one small ``.npz``, so that a killed evaluation
+    resumes at the batch where it stopped instead of from the start.
+
+    Saved after every finished column and, within a column, after a finished batch once
+    ``every_seconds`` have passed since the last save (0: after every batch). Resuming gives the
+    same records as an uninterrupted run: every batch's verdicts depend only on its samples (eval
+    mode; per-sample start noise), and a resumed column restarts at a batch boundary, so AutoAttack
+    sees the same calls of ``evaluate.aa.batch_size`` samples. ``fingerprint`` names everything
+    that can change a verdict (model, data, settings, code); a file with another one is ignored.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str, every_seconds: float = 30.0,
+                 notify: Callable[[str], None] = tqdm.write) -> None:
+        self.path, self.fingerprint, self.every_seconds, self.notify = Path(path), fingerprint, every_seconds, notify
+        self.columns: dict[str, ColumnProgress] = {}
+        self._last_save = time.monotonic()
+
+    def load(self) -> dict[str, ColumnProgress]:
+        """The columns of a previous run with this fingerprint (empty when there is none)."""
+        if not self.path.is_file():
+            return {}
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                if str(data["fingerprint"]) != self.fingerprint:
+                    self.notify(f"{self.path} belongs to another model, data, code or settings: evaluating afresh")
+                    return {}
+                names = json.loads(str(data["names"]))
+                self.columns = {name: ColumnProgress(data[f"robust_{name}"].astype(np.bool_),
+                                                     int(data[f"done_{name}"]), float(data[f"seconds_{name}"]),
+                                                     bool(data[f"complete_{name}"])) for name in names}
+        except Exception as exc:  # noqa: BLE001 - progress is only saved time: report it, start over
+            self.notify(f"cannot read {self.path} ({type(exc).__name__}); evaluating afresh")
+            return {}
+        done = ", ".join(f"{name} {'done' if c.complete else f'{c.done} samples'}" for name, c in self.columns.items())
+        self.notify(f"resuming the evaluation from {self.path}: {done}")
+        return dict(self.columns)
+
+    def due(self) -> bool:
+        """Whether ``every_seconds`` have passed since the last save."""
+        return time.monotonic() - self._last_save >= self.every_seconds
+
+    def update(self, name: str, column: ColumnProgress) -> None:
+        """Record ``column``; write the file when it is complete or a save is :meth:`due`."""
+        self.columns[name] = column
+        if column.complete or self.due():
+            arrays: dict[str, np.ndarray] = {"fingerprint": np.asarray(self.fingerprint),
+                                             "names": np.asarray(json.dumps(list(self.columns)))}
+            for key, c in self.columns.items():
+                arrays.update({f"robust_{key}": c.robust, f"done_{key}": np.asarray(c.done),
+                               f"seconds_{key}": np.asarray(c.seconds), f"complete_{key}": np.asarray(c.complete)})
+            write_npz(self.path, **arrays)
+            self._last_save = time.monotonic()
+
+    def remove(self) -> None:
+        """Delete the file (the evaluation's outputs are written)."""
+        self.path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # the cascade
 def _check_model(model: nn.Module, x: Tensor, num_classes: int) -> None:
     if model.training:
@@ -336,6 +411,14 @@ def _chunks(positions: Tensor, size: int) -> Iterator[Tensor]:
         yield positions[begin : begin + size]
 
 
+def _settle(robust: npt.NDArray[np.bool_], positions: list[Tensor], verdicts: list[Tensor]) -> None:
+    """Copy the device verdicts of the batches at ``positions`` into ``robust``; empty both lists."""
+    if verdicts:
+        robust[torch.cat(positions).numpy()] = torch.cat(verdicts).cpu().numpy()
+    positions.clear()
+    verdicts.clear()
+
+
 class _Evaluator:
     """The evaluated set on the device, and one pass of one attack over a subset of it."""
 
@@ -353,23 +436,34 @@ class _Evaluator:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[on_device]
 
-    def run(self, spec: EvalAttackSpec, mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_], float]:
+    def run(self, spec: EvalAttackSpec, mask: npt.NDArray[np.bool_],
+            progress: EvalProgress | None = None) -> tuple[npt.NDArray[np.bool_], float]:
         """Run ``spec`` on the samples where ``mask`` (N,) is true; return (robust (N,), seconds).
 
-        ``robust[i]``: sample i was attacked and the model still classifies it correctly.
+        ``robust[i]``: sample i was attacked and the model still classifies it correctly. With
+        ``progress``, a column it holds is taken from it (the rest of it run from the batch where
+        it stopped) and the verdicts are handed to it as batches finish.
         """
         n = mask.shape[0]
         positions = torch.from_numpy(np.flatnonzero(mask))  # (M,) CPU
-        robust = np.zeros(n, dtype=np.bool_)
+        before = progress.columns.get(spec.name) if progress is not None else None
+        if before is not None and before.complete:
+            return before.robust, before.seconds
+        robust = np.zeros(n, dtype=np.bool_) if before is None else before.robust.copy()
+        done = 0 if before is None else before.done
+        if done % spec.batch_size and done != positions.numel():
+            raise ValueError(f"{spec.name}: {done} samples done is not a whole number of batches of {spec.batch_size}")
+        spent = 0.0 if before is None else before.seconds
         start = time.perf_counter()
         noise = None
         if spec.noise_kind is not None and positions.numel():
             noise = start_noise(spec.noise_kind, (n, *self.images.shape[1:]), seed=self.cfg.seed,
                                 name=spec.name)  # (N, C, H, W) CPU
-        verdicts: list[Tensor] = []
-        with tqdm(total=positions.numel(), desc=f"[{self.desc} {spec.name}]", unit="img", leave=False,
-                  disable=not self.rt.progress) as bar:
-            for chunk in _chunks(positions, spec.batch_size):
+        verdicts: list[Tensor] = []  # (B,) per batch since the last hand-over, on the device
+        pending: list[Tensor] = []  # their positions
+        with tqdm(total=positions.numel(), initial=done, desc=f"[{self.desc} {spec.name}]", unit="img",
+                  leave=False, disable=not self.rt.progress) as bar:
+            for chunk in _chunks(positions[done:], spec.batch_size):
                 x, y = self.inputs(chunk)
                 batch_noise = None if noise is None else noise[chunk].to(self.rt.device, non_blocking=True)
                 with self._precision(spec):
@@ -378,10 +472,18 @@ class _Evaluator:
                     self.hook(spec.name, chunk, x, x_adv)
                 with torch.no_grad(), self._precision(spec):
                     verdicts.append(self.model(x_adv).argmax(dim=1) == y)  # (B,)
+                pending.append(chunk)
+                done += chunk.numel()
                 bar.update(chunk.numel())
-        if verdicts:
-            robust[positions.numpy()] = torch.cat(verdicts).cpu().numpy()  # syncs the device
-        return robust, time.perf_counter() - start
+                if progress is not None and progress.due():
+                    _settle(robust, pending, verdicts)  # syncs the device
+                    progress.update(spec.name, ColumnProgress(robust.copy(), done, spent + time.perf_counter() - start,
+                                                              complete=False))
+        _settle(robust, pending, verdicts)  # syncs the device
+        seconds = spent + time.perf_counter() - start
+        if progress is not None:
+            progress.update(spec.name, ColumnProgress(robust, done, seconds, complete=True))
+        return robust, seconds
 
     def _precision(self, spec: EvalAttackSpec) -> AbstractContextManager:
         """runtime.amp's autocast where evaluate.amp asks for it, else float32 (autocast switched off)."""
@@ -392,7 +494,7 @@ class _Evaluator:
 
 def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime,
                    cfg: EvaluateConfig, *, num_classes: int, desc: str = "evaluate",
-                   on_adversarial: AdversarialHook | None = None) -> Records:
+                   on_adversarial: AdversarialHook | None = None, progress: EvalProgress | None = None) -> Records:
     """Clean accuracy and every attack of ``cfg.attacks`` on the first ``cfg.n_samples`` images.
 
     Args:
@@ -405,6 +507,8 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
         num_classes: number of classes of the data; the model must output that many logits.
         desc: prefix of the progress bars.
         on_adversarial: optional :data:`AdversarialHook`, called on every attacked batch.
+        progress: optional :class:`EvalProgress`: the evaluation resumes from what it holds (already
+            loaded) and saves into it as it goes; the records are the same as without it.
 
     Returns:
         :class:`Records` of the first ``cfg.n_samples`` images (all when None): ``index``, ``y``,
@@ -424,7 +528,7 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
     correct: dict[str, npt.NDArray[np.bool_]] = {}
     seconds: dict[str, float] = {}
     clean_spec = EvalAttackSpec(CLEAN, _clean, cfg.batch_size, autocast=cfg.amp)
-    correct[CLEAN], seconds[CLEAN] = evaluator.run(clean_spec, np.ones(n, dtype=np.bool_))
+    correct[CLEAN], seconds[CLEAN] = evaluator.run(clean_spec, np.ones(n, dtype=np.bool_), progress)
     robust_to_all = correct[CLEAN].copy()  # (N,) clean-correct and robust to every attack so far
     evaluated: dict[str, npt.NDArray[np.bool_]] = {}
     for spec in build_attacks(cfg, rt.device):
@@ -434,7 +538,7 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
             covered = np.arange(n) < cfg.aa.n_samples
             attacked = attacked & covered
             evaluated["aa"] = evaluated[WORST] = covered
-        robust, seconds[spec.name] = evaluator.run(spec, attacked)
+        robust, seconds[spec.name] = evaluator.run(spec, attacked, progress)
         correct[spec.name] = robust  # cascade: robust is False wherever an earlier attack won
         robust_to_all = robust_to_all & (robust if covered is None else (robust | ~covered))
     correct[WORST] = robust_to_all

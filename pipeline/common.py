@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+import absld
 from absld.config import Params, load_params
 from absld.errors import UserError
 from absld.io import short_hash, write_csv
@@ -96,8 +97,26 @@ def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callab
     return decorate
 
 
-fingerprint = short_hash
-"""The identity of a resumable checkpoint: configuration + data (:func:`absld.io.short_hash`)."""
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the Python source of ``absld`` and ``pipeline`` (path and bytes of every file)."""
+    digest = hashlib.sha256()
+    for package in (Path(absld.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(f"{package.name}/{path.relative_to(package).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """The identity of resumable work (a training checkpoint, an evaluation's progress): its settings
+    and data, and the code. A stage that DVC reruns because its code changed must not resume work
+    that the old code did, so any edit of ``absld/`` or ``pipeline/`` starts it afresh."""
+    return short_hash(code_digest(), *parts)
+
+
+EVAL_SAVE_SECONDS_ENV = "ABSLD_EVAL_SAVE_SECONDS"
+"""How often (seconds, default 30) an evaluation saves its progress; 0: after every batch."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +156,11 @@ def distill_plots(method: str, seed: int) -> Path:
 def eval_dir(model_id: str) -> Path:
     """results/eval/<model> with <model> = teacher or <method>/seed<S>."""
     return Path("results/eval") / model_id
+
+
+def eval_resume(model_id: str) -> Path:
+    """checkpoints/eval/<model>/progress.npz: an interrupted evaluation's finished batches."""
+    return Path("checkpoints/eval") / model_id / "progress.npz"
 
 
 def eval_plots(model_id: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from absld import data as data_lib
 from absld.config import Params, fraction_of_255
-from absld.evaluate import Records, evaluate_model, first_n, summarize_records
+from absld.evaluate import EvalProgress, Records, evaluate_model, first_n, protocol, summarize_records
 from absld.fairness import Summary
 from absld.io import atomic_dir, sha256_file, write_json
 from absld.models import checkpoint_meta, load_checkpoint
@@ -22,8 +23,8 @@ from absld.tracking import Tracker, artifact_name, class_key
 from absld.vocab import ModelId
 
 from .common import (
-    locked,
-    LOGS, StageError, data_dir, eval_dir, eval_plots, load, model_checkpoint, params_option, user_errors,
+    EVAL_SAVE_SECONDS_ENV, LOGS, StageError, data_dir, eval_dir, eval_plots, eval_resume, fingerprint, load, locked,
+    model_checkpoint, params_option, user_errors,
 )
 
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split", "selection_score")
@@ -103,6 +104,11 @@ def evaluate(params_path: str, model_id: str) -> None:
     non-standard AutoAttack (a custom or rand version, or torchattacks' port) is labelled AA* and
     logged to W&B as aa_nonstandard.
 
+    A killed evaluation resumes where it stopped: finished attacks and batches are saved to
+    checkpoints/eval/ID/progress.npz (after each attack, and within one every
+    $ABSLD_EVAL_SAVE_SECONDS seconds, default 30) and the records end the same as an uninterrupted
+    run's; the file is ignored when the model, data, settings or code changed, and removed at the end.
+
     \b
     Writes (each directory replaced as a whole):
       results/eval/ID/records.npz   index, y, correct_<attack> (clean, ..., worst), eps, protocol
@@ -126,9 +132,10 @@ def evaluate(params_path: str, model_id: str) -> None:
     model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
     config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+    progress = _progress(model_id, checkpoint, prepared, params, rt)
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
-                                 num_classes=prepared.num_classes, desc=model_id)
+                                 num_classes=prepared.num_classes, desc=model_id, progress=progress)
         tracker.use_artifact(artifact_name(model_id), "model", [checkpoint])
         ddof = params.analyze.nsd_ddof  # one NSD definition for metrics.json and the analysis
         summaries = summarize_records(records, prepared.num_classes, ddof=ddof)
@@ -143,8 +150,26 @@ def evaluate(params_path: str, model_id: str) -> None:
                        title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
                              f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
         _track(tracker, model_id, records, summaries, class_acc, prepared.class_names)
+    progress.remove()
     _echo(model_id, records, summaries, prepared.class_names, cascade=cfg.cascade,
           test_selected=meta.get("selection_split") == "test")
+
+
+def _progress(model_id: str, checkpoint: Path, prepared: data_lib.Prepared, params: Params,
+              rt: Runtime) -> EvalProgress:
+    """Where this evaluation saves its finished batches, loaded when an earlier run was killed."""
+    raw = os.environ.get(EVAL_SAVE_SECONDS_ENV, "30")
+    try:
+        every = float(raw)
+        if not every >= 0:
+            raise ValueError
+    except ValueError:
+        raise StageError(f"{EVAL_SAVE_SECONDS_ENV}={raw!r} is not a number of seconds >= 0") from None
+    key = fingerprint(model_id, sha256_file(checkpoint), prepared.manifest["sha256"], params.evaluate.model_dump(mode="json"),
+                      protocol(params.evaluate, rt.amp), params.runtime.model_dump(mode="json"), str(rt.device))
+    progress = EvalProgress(eval_resume(model_id), key, every_seconds=every)
+    progress.load()
+    return progress
 
 
 def _note_untracked(params: Params, model_id: str, params_path: str) -> None:

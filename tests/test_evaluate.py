@@ -529,3 +529,75 @@ def test_evaluation_runs_in_fp32_unless_evaluate_amp_asks_for_autocast(task: Tas
                        num_classes=N_CLASSES)
         # amp off: no forward pass under autocast; on: the attacks' passes are (the model check is not)
         assert spy.autocast_on and (True in spy.autocast_on) == amp
+
+
+# ---------------------------------------------------------------- resuming a killed evaluation
+def counter(counts: dict[str, int]):
+    """A hook that counts the samples attacked per record."""
+
+    def hook(name: str, positions: Tensor, x: Tensor, x_adv: Tensor) -> None:
+        counts[name] = counts.get(name, 0) + positions.numel()
+
+    return hook
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL: raised from the adversarial hook, it ends the evaluation mid-attack."""
+
+
+def kill_at(record: str, batch: int):
+    """A hook that lets ``batch`` batches of ``record`` finish and raises in the next one."""
+    seen = {"n": 0}
+
+    def hook(name: str, positions: Tensor, x: Tensor, x_adv: Tensor) -> None:
+        if name == record:
+            if seen["n"] == batch:
+                raise Killed(f"{record} batch {batch}")
+            seen["n"] += 1
+
+    return hook
+
+
+@pytest.mark.parametrize("record, batch", [("pgd20", 1), ("aa", 1), ("cw", 0)])
+def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_identical_records(task: Task, rt: Runtime,
+                                                                                  tmp_path: Path, record, batch) -> None:
+    """Killed within an attack (PGD, AutoAttack, CW), then run again with the same progress file:
+    the finished attacks and batches are not run again and the records are those of one run."""
+    from absld.evaluate import EvalProgress
+
+    cfg = config(attacks=["fgsm", "pgd", "aa", "cw"], batch_size=32, cascade=True,
+                 aa={"version": "custom", "attacks": ["apgd-ce"], "batch_size": 16, "n_samples": 64})
+    counts: dict[str, int] = {}
+    whole = run(task, rt, cfg, on_adversarial=counter(counts))
+    path, notes = tmp_path / "progress.npz", []
+    with pytest.raises(Killed):
+        run(task, rt, cfg, progress=EvalProgress(path, "key", every_seconds=0), on_adversarial=kill_at(record, batch))
+    assert path.is_file()
+    attacked: dict[str, int] = {}
+    progress = EvalProgress(path, "key", every_seconds=0, notify=notes.append)
+    progress.load()
+    resumed = run(task, rt, cfg, progress=progress, on_adversarial=counter(attacked))
+    assert notes and notes[0].startswith(f"resuming the evaluation from {path}")
+    order = ["clean", "fgsm", "pgd20", "aa", "cw"]
+    assert all(name not in attacked for name in order[:order.index(record)])  # finished columns not rerun
+    size = {"pgd20": 32, "aa": 16, "cw": 32}[record]
+    assert attacked[record] == counts[record] - batch * size  # resumed after its finished batches
+    assert all(attacked[name] == counts[name] for name in order[order.index(record) + 1:] if name in counts)
+    assert {k: v.tolist() for k, v in resumed.arrays().items()} == {k: v.tolist() for k, v in whole.arrays().items()}
+
+
+def test_progress_of_other_settings_or_an_unreadable_file_is_ignored_with_a_note(task: Task, rt: Runtime,
+                                                                                   tmp_path: Path) -> None:
+    from absld.evaluate import EvalProgress
+
+    cfg = config(attacks=["fgsm"])
+    path = tmp_path / "progress.npz"
+    with pytest.raises(Killed):
+        run(task, rt, cfg, progress=EvalProgress(path, "old", every_seconds=0), on_adversarial=kill_at("fgsm", 1))
+    notes: list[str] = []
+    other = EvalProgress(path, "new", every_seconds=0, notify=notes.append)
+    assert other.load() == {} and "belongs to another model, data, code or settings" in notes[-1]
+    path.write_bytes(b"half a file")
+    assert other.load() == {} and notes[-1].startswith(f"cannot read {path} (") and notes[-1].endswith("evaluating afresh")
+    assert run(task, rt, cfg, progress=other).arrays()["correct_fgsm"].tolist() == \
+        run(task, rt, cfg).arrays()["correct_fgsm"].tolist()

@@ -40,3 +40,36 @@ def test_failed_directory_write_keeps_the_previous_directory(tmp_path):
 def test_csv_columns_are_the_union_of_all_rows(tmp_path):
     write_csv(tmp_path / "log.csv", [{"epoch": 1}, {"epoch": 2, "extra": 0.5}])
     assert (tmp_path / "log.csv").read_text() == "epoch,extra\n1,\n2,0.5\n"
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    """SIGKILL skips the clean-up of a temporary; the next write of the same file (or directory)
+    removes what dead processes left and nothing of a process that still runs."""
+    dead = dead_pid()
+    left = {
+        "file": tmp_path / f".out.json.{dead}.abc123.tmp",
+        "dir": tmp_path / f".eval.{dead}.def456.tmp",
+        "live": tmp_path / f".out.json.{os.getpid()}.zzz.tmp",
+        "other file": tmp_path / f".other.json.{dead}.abc.tmp",
+    }
+    left["file"].write_text("{half")
+    left["dir"].mkdir()
+    (left["dir"] / "records.npz").write_bytes(b"half")
+    left["live"].write_text("being written")
+    left["other file"].write_text("{")
+    write_json(tmp_path / "out.json", {"a": 1})
+    with atomic_dir(tmp_path / "eval") as out:
+        (out / "x").write_text("whole")
+    assert not left["file"].exists() and not left["dir"].exists()
+    assert left["live"].exists() and left["other file"].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [left["live"].name, left["other file"].name, "eval", "out.json"])
