@@ -37,9 +37,9 @@ def outputs(project: Path) -> dict[str, tuple[int, int]]:
             for folder in ("models", "results", "plots", "data") for p in (project / folder).rglob("*") if p.is_file()}
 
 
-@pytest.mark.slow
-def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
-    project = tmp_path / "project"
+def dvc_project(project: Path, params_text: str | None = None) -> Path:
+    """A Git repository at ``project`` holding the pipeline's files (the code, dvc.yaml, conf/,
+    .dvc/) and ``params_text`` as params.yaml (default: the committed one), all committed."""
     project.mkdir()
     for name in PROJECT_FILES:
         source = REPO / name
@@ -49,11 +49,17 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    (project / "params.yaml").write_text(committed_params_text())
+    (project / "params.yaml").write_text(params_text if params_text is not None else committed_params_text())
     shutil.copy(REPO / ".gitignore", project / ".gitignore")
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "init"], project)
+    return project
+
+
+@pytest.mark.slow
+def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
+    project = dvc_project(tmp_path / "project")
 
     run(["dvc", "exp", "run", "-S", "profile=tiny"], project)  # DVC composes params.yaml from conf/ (Hydra)
     assert yaml.safe_load((project / "params.yaml").read_text())["profile"] == "tiny"
