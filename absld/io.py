@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -15,9 +16,52 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import UserError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class OutputError(UserError, OSError):
+    """An output that cannot be written: a full disk, a read-only or unwritable directory. The
+    previous version of the file (if any) is left as it was, and no temporary file remains."""
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
+def output_error(path: Path, exc: OSError) -> OutputError | None:
+    """The user's version of an OSError met while writing ``path`` (None: not a writing problem).
+
+    A full disk is one whatever the file the error names; a refusal (permissions, a read-only file
+    system, a file where a directory should be) only when it names ``path``, its temporary or one
+    of their directories, so that a source file that cannot be read is not reported as an output."""
+    where = Path(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+    ours = where is None or where == path or where.parent == path.parent or where in path.parents \
+        or path.parent in where.parents
+    if exc.errno in _FULL:
+        fix = f"the disk is full: free space on it (`df -h {path.parent}`) and run the stage again"
+    elif exc.errno in _DENIED and ours:
+        fix = ("make the directory writable (or run the pipeline from a writable copy of the project) "
+               "and run the stage again")
+    else:
+        return None
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}; {fix}")
+
+
+@contextlib.contextmanager
+def _as_output_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        error = output_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _temp_prefix(path: Path) -> str:
@@ -71,25 +115,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A reader sees the old file or the new one, never a part: the data is flushed to disk (fsync)
     before the rename. Leftovers of writers killed earlier are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _as_output_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        _write_synced(handle, data)
+
+
+def _write_synced(handle: Any, data: bytes) -> None:
+    """Write, flush and fsync: the bytes are on the disk before the file is renamed into place."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def check_writable(*directories: str | Path) -> None:
+    """Before a stage starts work: each directory (or, where it does not exist yet, the nearest
+    existing one above it, in which it would be made) must be a directory we can create files in.
+    Creates nothing that stays. Raises :class:`OutputError` naming the directory and the fix."""
+    for directory in map(Path, directories):
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"cannot write {directory}: {existing} is a file, not a directory; "
+                              "move it away and run the stage again")
+        with _as_output_error(directory):
+            with tempfile.TemporaryFile(prefix=".absld-write-check.", dir=existing):
+                pass
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -152,22 +218,23 @@ def _csv_cell(value: Any) -> Any:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _as_output_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def short_hash(*parts: Any) -> str:

@@ -16,7 +16,7 @@ import click
 import absld
 from absld.config import Params, load_params
 from absld.errors import UserError
-from absld.io import short_hash, write_csv
+from absld.io import check_writable, short_hash, write_csv
 from absld.tracking import check_tracking
 from absld.vocab import ModelId
 
@@ -83,13 +83,19 @@ def stage_lock(name: str) -> Iterator[None]:
         handle.close()
 
 
+OUTPUT_ROOTS = ("data", "models", "results", "plots", "checkpoints", "logs")
+"""The folders the stages write into (each under the project directory)."""
+
+
 def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run a stage command under :func:`stage_lock`; ``name_of`` gets the command's keyword arguments."""
+    """Run a stage command under :func:`stage_lock` (``name_of`` gets the command's keyword
+    arguments), after checking that it could write its outputs (:func:`absld.io.check_writable`)."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with stage_lock(name_of(**kwargs)):
+                check_writable(*OUTPUT_ROOTS)
                 return func(*args, **kwargs)
 
         return wrapper

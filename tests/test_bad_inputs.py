@@ -3,6 +3,8 @@ and what is allowed, before anything is written or deleted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -118,3 +120,179 @@ def test_a_second_run_of_a_running_stage_stops_at_once_naming_the_first(project)
         assert "already running" not in other.output  # another student is another lock
     assert not (project / "models" / "students" / "absld").exists()
     assert all(entry in files(project) for entry in before)
+
+
+def one_line_error(result, *words):
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    assert all(word in result.output for word in words), result.output
+
+
+def teacher_file(project, arch="tiny_cnn", num_classes=10):
+    """An external teacher checkpoint (a bare state_dict, as published teachers are) and its sha256."""
+    import torch
+
+    from absld.io import sha256_file
+    from absld.models import build_model
+
+    torch.manual_seed(0)
+    path = project / "external.pt"
+    torch.save(build_model(arch, num_classes=num_classes, in_channels=3).state_dict(), path)
+    return path, sha256_file(path)
+
+
+def use_teacher_file(project, path, digest):
+    set_value(project, "teacher.source", "file")
+    set_value(project, "teacher.path", str(path))
+    set_value(project, "teacher.sha256", digest)
+    set_value(project, "teacher.published_clean_acc", None)
+
+
+TEACHER_FILE_CASES = [  # (how the file is wrong, words of the message)
+    ("missing", ["teacher.path", "does not exist"]),
+    ("wrong sha256", ["does not match teacher.sha256"]),
+    ("7 classes", ["7", "10"]),
+    ("another architecture", ["teacher.model.arch"]),
+]
+
+
+@pytest.mark.parametrize("fault, words", TEACHER_FILE_CASES, ids=[c for c, _ in TEACHER_FILE_CASES])
+def test_an_imported_teacher_that_does_not_fit_stops_before_writing(project, fault, words):
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    arch, classes = ("small_cnn", 10) if fault == "another architecture" else ("tiny_cnn", 10)
+    path, digest = teacher_file(project, arch, 7 if fault == "7 classes" else classes)
+    if fault == "missing":
+        path = project / "no-such-teacher.pt"
+    if fault == "wrong sha256":
+        digest = "0" * 64
+    use_teacher_file(project, path, digest)
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["teacher"]), *words)
+    assert files(project) == before
+
+
+def test_a_truncated_prepared_dataset_file_is_named_with_the_fix(project):
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    images = project / "data" / "synthetic" / "train_images.npy"
+    images.write_bytes(images.read_bytes()[:1000])  # a copy cut short
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["teacher"]), str(Path("data/synthetic/train_images.npy")),
+                   "absld prepare")
+    assert files(project) == before
+
+
+def write_fashion_idx(folder, n=20):
+    """Fashion-MNIST's four gzipped IDX files (random pixels)."""
+    import gzip
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    return folder
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])
+def test_a_truncated_dataset_file_is_named_before_anything_is_written(project, dataset):
+    from tests.fixtures import write_cifar10
+
+    if dataset == "cifar10":
+        folder = write_cifar10(project / "raw")
+        broken = folder / "data_batch_2"
+        set_value(project, "data.verify_md5", False)  # the fixture is not the official archive
+    else:
+        folder = write_fashion_idx(project / "raw" / "fashion")
+        broken = folder / "t10k-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a download cut short
+    set_value(project, "data.dataset", dataset)
+    set_value(project, "data.source_dir", str(folder if dataset == "fashion-mnist" else folder.parent))
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["prepare"]), str(broken), "truncated or corrupt")
+    assert files(project) == before and not (project / "data").exists()
+
+
+def test_an_output_folder_that_is_a_file_stops_the_stage_before_any_work(project):
+    """`models` is a file (a failed copy, a name clash): even root cannot write under it."""
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    (project / "models").write_text("not a folder")
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["teacher"]), "cannot write models", "is a file, not a directory")
+    assert files(project) == before
+
+
+def test_an_unwritable_output_folder_stops_the_stage_before_any_work(project, monkeypatch):
+    """A read-only or foreign folder: the stage's write check is refused (EACCES, as for a non-root
+    user; tests may run as root, whom chmod does not stop, so the refusal is injected)."""
+    import errno
+    import tempfile
+
+    import absld.io
+
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    real = tempfile.TemporaryFile
+
+    def refuse_results(*args, dir=None, **kwargs):
+        if Path(dir).name == "results":
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    (project / "results").mkdir(exist_ok=True)
+    monkeypatch.setattr(absld.io.tempfile, "TemporaryFile", refuse_results)
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["teacher"]), "cannot write results: Permission denied",
+                   "make the directory writable")
+    assert files(project) == before
+
+
+def test_a_full_disk_keeps_the_previous_output_and_leaves_no_temporary(project, monkeypatch):
+    """The disk fills while the teacher is written: one line naming the file and the fix; the
+    previous teacher.pt is intact, no temporary is left, and the next run (space freed) resumes."""
+    import errno
+
+    import absld.io
+
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    teacher = (project / "models" / "teacher.pt").read_bytes()
+    real = absld.io._write_synced
+
+    def full_for_the_teacher(handle, data):
+        if Path(handle.name).name.startswith(".teacher.pt."):
+            handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(handle, data)
+
+    monkeypatch.setattr(absld.io, "_write_synced", full_for_the_teacher)
+    result = CliRunner().invoke(main, ["teacher"])  # also prints that it resumes after the last epoch
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"cannot write {Path('models/teacher.pt')}: No space left on device" in errors[0]
+    assert "the disk is full" in errors[0]
+    assert (project / "models" / "teacher.pt").read_bytes() == teacher
+    assert [p for p in project.rglob("*.tmp")] == []
+    monkeypatch.setattr(absld.io, "_write_synced", real)
+    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    assert (project / "models" / "teacher.pt").read_bytes() == teacher
+
+
+def test_a_profile_that_does_not_exist_stops_reproduce_sh_before_any_install(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    shutil.copy(REPO / "reproduce.sh", tmp_path / "reproduce.sh")
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = subprocess.run(["bash", "reproduce.sh", "run", "quik"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0 and "no profile conf/profile/quik.yaml" in result.stderr + result.stdout
+    assert "quick" in result.stderr + result.stdout  # the profiles there are
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no .venv, nothing

@@ -336,6 +336,7 @@ def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback
     from absld.config import ConfigError
     from absld.data import DataError
     from absld.errors import UserError
+    from absld.io import OutputError
     from absld.models import ModelError
     from absld.report import ReportError
     from absld.runtime import DeviceError
@@ -345,7 +346,7 @@ def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback
     from pipeline.common import StageError
 
     for error in (AttackError, ConfigError, DataError, ModelError, ReportError, DeviceError, TeacherImportError,
-                  TrackingError, TrainingError, StageError):
+                  TrackingError, TrainingError, StageError, OutputError):
         assert issubclass(error, UserError), error
     import pipeline.prepare as prepare_stage
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,23 @@ def _missing_message(dataset: str, looked: list[Path], why: str) -> str:
     return "\n".join(lines)
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="latin1")
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return DataError(f"{path} cannot be read ({type(exc).__name__}{': ' + detail if detail else ''}); the file is "
+                     "truncated or corrupt: delete it and place (or download) the dataset again")
+
+
+def _unpickle(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A CIFAR batch file (a pickled dict holding ``keys``)."""
+    try:
+        with open(path, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        missing = [key for key in keys if key not in entry]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        return entry
+    except (EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _read_cifar_dir(dataset: str, base: Path, verify_md5: bool) -> RawDataset:
@@ -71,8 +86,11 @@ def _read_cifar_dir(dataset: str, base: Path, verify_md5: bool) -> RawDataset:
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for name in names:
-            entry = _unpickle(folder / name)
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            entry = _unpickle(folder / name, ("data", files["label_key"]))
+            try:
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            except ValueError as exc:
+                raise _unreadable(folder / name, exc) from None
             labels.append(np.asarray(entry[files["label_key"]], dtype=np.int64))
         return np.concatenate(images), np.concatenate(labels)
 
@@ -109,14 +127,20 @@ def _idx_path(base: Path, stem: str) -> Path | None:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _unreadable(path, exc) from None
     magic = int.from_bytes(data[0:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
     ndim = magic & 0xFF
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except ValueError as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _find_idx(dirs: list[Path]) -> Path | None:
