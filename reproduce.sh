@@ -2,7 +2,9 @@
 # Set up the environment and run the pipeline.
 #   ./reproduce.sh quick          the whole DAG on Fashion-MNIST on a CPU (= run quick)
 #   ./reproduce.sh paper          dvc repro with the committed params.yaml (the paper's CIFAR-10 setup)
-#   ./reproduce.sh test           the test suite
+#   ./reproduce.sh test           the test suite, then (without pytest args) the cross-check
+#   ./reproduce.sh crosscheck     the tests against torchattacks, in .venv-crosscheck (its wheel pins an
+#                                 old requests, so it is kept out of the pipeline's environment)
 #   ./reproduce.sh run PROFILE    the whole DAG as `dvc exp run -S profile=PROFILE` (conf/profile/PROFILE.yaml
 #                                 over conf/config.yaml; fashion: the Fashion-MNIST study, about 70 minutes on a CPU)
 # Environment: VENV (default .venv), WANDB_MODE (default offline), PYTHON (default python3).
@@ -18,17 +20,28 @@ FASHION_DIR=/usr/share/datasets/fashion-mnist
 
 die() { echo "reproduce.sh: $*" >&2; exit 2; }
 
+# setup [VENV CONSTRAINTS EXTRAS]: the environment, installed from pinned versions; `pip check` must pass
 setup() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        echo "==> creating $VENV"
-        "$PYTHON" -m venv "$VENV"
+    local venv="${1:-$VENV}" constraints="${2:-constraints.txt}" extras="${3:-test}"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "==> creating $venv"
+        "$PYTHON" -m venv "$venv"
     fi
-    echo "==> installing absld-repro into $VENV (pinned by constraints.txt)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
-    # torchattacks pins an old requests; it needs only torch, scipy and numpy (second AA backend)
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
-    export PATH="$PWD/$VENV/bin:$PATH"
+    echo "==> installing absld-repro[$extras] into $venv (pinned by $constraints)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[$extras]"
+    if [ "$constraints" = constraints.txt ] && "$venv/bin/python" -m pip show -q torchattacks 2>/dev/null; then
+        echo "==> removing torchattacks from $venv (an older reproduce.sh put it there; ./reproduce.sh crosscheck has its own)"
+        "$venv/bin/python" -m pip uninstall -q -y torchattacks
+    fi
+    "$venv/bin/python" -m pip check >/dev/null || { "$venv/bin/python" -m pip check; die "$venv has broken requirements (above)"; }
+    export PATH="$PWD/$venv/bin:$PATH"
     if [ ! -d .dvc ]; then dvc init -q; fi
+}
+
+crosscheck() {
+    setup .venv-crosscheck constraints-crosscheck.txt test,crosscheck
+    echo "==> the cross-check against torchattacks"
+    ABSLD_CROSSCHECK=1 .venv-crosscheck/bin/python -m pytest -q -m crosscheck
 }
 
 fashion_mnist() {
@@ -70,7 +83,10 @@ case "$cmd" in
     test)
         setup
         shift
-        python -m pytest -q "$@" ;;
+        python -m pytest -q "$@"
+        if [ $# -eq 0 ]; then crosscheck; fi ;;
+    crosscheck)
+        crosscheck ;;
     *)
-        die "usage: ./reproduce.sh quick | paper | test [pytest args] | run PROFILE" ;;
+        die "usage: ./reproduce.sh quick | paper | test [pytest args] | crosscheck | run PROFILE" ;;
 esac

@@ -73,9 +73,10 @@ STANDARD_ATTACKS: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t", "fab-t", "s
 _STANDARD_TARGET_CLASSES = 9  # APGD-T / FAB-T target classes in the reference standard version
 _STANDARD_SQUARE_QUERIES = 5000  # Square queries in the reference standard version
 
-_INSTALL_COMMAND: dict[str, str] = {
-    "pyautoattack": "pip install pyautoattack==0.2.0",
-    "torchattacks": "pip install --no-deps torchattacks==3.5.1",
+_INSTALL_HINT: dict[str, str] = {
+    "pyautoattack": "install it with `pip install pyautoattack==0.2.0`",
+    "torchattacks": ("it is the optional cross-check (its wheel pins an old requests): run `./reproduce.sh crosscheck`, "
+                     "or `pip install 'absld-repro[crosscheck]'` in an environment of its own"),
 }
 
 
@@ -86,7 +87,7 @@ def _import_backend(backend: AutoAttackBackend) -> ModuleType:
     except ImportError as error:
         raise AttackError(
             f"AutoAttack backend {backend!r} needs the package {backend!r}, which is not installed; "
-            f"install it with `{_INSTALL_COMMAND[backend]}`."
+            f"{_INSTALL_HINT[backend]}"
         ) from error
 
 
