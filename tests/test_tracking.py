@@ -102,3 +102,28 @@ def test_the_suite_cannot_reach_the_network():
 
     with pytest.raises(AssertionError, match="never touches the network"):
         socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1: unroutable anyway
+
+
+@pytest.mark.slow
+def test_no_credential_reaches_any_file_a_stage_or_its_offline_run_writes(tmp_path, monkeypatch):
+    """A W&B key (and a token-like variable) in the environment: the teacher stage's W&B run
+    (offline) and every file in the project, its wandb/ folder included, hold neither."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.conftest import profile_params_text
+
+    key, token = "0123456789abcdef0123456789abcdef0123dead", "ghp_notarealtokenbutlookslikeone1234"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(profile_params_text("tiny"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("GITHUB_TOKEN", token)
+    for stage in ("prepare", "teacher"):
+        result = CliRunner().invoke(main, [stage])
+        assert result.exit_code == 0, result.output
+        assert key not in result.output and token not in result.output
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("offline-run-" in str(p) for p in written)  # the run was really written
+    assert [str(p) for p in written if key.encode() in p.read_bytes() or token.encode() in p.read_bytes()] == []
