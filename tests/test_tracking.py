@@ -108,22 +108,21 @@ def test_the_suite_cannot_reach_the_network():
 def test_no_credential_reaches_any_file_a_stage_or_its_offline_run_writes(tmp_path, monkeypatch):
     """A W&B key (and a token-like variable) in the environment: the teacher stage's W&B run
     (offline) and every file in the project, its wandb/ folder included, hold neither."""
-    from click.testing import CliRunner
+    import os
+    import subprocess
+    import sys
 
-    from pipeline.cli import main
-    from tests.conftest import profile_params_text
+    from tests.conftest import REPO, profile_params_text
 
     key, token = "0123456789abcdef0123456789abcdef0123dead", "ghp_notarealtokenbutlookslikeone1234"
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(profile_params_text("tiny"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_API_KEY", key)
-    monkeypatch.setenv("GITHUB_TOKEN", token)
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_API_KEY=key, GITHUB_TOKEN=token,
+               PYTHONPATH=str(REPO))  # a process of its own: wandb keeps settings per process
     for stage in ("prepare", "teacher"):
-        result = CliRunner().invoke(main, [stage])
-        assert result.exit_code == 0, result.output
-        assert key not in result.output and token not in result.output
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", stage], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert key not in result.stdout + result.stderr and token not in result.stdout + result.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any("offline-run-" in str(p) for p in written)  # the run was really written
     assert [str(p) for p in written if key.encode() in p.read_bytes() or token.encode() in p.read_bytes()] == []
