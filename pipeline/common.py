@@ -103,15 +103,20 @@ def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callab
     return decorate
 
 
-@functools.cache
-def code_digest() -> str:
-    """sha256 of the Python source of ``absld`` and ``pipeline`` (path and bytes of every file)."""
+def source_digest(*packages: Path) -> str:
+    """sha256 over the ``*.py`` files under ``packages`` (each file's path in its package and bytes)."""
     digest = hashlib.sha256()
-    for package in (Path(absld.__file__).parent, Path(__file__).parent):
+    for package in packages:
         for path in sorted(package.rglob("*.py")):
             digest.update(f"{package.name}/{path.relative_to(package).as_posix()}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """:func:`source_digest` of ``absld`` and ``pipeline``: the code that made a resumable state."""
+    return source_digest(Path(absld.__file__).parent, Path(__file__).parent)
 
 
 def fingerprint(*parts: Any) -> str:

@@ -73,3 +73,23 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_write_and_a_live_o
     assert left["live"].exists() and left["other file"].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [left["live"].name, left["other file"].name, "eval", "out.json"])
+
+
+def test_resumable_work_of_other_code_is_not_resumed(tmp_path, monkeypatch):
+    """A stage killed, its code edited, then rerun (DVC reruns it because its code changed) must
+    not resume the old code's checkpoint: the fingerprint holds a digest of the source."""
+    import pipeline.common as common
+
+    package = tmp_path / "absld"
+    (package / "methods").mkdir(parents=True)
+    (package / "methods" / "absld.py").write_text("BETA = 0.1\n")
+    before = common.source_digest(package)
+    (package / "methods" / "absld.py").write_text("BETA = 0.2\n")
+    assert common.source_digest(package) != before
+    code_only = common.source_digest(package)
+    (package / "notes.md").write_text("not code")
+    assert common.source_digest(package) == code_only
+    monkeypatch.setattr(common, "code_digest", lambda: "old code")
+    old = common.fingerprint("absld", 0, {"lr": 0.1})
+    monkeypatch.setattr(common, "code_digest", lambda: "new code")
+    assert common.fingerprint("absld", 0, {"lr": 0.1}) != old
