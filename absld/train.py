@@ -132,7 +132,7 @@ def fit(
             result.resumed_from = int(state["epoch"])
             tqdm.write(f"[{desc}] resuming after epoch {state['epoch']} from {ckpt_used}")
         else:
-            tqdm.write(f"[{desc}] {ckpt_path} belongs to other params or data: starting afresh")
+            tqdm.write(f"[{desc}] {ckpt_path} belongs to other params, data or code: starting afresh")
 
     teacher = method.teacher
     trained_here = 0
