@@ -18,15 +18,15 @@ from .errors import UserError
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    amp: bool  # bf16 autocast active (CUDA only)
+    amp: bool  # bf16 autocast active (CUDA: runtime.amp; CPU: runtime.cpu_bf16)
     channels_last: bool
     progress: bool
     nan_policy: str = "stop"  # runtime.nan_policy: stop | skip_batch
 
     def autocast(self) -> ContextManager:
-        """bf16 autocast on CUDA when enabled; a no-op otherwise (the CPU runs in fp32)."""
+        """bf16 autocast on the runtime's device when enabled; a no-op otherwise (fp32)."""
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -64,8 +64,8 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     return Runtime(
         device=device,
-        amp=bool(cfg.amp and use_cuda),
-        channels_last=bool(cfg.channels_last and use_cuda),
+        amp=bool(cfg.amp if use_cuda else cfg.cpu_bf16),
+        channels_last=bool(cfg.channels_last if use_cuda else cfg.cpu_bf16),
         progress=progress_enabled(),
         nan_policy=cfg.nan_policy,
     )

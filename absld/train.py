@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import TensorLoader
+from .data import Batch, TensorLoader
 from .io import write_torch
-from .methods.base import MethodBase
+from .methods.base import MethodBase, StepOutput
 from .runtime import Runtime, rng_state, set_rng_state
 from .errors import UserError
 
@@ -209,6 +209,23 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
     write_torch(path, state)
 
 
+def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | None, batch: Batch,
+                rt: Runtime) -> StepOutput:
+    """One batch's forward work: the teacher's logits (once, fp32: ABSLD divides them by
+    temperatures down to 0.25), the method's attack with the student in its authors' BatchNorm
+    mode, then its loss with the student in train mode; both under ``rt.autocast()``."""
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(batch.x).float()  # (B, C)
+    model.train(method.attack_mode == "train")
+    with rt.autocast():
+        x_adv = method.perturb(model, batch, teacher_logits)
+    model.train()
+    with rt.autocast():
+        return method.loss(model, batch, x_adv, teacher_logits)
+
+
 def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None,
                  loader: TensorLoader, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                  rt: Runtime, epoch: int, desc: str) -> dict[str, float]:
@@ -227,16 +244,7 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
     bar = tqdm(loader, desc=f"[{desc}] epoch {epoch}/{cfg.epochs}", leave=False,
                disable=not rt.progress, dynamic_ncols=True)
     for step, batch in enumerate(bar):
-        teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():  # fp32: soft labels are divided by temperatures down to 0.25
-                teacher_logits = teacher(batch.x).float()  # (B, C)
-        model.train(method.attack_mode == "train")  # the BatchNorm mode of the authors' attack
-        with rt.autocast():
-            x_adv = method.perturb(model, batch, teacher_logits)
-        model.train()
-        with rt.autocast():
-            out = method.loss(model, batch, x_adv, teacher_logits)
+        out = method_loss(model, method, teacher, batch, rt)
         optimizer.zero_grad(set_to_none=True)
         if rt.nan_policy == "skip_batch" and not bool(torch.isfinite(out.loss)):  # syncs: only when asked
             skipped += 1
