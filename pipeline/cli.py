@@ -7,6 +7,7 @@ import click
 from absld import __version__
 
 from .analyze import analyze
+from .bench import bench
 from .check import check
 from .distill import distill
 from .evaluate import evaluate
@@ -35,6 +36,7 @@ main.add_command(distill)
 main.add_command(evaluate)
 main.add_command(analyze)
 main.add_command(report)
+main.add_command(bench)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

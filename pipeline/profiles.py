@@ -29,6 +29,8 @@ def names(conf: Path = CONF) -> list[str]:
 
 def compose(profile: str, path: Path, *, overrides: tuple[str, ...] = (), conf: Path = CONF) -> None:
     """Write the params.yaml of ``profile`` (plus Hydra ``overrides``) to ``path``, as DVC does."""
+    if not (conf / "profile").is_dir():
+        raise ConfigError(f"no profiles here ({conf / 'profile'} is not a directory): run from the project's directory")
     if profile not in names(conf):
         raise ConfigError(f"profile {profile!r} is not one of {', '.join(names(conf))} (conf/profile/*.yaml)")
     from dvc.utils.hydra import compose_and_dump
