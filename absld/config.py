@@ -117,6 +117,10 @@ class RuntimeConfig(Section):
     (AVX512-BF16/AMX; `absld bench`); it changes the numerics, so off unless a profile asks."""
     deterministic: bool = False
     """On CUDA: deterministic cuDNN algorithms (slower). The CPU is always deterministic."""
+    distributed: bool = False
+    """Data-parallel training when the stage is started by torchrun (`torchrun --nproc_per_node N
+    -m pipeline.cli distill ...`): one process per device, each on its share of every batch,
+    gradients averaged by DistributedDataParallel (absld/distributed.py); alone, one process."""
     nan_policy: Literal["stop", "skip_batch"] = "stop"
     """A NaN/inf training loss: stop (name the epoch, batch and method; the last finished epoch's
     checkpoint is kept) or skip_batch (no update from that batch; counted in the training log)."""

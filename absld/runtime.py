@@ -22,6 +22,13 @@ class Runtime:
     channels_last: bool
     progress: bool
     nan_policy: str = "stop"  # runtime.nan_policy: stop | skip_batch
+    rank: int = 0  # data-parallel training (runtime.distributed under torchrun): this process
+    world: int = 1  # and how many there are
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and logs (rank 0)."""
+        return self.rank == 0
 
     def autocast(self) -> ContextManager:
         """bf16 autocast on the runtime's device when enabled; a no-op otherwise (fp32)."""
@@ -54,6 +61,14 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         )
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
+    rank, world = 0, 1
+    if cfg.distributed:
+        from . import distributed
+
+        device = distributed.local_device(device.type)
+        if use_cuda:
+            torch.cuda.set_device(device)
+        rank, world = distributed.init(device.type)
     if use_cuda:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -68,6 +83,8 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         channels_last=bool(cfg.channels_last if use_cuda else cfg.cpu_bf16),
         progress=progress_enabled(),
         nan_policy=cfg.nan_policy,
+        rank=rank,
+        world=world,
     )
 
 

@@ -147,6 +147,8 @@ class Tracker:
         self.stage = stage
         self.mode = wandb_mode()
         self.run = None
+        if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 logs
+            self.mode = "disabled"
         if self.mode == "disabled":
             return
         os.environ["WANDB_MODE"] = self.mode  # wandb reads the environment, not only mode=

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig
 from .data import Batch, TensorLoader
 from .io import write_torch
@@ -135,11 +136,13 @@ def fit(
             tqdm.write(f"[{desc}] {ckpt_path} belongs to other params, data or code: starting afresh")
 
     teacher = method.teacher
+    say = tqdm.write if rt.is_main else (lambda message: None)  # data-parallel: rank 0 speaks
+    loss_model = distributed.wrap(model, rt.device) if rt.world > 1 else None  # after the resume: same weights
     trained_here = 0
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stop_after is not None and trained_here >= stop_after:
             break
-        row = _train_epoch(model, method, teacher, loader, optimizer, cfg, rt, epoch, desc)
+        row = _train_epoch(model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
         row.update(method.on_epoch_end(epoch))
         if select_fn is not None and (select_epochs is None or epoch in select_epochs):
             model.eval()
@@ -149,12 +152,12 @@ def fit(
             if result.best_score is None or score > result.best_score:
                 result.best_score, result.best_epoch = float(score), epoch
                 result.best_state = _cpu_state(model)
-            tqdm.write(f"[{desc}] epoch {epoch}: selection score {float(score):.4f} "
+            say(f"[{desc}] epoch {epoch}: selection score {float(score):.4f} "
                        f"(best {result.best_score:.4f}, epoch {result.best_epoch})")
         result.history.append(without_wall_clock(row))
         result.timings.append({"epoch": epoch, **{k: row[k] for k in WALL_CLOCK_KEYS}})
         trained_here += 1
-        if ckpt_path is not None:
+        if ckpt_path is not None and rt.rank == 0:  # data-parallel: one writer
             _save(ckpt_path, model, optimizer, method, result, epoch, fingerprint)
         if on_epoch is not None:
             on_epoch(row)
@@ -210,10 +213,12 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
 
 
 def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | None, batch: Batch,
-                rt: Runtime) -> StepOutput:
+                rt: Runtime, loss_model: nn.Module | None = None) -> StepOutput:
     """One batch's forward work: the teacher's logits (once, fp32: ABSLD divides them by
     temperatures down to 0.25), the method's attack with the student in its authors' BatchNorm
-    mode, then its loss with the student in train mode; both under ``rt.autocast()``."""
+    mode, then its loss with the student in train mode; both under ``rt.autocast()``.
+    ``loss_model``: the student as the loss sees it (its DistributedDataParallel wrapper; the
+    attack, whose backward passes must not synchronise gradients, uses ``model`` itself)."""
     teacher_logits = None
     if teacher is not None:
         with torch.no_grad():
@@ -223,12 +228,12 @@ def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | None,
         x_adv = method.perturb(model, batch, teacher_logits)
     model.train()
     with rt.autocast():
-        return method.loss(model, batch, x_adv, teacher_logits)
+        return method.loss(loss_model if loss_model is not None else model, batch, x_adv, teacher_logits)
 
 
 def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None,
                  loader: TensorLoader, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 rt: Runtime, epoch: int, desc: str) -> dict[str, float]:
+                 rt: Runtime, epoch: int, desc: str, loss_model: nn.Module | None = None) -> dict[str, float]:
     lr = learning_rate(cfg, epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -244,12 +249,19 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
     bar = tqdm(loader, desc=f"[{desc}] epoch {epoch}/{cfg.epochs}", leave=False,
                disable=not rt.progress, dynamic_ncols=True)
     for step, batch in enumerate(bar):
-        out = method_loss(model, method, teacher, batch, rt)
+        total = len(batch.y)
+        batch = distributed.shard(batch, rt.rank, rt.world)  # this process's share (all of it alone)
+        out = method_loss(model, method, teacher, batch, rt, loss_model=loss_model)
         optimizer.zero_grad(set_to_none=True)
-        if rt.nan_policy == "skip_batch" and not bool(torch.isfinite(out.loss)):  # syncs: only when asked
-            skipped += 1
-            continue
-        out.loss.backward()
+        if rt.nan_policy == "skip_batch":  # syncs: only when asked
+            bad_here = (~torch.isfinite(out.loss.detach())).float()
+            if float(distributed.all_reduce_sum(bad_here)) > 0:  # every process skips it together
+                skipped += 1
+                continue
+        loss = out.loss
+        if rt.world > 1:
+            loss = loss * distributed.loss_scale(len(batch.y), total, rt.world)
+        loss.backward()
         optimizer.step()
         bad = ~torch.isfinite(out.loss.detach())
         first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
@@ -268,6 +280,15 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
             bar.set_postfix(loss=f"{float(totals['loss']) / seen:.4f}",
                             acc_adv=f"{float(correct_adv) / max(n_adv, 1):.3f}" if n_adv else "-")
     bar.close()
+    if rt.world > 1:  # the epoch's sums over every process's share
+        keys = sorted(totals)
+        counts = torch.tensor([seen, n_adv, n_nat], dtype=torch.float64, device=device)
+        packed = distributed.all_reduce_sum(torch.cat([torch.stack([totals[k].double() for k in keys]),
+                                                       torch.stack([correct_adv.double(), correct_nat.double()]),
+                                                       counts]))
+        totals = dict(zip(keys, packed[: len(keys)]))
+        correct_adv, correct_nat = packed[len(keys)], packed[len(keys) + 1]
+        seen, n_adv, n_nat = (int(v) for v in packed[len(keys) + 2:])
     if int(first_bad) >= 0:
         raise TrainingError(
             f"[{desc}] {method.name or type(method).__name__}'s training loss became NaN/inf in epoch {epoch}, "

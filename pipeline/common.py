@@ -94,6 +94,8 @@ def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callab
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 holds the lock, writes
+                return func(*args, **kwargs)
             with stage_lock(name_of(**kwargs)):
                 check_writable(*OUTPUT_ROOTS)
                 return func(*args, **kwargs)

@@ -80,6 +80,8 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
                      fingerprint=key, select_fn=select_fn, select_epochs=select_epochs,
                      on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}")
+        if not rt.is_main:  # data-parallel training: the process of rank 0 writes
+            return
         if len(result.history) < train_cfg.epochs:
             click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; "
                        "run the stage again to continue")

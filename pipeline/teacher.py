@@ -99,6 +99,8 @@ def _train(params: Params, prepared: data_lib.Prepared, rt: Runtime, tracker: Tr
                       prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
     result = fit(model, method, loader, train_cfg, rt, checkpoint=TEACHER_RESUME, fingerprint=key,
                  on_epoch=tracker.log, stop_after=stop_after, desc=f"teacher/{cfg.method}")
+    if not rt.is_main:  # data-parallel training: the process of rank 0 evaluates and writes
+        return None
     if len(result.history) < train_cfg.epochs:
         click.echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; run the stage again to continue")
         return None

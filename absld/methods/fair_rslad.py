@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..attacks import kl_to_target, pgd
 from ..data import Batch
 from .base import Artefacts, per_class_rows
+from ..distributed import all_reduce_sum
 from .rslad import RSLAD
 
 
@@ -60,8 +61,9 @@ class FairRSLAD(RSLAD):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         logs = super().on_epoch_end(epoch)
-        seen = self.count > 0
-        mean_kappa = self.kappa_sum / self.count.clamp(min=1)  # (C,)
+        kappa_sum, count = all_reduce_sum(self.kappa_sum), all_reduce_sum(self.count)  # data-parallel: all shares
+        seen = count > 0
+        mean_kappa = kappa_sum / count.clamp(min=1)  # (C,)
         # mean kappa 0 (the whole class wrong from the start) gets the largest weight after the
         # clamp; a class not seen this epoch keeps a raw weight of 1
         raw = torch.where(seen, (1.0 / mean_kappa.clamp(min=1e-6)) ** self.cfg.beta, torch.ones_like(mean_kappa))

@@ -22,7 +22,11 @@ class ClassRisk:
         self.total.index_add_(0, y, loss)
 
     def value(self) -> Tensor:
-        return self.total if self.total is not None else torch.zeros(self.num_classes)
+        """The sums so far; under data-parallel training, over every process's share (a collective:
+        every process calls it at the same point, the end of the epoch)."""
+        from ..distributed import all_reduce_sum
+
+        return all_reduce_sum(self.total if self.total is not None else torch.zeros(self.num_classes))
 
     def reset(self) -> None:
         self.total = None
