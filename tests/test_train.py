@@ -338,3 +338,22 @@ def test_a_corrupted_last_checkpoint_resumes_from_the_one_before_and_ends_the_sa
     model, method, loader = tiny_setup("sat")
     with pytest.raises(TrainingError, match=r"no resumable checkpoint can be read: .*last.pt.*last.prev.pt.*delete"):
         fit(model, method, loader, cfg, CPU, checkpoint=path, fingerprint="k")
+
+
+def test_cpu_bf16_turns_on_bf16_autocast_and_channels_last_on_the_cpu_only_when_asked():
+    import torch
+
+    from absld.config import RuntimeConfig
+    from absld.runtime import setup
+
+    a = torch.rand(4, 4)
+    plain = setup(RuntimeConfig(device="cpu"))  # amp and channels_last are CUDA settings
+    assert (plain.amp, plain.channels_last) == (False, False)
+    with plain.autocast():
+        assert (a @ a).dtype == torch.float32
+    fast = setup(RuntimeConfig(device="cpu", cpu_bf16=True, amp=False, channels_last=False))
+    assert (fast.amp, fast.channels_last) == (True, True)
+    with fast.autocast():
+        assert (a @ a).dtype == torch.bfloat16
+    model = fast.to_device(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
