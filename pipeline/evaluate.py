@@ -128,6 +128,8 @@ def evaluate(params_path: str, model_id: str) -> None:
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(data_dir(params))
     _check_test_samples(prepared, cfg.n_samples)
+    if "aa" in cfg.attacks and cfg.aa.n_samples is not None and (cfg.n_samples is None or cfg.aa.n_samples < cfg.n_samples):
+        _check_test_samples(prepared, cfg.aa.n_samples, key="evaluate.aa.n_samples")
     meta = checkpoint_meta(checkpoint)
     model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
     config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
@@ -179,16 +181,17 @@ def _note_untracked(params: Params, model_id: str, params_path: str) -> None:
                    "(DVC does not track its evaluation)")
 
 
-def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None) -> None:
+def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None, key: str = "evaluate.n_samples") -> None:
+    """The first ``n_samples`` test images exist and hold every class (class accuracies need them)."""
     if n_samples is not None and n_samples > len(prepared.test_labels):
-        raise StageError(f"evaluate.n_samples = {n_samples} exceeds the {len(prepared.test_labels)} test images; "
+        raise StageError(f"{key} = {n_samples} exceeds the {len(prepared.test_labels)} test images; "
                          "lower it or set it to null (all of them)")
     _, labels = first_n(prepared.test_images, prepared.test_labels, n_samples)
     counts = np.bincount(labels, minlength=prepared.num_classes)
     empty = [prepared.class_names[k] for k in np.flatnonzero(counts == 0)]
     if empty:
-        raise StageError(f"the first {len(labels)} test images (evaluate.n_samples) hold no image of class(es) "
-                         f"{', '.join(empty)}; raise evaluate.n_samples or set it to null (all)")
+        raise StageError(f"the first {len(labels)} test images ({key}) hold no image of class(es) "
+                         f"{', '.join(empty)}; raise {key} or set it to null (all)")
 
 
 def _load_model(checkpoint: Path, num_classes: int, dataset: str, rt: Runtime) -> torch.nn.Module:

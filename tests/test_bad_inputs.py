@@ -91,6 +91,19 @@ def test_more_test_images_than_the_test_set_is_an_error_naming_the_size(project)
     assert files(project) == before
 
 
+def test_an_autoattack_subset_without_every_class_is_refused_before_attacking(project):
+    """evaluate.aa.n_samples: 2 -- the worst-class accuracy of AA on 2 images is undefined (was a
+    traceback from the summary, after the whole evaluation had run)."""
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    set_value(project, "evaluate.aa.n_samples", 2)
+    before = files(project)
+    result = CliRunner().invoke(main, ["evaluate", "--model", "teacher"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "the first 2 test images (evaluate.aa.n_samples) hold no image of class(es)" in result.output
+    assert files(project) == before
+
+
 def test_a_student_checkpoint_for_another_dataset_is_refused(project):
     import torch
 
