@@ -82,7 +82,7 @@ def test_file_teacher_needs_a_checksum():
 
 
 def test_every_profile_composes_to_valid_params():
-    assert profiles.names(REPO / "conf") == ["fashion", "paper", "quick", "tiny"]
+    assert profiles.names(REPO / "conf") == ["fashion", "paper", "paper-smoke", "quick", "tiny"]
     for name in profiles.names(REPO / "conf"):
         params = profiles.load(name, conf=REPO / "conf")
         assert params.profile == name
