@@ -105,7 +105,7 @@ def test_a_profile_overrides_the_paper_and_keeps_the_rest(tmp_path):
 
 
 def test_unknown_profile_names_the_choices(tmp_path):
-    with pytest.raises(ConfigError, match="'quik' is not one of fashion, paper, quick, tiny"):
+    with pytest.raises(ConfigError, match="'quik' is not one of fashion, paper, paper-smoke, quick, tiny"):
         profiles.compose("quik", tmp_path / "p.yaml", conf=REPO / "conf")
 
 
