@@ -117,6 +117,10 @@ class RuntimeConfig(Section):
     (AVX512-BF16/AMX; `absld bench`); it changes the numerics, so off unless a profile asks."""
     deterministic: bool = False
     """On CUDA: deterministic cuDNN algorithms (slower). The CPU is always deterministic."""
+    compile: bool = False
+    """torch.compile the student for training (its attack and its loss): faster steps on a GPU once
+    compiled, a minute or more of compiling first (and on the CPU, a C++ compiler); numerics differ from
+    eager in the last bits."""
     distributed: bool = False
     """Data-parallel training when the stage is started by torchrun (`torchrun --nproc_per_node N
     -m pipeline.cli distill ...`): one process per device, each on its share of every batch,

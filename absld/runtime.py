@@ -22,6 +22,7 @@ class Runtime:
     channels_last: bool
     progress: bool
     nan_policy: str = "stop"  # runtime.nan_policy: stop | skip_batch
+    compile: bool = False  # runtime.compile: torch.compile the trained model
     rank: int = 0  # data-parallel training (runtime.distributed under torchrun): this process
     world: int = 1  # and how many there are
 
@@ -83,6 +84,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         channels_last=bool(cfg.channels_last if use_cuda else cfg.cpu_bf16),
         progress=progress_enabled(),
         nan_policy=cfg.nan_policy,
+        compile=cfg.compile,
         rank=rank,
         world=world,
     )

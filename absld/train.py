@@ -138,11 +138,15 @@ def fit(
     teacher = method.teacher
     say = tqdm.write if rt.is_main else (lambda message: None)  # data-parallel: rank 0 speaks
     loss_model = distributed.wrap(model, rt.device) if rt.world > 1 else None  # after the resume: same weights
+    attack_model = model
+    if rt.compile:  # runtime.compile: one compiled module for the attack, one for the loss (DDP's, if any)
+        attack_model = torch.compile(model)
+        loss_model = torch.compile(loss_model) if loss_model is not None else attack_model
     trained_here = 0
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stop_after is not None and trained_here >= stop_after:
             break
-        row = _train_epoch(model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
+        row = _train_epoch(attack_model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
         row.update(method.on_epoch_end(epoch))
         if select_fn is not None and (select_epochs is None or epoch in select_epochs):
             model.eval()

@@ -357,3 +357,27 @@ def test_cpu_bf16_turns_on_bf16_autocast_and_channels_last_on_the_cpu_only_when_
         assert (a @ a).dtype == torch.bfloat16
     model = fast.to_device(torch.nn.Conv2d(3, 4, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_runtime_compile_trains_a_compiled_model_to_the_eager_weights():
+    """runtime.compile: the attack and the loss run through torch.compile (graphs really compiled),
+    and one epoch of TRADES ends where eager execution does, up to inductor's fused rounding (1e-4)."""
+    from dataclasses import replace
+
+    import torch._dynamo
+
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, milestones=[])
+    model, meth, loader = tiny_setup("trades")
+    torch.manual_seed(1)
+    eager = fit(model, meth, loader, cfg, CPU)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model, meth, loader = tiny_setup("trades")
+    torch.manual_seed(1)
+    compiled = fit(model, meth, loader, cfg, replace(CPU, compile=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert not any(key.startswith("_orig_mod") for key in compiled.final_state)  # plain weights saved
+    for key, value in eager.final_state.items():
+        assert torch.allclose(compiled.final_state[key].float(), value.float(), atol=1e-4), key
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)
