@@ -309,3 +309,14 @@ def test_a_profile_that_does_not_exist_stops_reproduce_sh_before_any_install(tmp
     assert result.returncode != 0 and "no profile conf/profile/quik.yaml" in result.stderr + result.stdout
     assert "quick" in result.stderr + result.stdout  # the profiles there are
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no .venv, nothing
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan"])
+def test_a_bad_evaluation_save_interval_is_one_line_before_attacking(project, monkeypatch, value):
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    monkeypatch.setenv("ABSLD_EVAL_SAVE_SECONDS", value)
+    before = files(project)
+    one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "teacher"]),
+                   f"ABSLD_EVAL_SAVE_SECONDS={value!r} is not a number of seconds >= 0")
+    assert files(project) == before
