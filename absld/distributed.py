@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .data import Batch
+BatchT = TypeVar("BatchT")
+"""An :class:`absld.data.Batch` (not imported: every stage's rank check imports this module)."""
 
 
 def launched() -> bool:
@@ -58,12 +60,12 @@ def local_device(device_type: str) -> torch.device:
     return torch.device(device_type)
 
 
-def shard(batch: Batch, rank: int, world: int) -> Batch:
+def shard(batch: BatchT, rank: int, world: int) -> BatchT:
     """Samples ``rank, rank + world, ...`` of the global batch."""
     if world == 1:
         return batch
     keep = slice(rank, None, world)
-    return replace(batch, x=batch.x[keep], y=batch.y[keep], index=batch.index[keep])
+    return replace(batch, x=batch.x[keep], y=batch.y[keep], index=batch.index[keep])  # type: ignore[attr-defined]
 
 
 def loss_scale(local: int, total: int, world: int) -> float:
@@ -87,7 +89,3 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
     return nn.parallel.DistributedDataParallel(model)
 
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

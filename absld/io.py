@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -80,32 +81,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
+def remove_stale_temporaries(path: Path) -> None:
     """Delete the temporaries of ``path`` (files or directories) left by writers that were killed
-    before they could rename or remove them (SIGKILL, power loss); those of live processes stay.
-    Returns what was removed."""
-    removed = []
+    before they could rename or remove them (SIGKILL, power loss); those of live processes stay."""
     if not path.parent.is_dir():
-        return removed
-    for candidate in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        return
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid_text = candidate.name[len(path.name) + 2:].split(".", 1)[0]
         if not pid_text.isdigit() or _alive(int(pid_text)):
             continue
         if candidate.is_dir():
             shutil.rmtree(candidate, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                candidate.unlink()
-        removed.append(candidate)
-    old = path.with_name(f".{path.name}.old")  # atomic_dir's previous version, if a kill came mid-swap
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-        removed.append(old)
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+            candidate.unlink(missing_ok=True)
+    # atomic_dir's previous version, if a kill came mid-swap
+    shutil.rmtree(path.with_name(f".{path.name}.old"), ignore_errors=True)
 
 
 @contextlib.contextmanager

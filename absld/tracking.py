@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .config import Params
+from .distributed import is_main
 from .errors import UserError
 from .io import short_hash
 
@@ -147,7 +148,7 @@ class Tracker:
         self.stage = stage
         self.mode = wandb_mode()
         self.run = None
-        if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 logs
+        if not is_main():  # torchrun's other processes: rank 0 logs
             self.mode = "disabled"
         if self.mode == "disabled":
             return

@@ -15,6 +15,7 @@ import click
 
 import absld
 from absld.config import Params, load_params
+from absld.distributed import is_main
 from absld.errors import UserError
 from absld.io import check_writable, short_hash, write_csv
 from absld.tracking import check_tracking
@@ -94,7 +95,7 @@ def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callab
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 holds the lock, writes
+            if not is_main():  # torchrun's other processes: rank 0 holds the lock and writes
                 return func(*args, **kwargs)
             with stage_lock(name_of(**kwargs)):
                 check_writable(*OUTPUT_ROOTS)

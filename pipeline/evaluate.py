@@ -50,7 +50,7 @@ def _missing_checkpoint(model_id: str, path: Path) -> StageError:
 
 
 def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], class_names: list[str],
-             meta: dict[str, Any], checkpoint: Path, ddof: int) -> dict[str, Any]:
+             meta: dict[str, Any], checkpoint: Path, checkpoint_sha: str, ddof: int) -> dict[str, Any]:
     """metrics.json: one entry per attack (avg, worst, nsd, class_acc) and the run's context."""
     out: dict[str, Any] = {
         name: {"avg": s["avg"], "worst": s["worst"], "nsd": s["nsd"], "class_acc": s["class_acc"]}
@@ -66,7 +66,7 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
         "nsd_ddof": ddof,
         "columns": records.names,
         "class_names": class_names,
-        "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
     })
     selection = {key: meta[key] for key in SELECTION_KEYS if key in meta}
     if selection:
@@ -131,10 +131,11 @@ def evaluate(params_path: str, model_id: str) -> None:
     if "aa" in cfg.attacks and cfg.aa.n_samples is not None and (cfg.n_samples is None or cfg.aa.n_samples < cfg.n_samples):
         _check_test_samples(prepared, cfg.aa.n_samples, key="evaluate.aa.n_samples")
     meta = checkpoint_meta(checkpoint)
+    checkpoint_sha = sha256_file(checkpoint)  # once: the resume key and metrics.json
     model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
     config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
               "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
-    progress = _progress(model_id, checkpoint, prepared, params, rt)
+    progress = _progress(model_id, checkpoint_sha, prepared, params, rt)
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
                                  num_classes=prepared.num_classes, desc=model_id, progress=progress)
@@ -144,7 +145,7 @@ def evaluate(params_path: str, model_id: str) -> None:
         with atomic_dir(eval_dir(model_id)) as out:
             records.save(out / "records.npz")
             write_json(out / "metrics.json",
-                       _metrics(model_id, records, summaries, prepared.class_names, meta, checkpoint, ddof))
+                       _metrics(model_id, records, summaries, prepared.class_names, meta, checkpoint, checkpoint_sha, ddof))
         write_json(LOGS / "eval" / f"{model_id}.json",  # untracked: times differ on every run
                    {"seconds": {name: round(t, 3) for name, t in records.seconds.items()}})
         class_acc = {name: s["class_acc"] for name, s in summaries.items()}
@@ -157,7 +158,7 @@ def evaluate(params_path: str, model_id: str) -> None:
           test_selected=meta.get("selection_split") == "test")
 
 
-def _progress(model_id: str, checkpoint: Path, prepared: data_lib.Prepared, params: Params,
+def _progress(model_id: str, checkpoint_sha: str, prepared: data_lib.Prepared, params: Params,
               rt: Runtime) -> EvalProgress:
     """Where this evaluation saves its finished batches, loaded when an earlier run was killed."""
     raw = os.environ.get(EVAL_SAVE_SECONDS_ENV, "30")
@@ -167,7 +168,7 @@ def _progress(model_id: str, checkpoint: Path, prepared: data_lib.Prepared, para
             raise ValueError
     except ValueError:
         raise StageError(f"{EVAL_SAVE_SECONDS_ENV}={raw!r} is not a number of seconds >= 0") from None
-    key = fingerprint(model_id, sha256_file(checkpoint), prepared.manifest["sha256"], params.evaluate.model_dump(mode="json"),
+    key = fingerprint(model_id, checkpoint_sha, prepared.manifest["sha256"], params.evaluate.model_dump(mode="json"),
                       protocol(params.evaluate, rt.amp), params.runtime.model_dump(mode="json"), str(rt.device))
     progress = EvalProgress(eval_resume(model_id), key, every_seconds=every)
     progress.load()

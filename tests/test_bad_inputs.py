@@ -20,6 +20,14 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture()
+def with_teacher(project):
+    """The project after `absld prepare` and `absld teacher`."""
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    return project
+
+
 def set_value(path, dotted, value):
     params = yaml.safe_load((path / "params.yaml").read_text())
     node = params
@@ -80,28 +88,24 @@ def test_a_source_dir_that_does_not_exist_is_an_error_not_a_fallback(project):
     assert not (project / "data").exists()
 
 
-def test_more_test_images_than_the_test_set_is_an_error_naming_the_size(project):
-    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
-    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
-    set_value(project, "evaluate.n_samples", 10_000)
-    before = files(project)
+def test_more_test_images_than_the_test_set_is_an_error_naming_the_size(with_teacher):
+    set_value(with_teacher, "evaluate.n_samples", 10_000)
+    before = files(with_teacher)
     result = CliRunner().invoke(main, ["evaluate", "--model", "teacher"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert "evaluate.n_samples" in result.output and "10000" in result.output
-    assert files(project) == before
+    assert files(with_teacher) == before
 
 
-def test_an_autoattack_subset_without_every_class_is_refused_before_attacking(project):
+def test_an_autoattack_subset_without_every_class_is_refused_before_attacking(with_teacher):
     """evaluate.aa.n_samples: 2 -- the worst-class accuracy of AA on 2 images is undefined (was a
     traceback from the summary, after the whole evaluation had run)."""
-    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
-    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
-    set_value(project, "evaluate.aa.n_samples", 2)
-    before = files(project)
+    set_value(with_teacher, "evaluate.aa.n_samples", 2)
+    before = files(with_teacher)
     result = CliRunner().invoke(main, ["evaluate", "--model", "teacher"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert "the first 2 test images (evaluate.aa.n_samples) hold no image of class(es)" in result.output
-    assert files(project) == before
+    assert files(with_teacher) == before
 
 
 def test_a_student_checkpoint_for_another_dataset_is_refused(project):
@@ -264,15 +268,14 @@ def test_an_unwritable_output_folder_stops_the_stage_before_any_work(project, mo
     assert files(project) == before
 
 
-def test_a_full_disk_keeps_the_previous_output_and_leaves_no_temporary(project, monkeypatch):
+def test_a_full_disk_keeps_the_previous_output_and_leaves_no_temporary(with_teacher, monkeypatch):
     """The disk fills while the teacher is written: one line naming the file and the fix; the
     previous teacher.pt is intact, no temporary is left, and the next run (space freed) resumes."""
     import errno
 
     import absld.io
 
-    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
-    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+    project = with_teacher
     teacher = (project / "models" / "teacher.pt").read_bytes()
     real = absld.io._write_synced
 
@@ -312,11 +315,9 @@ def test_a_profile_that_does_not_exist_stops_reproduce_sh_before_any_install(tmp
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "nan"])
-def test_a_bad_evaluation_save_interval_is_one_line_before_attacking(project, monkeypatch, value):
-    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
-    assert CliRunner().invoke(main, ["teacher"]).exit_code == 0
+def test_a_bad_evaluation_save_interval_is_one_line_before_attacking(with_teacher, monkeypatch, value):
     monkeypatch.setenv("ABSLD_EVAL_SAVE_SECONDS", value)
-    before = files(project)
+    before = files(with_teacher)
     one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "teacher"]),
                    f"ABSLD_EVAL_SAVE_SECONDS={value!r} is not a number of seconds >= 0")
-    assert files(project) == before
+    assert files(with_teacher) == before

@@ -12,6 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from absld.config import flatten
 from absld.io import sha256_file
 from absld.models import build_model, checkpoint_meta
 from pipeline.cli import main
@@ -32,20 +33,9 @@ NOT_SIZES = {  # and these, each for the reason the profile's header gives
 }
 
 
-def flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def test_paper_smoke_changes_only_sizes_of_the_paper_configuration():
-    paper = flat(yaml.safe_load(profile_params_text("paper")))
-    smoke = flat(yaml.safe_load(profile_params_text("paper-smoke")))
+    paper = flatten(yaml.safe_load(profile_params_text("paper")))
+    smoke = flatten(yaml.safe_load(profile_params_text("paper-smoke")))
     assert set(smoke) == set(paper)
     changed = {key for key in paper if paper[key] != smoke[key]}
     assert changed - SIZES - NOT_SIZES == set(), changed - SIZES - NOT_SIZES
