@@ -171,6 +171,29 @@ def fair_score(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_cla
     return {"score": avg + worst, "pgd_avg": avg, "pgd_worst": worst}
 
 
+def validation_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                        rt: Runtime, *, eps: float, step: float, steps: int, batch_size: int,
+                        seed: int, desc: str = "validate") -> dict[str, Any]:
+    """Class-wise clean and PGD (CE, uniform start) accuracy for FRL's multipliers and CFA's weight
+    averaging: ``{"clean": (C,), "robust": (C,), "clean_total", "robust_total", "n"}``.
+
+    The model is measured in eval mode and left in the mode it had. The starts come from a CPU
+    generator seeded from (``seed``, "validate"), as :func:`fair_score`: the training's RNG is untouched.
+    A class without images is an error (the multipliers of an unseen class would mean nothing).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator().manual_seed(attack_seed(seed, "validate"))
+        clean = predict_correct(model, images, labels, rt, batch_size=batch_size, desc=f"{desc} clean")
+        robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
+                                 attack=pgd_attack(eps, step, steps, generator), desc=f"{desc} PGD-{steps}")
+    finally:
+        model.train(was_training)
+    return {"clean": class_accuracies(clean, labels, num_classes), "robust": class_accuracies(robust, labels, num_classes),
+            "clean_total": float(clean.mean()), "robust_total": float(robust.mean()), "n": int(len(labels))}
+
+
 # ----------------------------------------------------------------------------------------------
 # the evaluation attacks
 @dataclass(frozen=True)

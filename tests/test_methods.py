@@ -23,7 +23,10 @@ from absld.config import (
     AdaadConfig,
     ArdConfig,
     AttackConfig,
+    CfaConfig,
     FairRsladConfig,
+    FrlRwConfig,
+    FrlRwrmConfig,
     IadConfig,
     ReweightedRsladConfig,
     RsladConfig,
@@ -36,11 +39,12 @@ from absld.methods import METHODS, MethodBase, MethodContext, build_method
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
 DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "reweighted_rslad"]
-NON_DISTILLERS = ["sat", "trades"]
+NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
     "adaad": AdaadConfig, "sat": SatConfig, "trades": TradesConfig,
     "fair_rslad": FairRsladConfig, "reweighted_rslad": ReweightedRsladConfig,
+    "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig,
 }
 
 
@@ -308,6 +312,7 @@ OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "rslad": _teacher_label_objective, "absld": _teacher_label_objective,  # tau = 1 at the start
     "fair_rslad": _teacher_label_objective, "reweighted_rslad": _teacher_label_objective,
     "trades": _trades_objective, "adaad": _adaad_objective,
+    "frl_rw": _trades_objective, "frl_rwrm": _trades_objective, "cfa": _trades_objective,  # before any update
 }
 
 
@@ -347,7 +352,7 @@ def test_building_a_distillation_method_without_a_teacher_raises_value_error(nam
 
 
 @pytest.mark.parametrize("name", NON_DISTILLERS)
-def test_sat_and_trades_do_not_use_a_teacher(name):
+def test_adversarial_training_methods_do_not_use_a_teacher(name):
     assert METHODS[name].uses_teacher is False
     build_method(name, DEFAULT_CONFIGS[name](), MethodContext(num_classes=C, attack=AttackConfig()))
 

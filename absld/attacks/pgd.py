@@ -52,11 +52,13 @@ Start = Literal["uniform", "gaussian", "none"]
 """How PGD picks its first point; see the module docstring."""
 
 
-def _check_budget(eps: float, step: float, steps: int) -> None:
+def _check_budget(eps: float | Tensor, step: float, steps: int) -> None:
     """Reject budgets that are not numbers of the right sign, with a hint for a usual slip."""
-    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
+    if isinstance(eps, Tensor):
+        _check_sample_eps(eps)
+    elif not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
         raise AttackError(f"eps={eps!r} must be a finite number >= 0 in pixel space (e.g. 8/255).")
-    if eps > 1:
+    if not isinstance(eps, Tensor) and eps > 1:
         raise AttackError(
             f"eps={eps!r} is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8)."
         )
@@ -66,21 +68,47 @@ def _check_budget(eps: float, step: float, steps: int) -> None:
         raise AttackError(f"steps={steps!r} must be an integer >= 0.")
 
 
-def _feasible_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _check_sample_eps(eps: Tensor) -> None:
+    """A per-sample radius: a 1-D tensor of finite values in [0, 1] (checked on the host: once per call)."""
+    if eps.dim() != 1 or not eps.is_floating_point():
+        raise AttackError(f"a per-sample eps must be a 1-D float tensor (B,); got shape {tuple(eps.shape)}, "
+                          f"dtype {eps.dtype}.")
+    low, high = (float(eps.min()), float(eps.max())) if len(eps) else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high) and low >= 0):
+        raise AttackError(f"per-sample eps must be finite and >= 0 in pixel space; got values in [{low}, {high}].")
+    if high > 1:
+        raise AttackError(f"per-sample eps up to {high} is larger than the [0, 1] pixel range; write it as a "
+                          "fraction of 255.")
+
+
+def _radius(eps: float | Tensor, x: Tensor) -> float | Tensor:
+    """``eps`` broadcastable against ``x``: a float as is, a per-sample (B,) tensor as (B, 1, ..., 1)."""
+    if not isinstance(eps, Tensor):
+        return eps
+    if eps.shape != (x.shape[0],):
+        raise AttackError(f"a per-sample eps must have one radius per sample, shape ({x.shape[0]},); "
+                          f"got {tuple(eps.shape)}.")
+    return eps.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _feasible_box(x: Tensor, eps: float | Tensor) -> tuple[Tensor, Tensor]:
     """Elementwise bounds of ``{x' : |x' - x|_inf <= eps} ∩ [0, 1]^d``: ``max(x - eps, 0)`` and
     ``min(x + eps, 1)``. Clamping to them equals projecting onto the eps-ball and then clamping to
     [0, 1] (the two boxes always meet when ``x`` is in [0, 1])."""
     return torch.clamp(x - eps, min=0.0), torch.clamp(x + eps, max=1.0)
 
 
-def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Project ``x_adv`` onto ``{x' : |x' - x|_inf <= eps} ∩ [0, 1]^d`` (elementwise, exact)."""
-    lower, upper = _feasible_box(x, eps)
+def project_linf(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
+    """Project ``x_adv`` onto ``{x' : |x' - x|_inf <= eps} ∩ [0, 1]^d`` (elementwise, exact;
+    ``eps`` a float or one radius per sample)."""
+    lower, upper = _feasible_box(x, _radius(eps, x))
     return torch.clamp(x_adv, lower, upper)
 
 
-def _start_point(x: Tensor, eps: float, start: Start, gauss_std: float, noise: Tensor | None) -> Tensor:
+def _start_point(x: Tensor, eps: float | Tensor, start: Start, gauss_std: float, noise: Tensor | None) -> Tensor:
     if start == "uniform":
+        if noise is None and isinstance(eps, Tensor):  # per-sample radius: U(-1, 1) scaled per sample
+            noise = torch.empty_like(x).uniform_(-1.0, 1.0)
         offset = torch.empty_like(x).uniform_(-eps, eps) if noise is None else eps * noise
         return torch.clamp(x + offset, 0.0, 1.0)
     if start == "gaussian":
@@ -103,7 +131,7 @@ def pgd(
     x: Tensor,
     loss_fn: LossFn,
     *,
-    eps: float,
+    eps: float | Tensor,
     step: float,
     steps: int,
     start: Start,
@@ -117,7 +145,8 @@ def pgd(
         model: maps inputs in [0, 1] (B, ...) to logits (B, C); its train/eval mode is left as is.
         x: clean inputs in [0, 1], any shape (B, ...), any memory format.
         loss_fn: ``logits (B, C) -> (B,)`` per-sample loss to maximise (see :mod:`absld.attacks.losses`).
-        eps: radius of the L-inf ball, pixel space (8/255 in the papers).
+        eps: radius of the L-inf ball, pixel space (8/255 in the papers); or a (B,) tensor, one
+            radius per sample (FRL's remargin and CFA's class-wise radii, indexed by the true label).
         step: size of each signed-gradient step, pixel space (2/255 in the papers).
         steps: number of steps (0 returns the projected start point).
         start: ``"uniform"``, ``"gaussian"`` or ``"none"`` (see the module docstring).
@@ -143,8 +172,9 @@ def pgd(
     x = x.detach()
     if noise is not None:
         noise = _check_noise(noise, x, start)
-    lower, upper = _feasible_box(x, eps)  # computed once, used by every step
-    x_adv = _start_point(x, eps, start, gauss_std, noise).detach()
+    radius = _radius(eps, x)
+    lower, upper = _feasible_box(x, radius)  # computed once, used by every step
+    x_adv = _start_point(x, radius, start, gauss_std, noise).detach()
     if steps == 0:
         return torch.clamp(x_adv, lower, upper)
 

@@ -10,8 +10,10 @@ from typing import Any
 from .absld import ABSLD, update_temperatures
 from .adaad import AdaAD
 from .ard import ARD
-from .base import Method, MethodBase, MethodContext, StepOutput
+from .base import ClassAccuracy, Method, MethodBase, MethodContext, StepOutput
+from .cfa import CFA
 from .fair_rslad import FairRSLAD
+from .frl import FRLReweight, FRLReweightRemargin
 from .iad import IAD
 from .reweighted_rslad import ReweightedRSLAD
 from .rslad import RSLAD
@@ -20,7 +22,8 @@ from .trades import TRADES
 
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
-    for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, ReweightedRSLAD)
+    for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, ReweightedRSLAD, FRLReweight,
+                FRLReweightRemargin, CFA)
 }
 
 
@@ -31,5 +34,5 @@ def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
     return METHODS[name](cfg, ctx)
 
 
-__all__ = ["METHODS", "Method", "MethodBase", "MethodContext", "StepOutput", "build_method",
+__all__ = ["METHODS", "ClassAccuracy", "Method", "MethodBase", "MethodContext", "StepOutput", "build_method",
            "update_temperatures"]

@@ -12,6 +12,12 @@ precision, checkpoints and logging, and calls per batch::
 and once per epoch ``method.on_epoch_end(epoch)`` (epochs count from 1, as in the reference
 code, so ``epoch in milestones`` means "the epoch after which the learning rate decays").
 
+Methods that look at the model between epochs (FRL's class-wise validation errors, CFA's weight
+averaging) find it in ``ctx.student`` and measure it with ``ctx.validate`` (class-wise clean and
+PGD accuracy on the held-out validation split of ``prepare``); they declare ``uses_validation``.
+A method whose written student is not the trained weights (CFA's averaged model) returns them
+from ``output_state()``.
+
 ``attack_mode`` is part of a method's definition: the BatchNorm mode of the student while its
 adversarial examples are generated, as in the authors' code. ``"eval"`` (running statistics, left
 untouched) for RSLAD, ABSLD, TRADES, SAT, AdaAD and the re-weighting variants; ``"train"`` (batch
@@ -22,11 +28,11 @@ scripts attack with the network in train mode.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from ..config import AttackConfig
+from ..config import AttackConfig, EvalAttackConfig
 from ..data import Batch
 
 
@@ -41,6 +47,22 @@ class StepOutput:
 
 
 @dataclass
+class ClassAccuracy:
+    """Class-wise accuracy of a model on the validation split: clean and under a PGD attack."""
+
+    clean: Tensor  # (C,) fraction of each class's images classified correctly
+    robust: Tensor  # (C,) the same under the attack
+    clean_total: float  # over all images
+    robust_total: float
+    n: int  # images
+
+
+Validate = Callable[[EvalAttackConfig], ClassAccuracy]
+"""Measures ``ctx.student`` (eval mode; its mode is restored) on the validation split with the given
+PGD (CE loss, uniform start drawn from a fixed generator: the training's RNG stream is untouched)."""
+
+
+@dataclass
 class MethodContext:
     """What every method may need besides its own section of params."""
 
@@ -48,6 +70,10 @@ class MethodContext:
     attack: AttackConfig
     teacher: nn.Module | None = None
     kl_reduction: str = "element_mean"
+    student: nn.Module | None = None
+    """The model being trained (methods that average or measure it between epochs)."""
+    validate: Validate | None = None
+    """Class-wise accuracy of ``student`` on the validation split (methods with ``uses_validation``)."""
 
 
 @runtime_checkable
@@ -80,6 +106,9 @@ class Artefacts:
     """Merged into the student's metrics.json (e.g. ABSLD's ``final_tau_*``)."""
     temperatures: list[dict[str, Any]] | None = None
     """Rows (epoch, class, tau_adv, tau_nat) to draw as class-wise temperature curves."""
+    curves: dict[str, tuple[list[dict[str, Any]], list[str]]] = field(default_factory=dict)
+    """figure name -> (rows (epoch, class, <key>...), keys): class-wise state drawn as one panel per
+    key, one curve per class (e.g. FRL's weights, CFA's radii), as ``<name>.png``."""
 
 
 class MethodBase:
@@ -94,6 +123,22 @@ class MethodBase:
         self.ctx = ctx
         if self.uses_teacher and ctx.teacher is None:
             raise ValueError(f"method {self.name!r} distils from a teacher, but none was given")
+
+    @classmethod
+    def uses_validation(cls, cfg: Any) -> bool:
+        """Whether the method with params ``cfg`` measures the model on the validation split."""
+        return False
+
+    def validate(self) -> ClassAccuracy:
+        """``ctx.validate`` with the method's ``cfg.validation`` attack; a clear error without one."""
+        if self.ctx.validate is None or self.ctx.student is None:
+            raise ValueError(f"method {self.name!r} measures the student on the validation split between "
+                             "epochs: give MethodContext a student and a validate function")
+        return self.ctx.validate(self.cfg.validation)
+
+    def output_state(self) -> dict[str, Tensor] | None:
+        """The weights to write as the student instead of the trained ones (None: the trained ones)."""
+        return None
 
     @property
     def teacher(self) -> nn.Module | None:
