@@ -19,6 +19,9 @@ METHOD_LABELS: dict[str, str] = {
     "trades": "TRADES",
     "fair_rslad": "Fair-RSLAD",
     "reweighted_rslad": "Re-weighted RSLAD",
+    "frl_rw": "FRL-RW",
+    "frl_rwrm": "FRL-RWRM",
+    "cfa": "CFA",
 }
 """Every distillation method (params name -> label), in the order tables list them."""
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_LABELS)
@@ -28,6 +31,7 @@ DATASET_LABELS: dict[str, str] = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
     "fashion-mnist": "Fashion-MNIST",
+    "tinyimagenet": "Tiny-ImageNet",
     "synthetic": "synthetic data",
 }
 DATASET_NAMES: tuple[str, ...] = tuple(DATASET_LABELS)

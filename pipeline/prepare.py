@@ -19,7 +19,9 @@ def prepare(params_path: str) -> None:
 
     Sources, in order: data.source_dir (an existing directory, e.g. the Debian package's
     /usr/share/datasets/fashion-mnist), then data.root, then a download when data.download is
-    true. CIFAR archives are md5-checked against torchvision's sums (data.verify_md5). A stratified
+    true. CIFAR archives are md5-checked against torchvision's sums (data.verify_md5), as is
+    tiny-imagenet-200.zip (read in place; or its extracted folder) against the official one; the
+    test split of Tiny-ImageNet is its official val split (its test split has no labels). A stratified
     validation split of data.val_per_class images per class is held out from training. Nothing is
     written unless every step succeeds; no other dataset is ever substituted. data.dataset:
     synthetic generates a small CIFAR-shaped dataset (data.synthetic) for pipeline checks.

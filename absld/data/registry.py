@@ -27,6 +27,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("cifar10", 10, (3, 32, 32), CIFAR10_CLASSES),
     "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32)),  # names read from the archive's meta
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, (1, 28, 28), FASHION_MNIST_CLASSES),
+    "tinyimagenet": DatasetSpec("tinyimagenet", 200, (3, 64, 64)),  # names read from the archive's words.txt
     "synthetic": DatasetSpec("synthetic", 10, (3, 32, 32), (
         "alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett")),
 }
