@@ -33,7 +33,7 @@ from .models import ModelName
 from .vocab import AA_ATTACK_NAMES, METHOD_NAMES, AutoAttackName, DatasetName, MethodName
 from .errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "tinyimagenet")
 Dataset = DatasetName
 Device = Literal["auto", "cpu", "cuda"]
 KLReduction = Literal["element_mean", "batchmean"]
@@ -342,6 +342,88 @@ class AdaadConfig(MethodConfig):
     """alpha KL(T(x')||S(x')) + (1 - alpha) KL(T(x)||S(x))."""
 
 
+class FrlConfig(MethodConfig):
+    """FRL (Xu et al., ICML 2021), as the official code (hannxu123/fair_robust) runs it: TRADES whose
+    natural and boundary terms are re-weighted per class by Lagrange multipliers that grow with each
+    class's clean / boundary error on the validation split, measured by PGD after every epoch
+    (:mod:`absld.methods.frl`). ``frl_rwrm`` also widens the attack radius of classes with a high
+    boundary error (remargin). The defaults are the code's (HEAD a80547d)."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 1.5
+    """TRADES weight of the boundary (KL) term (HEAD: 1.5; the first upload, 18d1177: 1.0)."""
+    tau_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """Tolerance tau_1 of a class's clean error above the average (code: --bound0; RWRM 0.07)."""
+    tau_boundary: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """Tolerance tau_2 of a class's boundary error above the average (code: --bound1; RWRM 0.07)."""
+    rate_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.05
+    """Step of the natural multipliers lambda_0 (code: --rate1)."""
+    boundary_rate_scale: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 2.0
+    """The boundary multipliers lambda_1 move by boundary_rate_scale x rate_clean (the code: 2)."""
+    rate_halve_every: PosInt = 40
+    """rate_clean is halved before fair epoch n when n % rate_halve_every == 0 (the code: 40)."""
+    lim: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0, lt=1)] = 0.5
+    """Projection of each multiplier vector onto {lambda >= 0, sum(lambda) <= lim} (code: --lim); below 1,
+    so that every class weight 1/C + lambda_k - sum(lambda)/C stays >= (1 - lim)/C > 0."""
+    loss_reduction: Literal["separate", "joint"] = "separate"
+    """separate: sum w0 CE / sum w0 + beta sum w1 KL / sum w1 (HEAD); joint: sum (w0 CE + beta w1 KL) /
+    sum (w0 + w1) (the first upload, 18d1177)."""
+    hot_start_epochs: NonNegInt = 0
+    """Epochs of plain TRADES (uniform weights, no multiplier update) before the fair epochs: the
+    code fine-tunes a pre-trained robust model whose recipe it does not release."""
+    validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=20))
+    """The PGD (CE, uniform start) that measures the class-wise errors on the validation split
+    (n_samples: its first n images, null: all)."""
+
+
+class FrlRwConfig(FrlConfig):
+    """FRL reweight (``frlrw.py``): the multipliers re-weight both TRADES terms; the radius stays eps."""
+
+
+class FrlRwrmConfig(FrlConfig):
+    """FRL reweight + remargin (``frlrmrw.py``): also eps_k = eps * clamp(exp(2 lambda_2,k), 0.98, margin_max)."""
+
+    tau_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.07
+    tau_boundary: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.07
+    rate_margin: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.2
+    """Step of the margin multipliers lambda_2 (code: --rate2; unprojected)."""
+    margin_min: Annotated[float, Field(gt=0)] = 0.98
+    margin_max: Annotated[float, Field(gt=0)] = 3.0
+    """eps_k / eps is clamped to [margin_min, margin_max] (utils_frl2.py: 0.98, 3.0; the removed RM script 2.5)."""
+    step_rule: Literal["max_eps_quarter", "fixed"] = "max_eps_quarter"
+    """max_eps_quarter: the attack step is max over the batch of eps_{y_i} / 4 (HEAD); fixed: distill.attack.step."""
+
+
+class CfaConfig(MethodConfig):
+    """CFA (Wei et al., CVPR 2023), as the official code (PKU-ML/CFA) runs it: class-wise radii
+    eps_k = (lambda_eps + t_k) eps and TRADES weights beta_k = (lambda_beta + t_k) beta from each class's
+    robust training accuracy t_k of the previous epoch, and fairness-aware weight averaging of the
+    model (:mod:`absld.methods.cfa`). Code defaults except lambda_eps (the paper's 0.3 for TRADES)."""
+
+    base: Literal["trades", "at"] = "trades"
+    """The adversarial training CFA calibrates: trades (KL attack in eval mode, (CE + beta_y KL) / (1 + beta_y))
+    or at (PGD-AT: CE attack in train mode, uniform start, CE loss)."""
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 6.0
+    ccm: bool = True
+    """Class-wise calibrated margin (eps_k)."""
+    ccr: bool = True
+    """Class-wise calibrated regularisation (beta_k; trades only)."""
+    lambda_eps: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.3
+    """lambda_1 of eps_k = (lambda_1 + t_k) eps (paper: 0.3 TRADES, 0.5 AT, 0.7 FAT; code default 0.5)."""
+    lambda_beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.5
+    """lambda_2 of beta_k = (lambda_2 + t_k) beta."""
+    begin: NonNegInt = 10
+    """Calibration starts after this many epochs (code: --begin 10; Algorithm 1 of the paper: from the first)."""
+    average: Literal["fawa", "ema", "none"] = "fawa"
+    """fawa: the written student is the fairness-aware weight average; ema: the plain EMA; none: the trained weights."""
+    decay: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, lt=1)] = 0.88
+    """Average <- decay * average + (1 - decay) * model after each epoch (code 0.88; paper 0.85)."""
+    threshold: Prob = 0.24
+    """FAWA averages an epoch's weights only when the worst class's validation PGD accuracy is >= this
+    (code 0.24; paper and README 0.2)."""
+    validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=10))
+    """The PGD (CE, uniform start) of the FAWA gate on the validation split."""
+
+
 class SelectEvalConfig(EvalAttackConfig):
     """PGD evaluation for checkpoint selection (distill.select val_fair_best / test_fair_best):
     the teacher's check (:class:`EvalAttackConfig`: the first ``n_samples`` images of the split,
@@ -392,6 +474,9 @@ class DistillConfig(Section):
     trades: TradesConfig = Field(default_factory=TradesConfig)
     fair_rslad: FairRsladConfig = Field(default_factory=FairRsladConfig)
     reweighted_rslad: ReweightedRsladConfig = Field(default_factory=ReweightedRsladConfig)
+    frl_rw: FrlRwConfig = Field(default_factory=FrlRwConfig)
+    frl_rwrm: FrlRwrmConfig = Field(default_factory=FrlRwrmConfig)
+    cfa: CfaConfig = Field(default_factory=CfaConfig)
 
 
     def method_config(self, name: str) -> MethodConfig:
@@ -558,6 +643,13 @@ class AnalyzeConfig(Section):
     seed: NonNegInt = 0
     reference: DistillMethod = "absld"
     """The method compared against every other one (McNemar, permutation tests, Holm)."""
+    classes_shown: PosInt = 10
+    """How many worst and how many best classes the per-class figures and tables show when the
+    dataset has more than 2 x classes_shown classes (CIFAR-100, Tiny-ImageNet): the classes are
+    ranked by the reference method's class accuracy under the headline attack (PGD, else AA; the
+    mean over its seeds), and a marker says how many middle classes are omitted. With at most
+    2 x classes_shown classes every class is shown. Display only: Avg, Worst, NSD, the intervals
+    and the tests always cover every class, and results/classwise.csv holds every class."""
 
 
 class Params(Section):
@@ -574,6 +666,17 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
 
+    @model_validator(mode="after")
+    def _validation_split_for_methods_that_measure(self) -> "Params":
+        from .methods import METHODS  # the methods know what they need; imported late (they import config)
+
+        needing = [name for name in self.distill.methods
+                   if METHODS[name].uses_validation(self.distill.method_config(name))]
+        if needing and self.data.val_per_class == 0:
+            raise ValueError(f"distill methods {', '.join(needing)} measure the student on the validation split "
+                             "after every epoch, but data.val_per_class is 0; set it > 0 (the official FRL code "
+                             "holds out 300 images per class, CFA's 2%)")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------

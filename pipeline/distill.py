@@ -9,11 +9,12 @@ import torch
 
 from absld import data as data_lib
 from absld.config import DISTILL_METHODS, DistillConfig, Params, TrainConfig, fraction_of_255
-from absld.evaluate import fair_score, first_n
+from absld.evaluate import fair_score, first_n, validation_accuracy
 from absld.io import sha256_file, write_csv, write_json
-from absld.methods import METHODS, MethodContext, build_method
+from absld.methods import METHODS, ClassAccuracy, MethodContext, build_method
 from absld.models import build_model, load_checkpoint, save_checkpoint
 from absld.plots import plot_temperatures, plot_training
+from absld.plots_state import plot_class_state
 from absld.runtime import Runtime, seed_everything, setup
 from absld.tracking import Tracker, artifact_name, name_classes
 from absld.train import FitResult, fit
@@ -63,10 +64,14 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     select_fn, select_epochs, selection_rule = _selection(params, method_name, train_cfg, prepared, rt, seed)
     teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset)
 
+    method_class = METHODS[method_name]
+    _check_method_needs(params, method_name, method_cfg, prepared)
     seed_everything(seed)
     student = _student(params, prepared, rt)
+    validate = _validation(student, prepared, rt, seed) if method_class.uses_validation(method_cfg) else None
     method = build_method(method_name, method_cfg, MethodContext(
-        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction))
+        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
+        student=student, validate=validate))
     images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
     loader = data_lib.TensorLoader(
         images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True,
@@ -88,7 +93,7 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
             return
         selection = _write_student(params, method_name, seed, student, method, result, train_cfg, selection_rule,
                                    prepared.class_names, teacher_sha, tracker)
-    click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{cfg.select}' "
+    click.echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{selection['select']}' "
                f"(epoch {selection['selected_epoch']}) -> {student_checkpoint(method_name, seed)}")
     if selection["selection_on_test_set"]:
         click.echo("note: this checkpoint was selected on the test set (the official script's rule); "
@@ -102,6 +107,10 @@ def _selection(params: Params, method_name: str, train_cfg: TrainConfig, prepare
     if cfg.select == "val_fair_best" and len(prepared.val_labels) == 0:
         raise StageError("distill.select val_fair_best needs a validation split; set data.val_per_class > 0")
     select_epochs = cfg.selection_epochs(method_name)  # the method's own milestones count
+    average = averaged(cfg, method_name)
+    if average:
+        return None, [], (f"the weight average after the last epoch ({train_cfg.epochs}; distill.{method_name}.average"
+                          f" = {average}); distill.select does not apply to it")
     if cfg.select == "last":
         return None, select_epochs, f"the last epoch ({train_cfg.epochs})"
     if not select_epochs:
@@ -117,6 +126,35 @@ def _selection(params: Params, method_name: str, train_cfg: TrainConfig, prepare
                           step=sel.step, steps=sel.steps, batch_size=sel.batch_size, seed=seed)
 
     return select_fn, select_epochs, _selection_rule(cfg, train_cfg, select_epochs, len(labels))
+
+
+def _check_method_needs(params: Params, method_name: str, method_cfg: Any, prepared: data_lib.Prepared) -> None:
+    """Refuse, before any work, a method that measures the student on a validation split when the
+    prepared data has none (the params check refuses data.val_per_class 0 already)."""
+    if METHODS[method_name].uses_validation(method_cfg) and len(prepared.val_labels) == 0:
+        raise StageError(f"{method_name} measures the student on the validation split after every epoch, but "
+                         f"{params.data.dataset} was prepared with data.val_per_class = 0; set it > 0 "
+                         "(the official FRL code holds out 300 images per class, CFA's 2%)")
+
+
+def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int):
+    """The method's measurement of ``student`` on the validation split (absld.methods.base.Validate)."""
+    num_classes = prepared.num_classes
+
+    def validate(attack) -> ClassAccuracy:
+        images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
+        acc = validation_accuracy(student, images, labels, num_classes, rt, eps=attack.eps, step=attack.step,
+                                  steps=attack.steps, batch_size=attack.batch_size, seed=seed)
+        return ClassAccuracy(clean=torch.as_tensor(acc["clean"]), robust=torch.as_tensor(acc["robust"]),
+                             clean_total=acc["clean_total"], robust_total=acc["robust_total"], n=acc["n"])
+
+    return validate
+
+
+def averaged(cfg: DistillConfig, method_name: str) -> str | None:
+    """The kind of weight average the method writes as its student (CFA's fawa/ema), else None."""
+    average = getattr(cfg.method_config(method_name), "average", "none")
+    return None if average == "none" else average
 
 
 def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.nn.Module:
@@ -166,13 +204,20 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
     """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures;
     returns the selection record (also stored in the checkpoint and metrics.json)."""
     cfg = params.distill
-    chosen_state, chosen_epoch = result.final_state, train_cfg.epochs
-    if cfg.select != "last":
+    chosen_state, chosen_epoch, select = result.final_state, train_cfg.epochs, cfg.select
+    if averaged(cfg, method_name):  # e.g. CFA's weight average: distill.select does not apply
+        select = "weight_average"
+        chosen_state = method.output_state()
+        if chosen_state is None:
+            click.echo(f"note: {method_name} averaged no epoch (the validation gate never passed: "
+                       f"distill.{method_name}.threshold); the last epoch's trained weights are written")
+            chosen_state, selection_rule = result.final_state, f"the last epoch ({train_cfg.epochs}): no epoch averaged"
+    elif cfg.select != "last":
         chosen_state, chosen_epoch = result.best_state, result.best_epoch
     student.load_state_dict(chosen_state)
-    selection = {"select": cfg.select, "selected_epoch": chosen_epoch,
-                 "selection_split": {"last": None, "val_fair_best": "validation", "test_fair_best": "test"}[cfg.select],
-                 "selection_score": result.best_score, "selection_on_test_set": cfg.select == "test_fair_best",
+    selection = {"select": select, "selected_epoch": chosen_epoch,
+                 "selection_split": {"val_fair_best": "validation", "test_fair_best": "test"}.get(select),
+                 "selection_score": result.best_score, "selection_on_test_set": select == "test_fair_best",
                  "selection_rule": selection_rule}
     results, figures, history = distill_results(method_name, seed), distill_plots(method_name, seed), result.history
     metrics = {"method": method_name, "seed": seed, "epochs": train_cfg.epochs, **selection,
@@ -189,10 +234,15 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
         plot_temperatures(extra.temperatures, class_names, png, title=f"{METHOD_LABELS[method_name]} class-wise "
                           f"temperatures ({params.data.dataset}, seed {seed})")
         tracker.log_image("temperatures", str(png))
+    for figure, (rows, keys) in extra.curves.items():  # e.g. FRL's weights, CFA's radii
+        png = figures / f"{figure}.png"
+        plot_class_state(rows, keys, class_names, png, title=f"{METHOD_LABELS[method_name]} class-wise state "
+                         f"({params.data.dataset}, seed {seed})")
+        tracker.log_image(figure, str(png))
     write_json(results / "metrics.json", metrics)
     save_checkpoint(student_checkpoint(method_name, seed), student.cpu(), method=method_name, seed=seed,
                     dataset=params.data.dataset, teacher_sha256=teacher_sha, **selection)
-    tracker.summary({"selected_epoch": chosen_epoch, "select": cfg.select,
+    tracker.summary({"selected_epoch": chosen_epoch, "select": select,
                      "selection_on_test_set": selection["selection_on_test_set"]})
     tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [data_dir(params) / "manifest.json"])
     tracker.use_artifact("teacher", "model", [TEACHER_CHECKPOINT, TEACHER_INFO])

@@ -82,7 +82,7 @@ def test_file_teacher_needs_a_checksum():
 
 
 def test_every_profile_composes_to_valid_params():
-    assert profiles.names(REPO / "conf") == ["fashion", "paper", "paper-smoke", "quick", "tiny"]
+    assert profiles.names(REPO / "conf") == ["cifar100", "fashion", "paper", "paper-smoke", "quick", "tiny", "tinyimagenet"]
     for name in profiles.names(REPO / "conf"):
         params = profiles.load(name, conf=REPO / "conf")
         assert params.profile == name
@@ -105,7 +105,7 @@ def test_a_profile_overrides_the_paper_and_keeps_the_rest(tmp_path):
 
 
 def test_unknown_profile_names_the_choices(tmp_path):
-    with pytest.raises(ConfigError, match="'quik' is not one of fashion, paper, paper-smoke, quick, tiny"):
+    with pytest.raises(ConfigError, match="'quik' is not one of cifar100, fashion, paper, paper-smoke, quick, tiny, tinyimagenet"):
         profiles.compose("quik", tmp_path / "p.yaml", conf=REPO / "conf")
 
 

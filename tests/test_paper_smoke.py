@@ -1,7 +1,7 @@
 """The paper's configuration, exercised on the CPU: conf/profile/paper-smoke.yaml keeps everything
 of conf/config.yaml but sizes (and the few keys its header names), and the whole DAG runs on it:
-CIFAR-10 in torchvision's format, a WRN-34-10 teacher imported as a file with its sha256, all nine
-methods with ResNet-18 students (one with MobileNetV2), standard AutoAttack, the analysis."""
+CIFAR-10 in torchvision's format, a WRN-34-10 teacher imported as a file with its sha256, every
+method with ResNet-18 students (one with MobileNetV2), standard AutoAttack, the analysis."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ SIZES = {  # the keys paper-smoke may change: sizes
     "distill.train_per_class", "distill.train.epochs", "distill.train.batch_size", "distill.attack.steps",
     "distill.select_eval.n_samples", "distill.select_eval.batch_size", "distill.select_eval.steps",
     "distill.ard.train.epochs", "distill.iad.train.epochs", "distill.adaad.train.epochs",
+    *(f"distill.{m}.{key}" for m in ("frl_rw", "frl_rwrm") for key in (
+        "train.epochs", "hot_start_epochs", "validation.n_samples", "validation.batch_size", "validation.steps")),
+    "distill.cfa.train.epochs", "distill.cfa.begin", "distill.cfa.validation.n_samples",
+    "distill.cfa.validation.batch_size", "distill.cfa.validation.steps",
     "evaluate.n_samples", "evaluate.batch_size", "evaluate.pgd.steps", "evaluate.cw.steps",
     "analyze.n_bootstrap", "analyze.n_permutations",
 }

@@ -26,6 +26,8 @@ SELECTION_RULES: dict[str, str] = {
     "val_fair_best": "the epoch maximising PGD Avg + Worst on the held-out validation split",
     "test_fair_best": "the epoch maximising PGD Avg + Worst on the test set (the official script's rule: "
     "selection on the test set)",
+    "weight_average": "the method's weight average after the last epoch (CFA's fairness-aware average or "
+    "EMA; distill.select does not apply to it)",
 }
 
 
