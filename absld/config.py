@@ -243,6 +243,11 @@ class MethodConfig(Section):
     train: TrainOverride = Field(default_factory=TrainOverride)
     """Changes to the shared training recipe for this method only."""
 
+    @property
+    def validates(self) -> bool:
+        """Whether the method measures the student on the validation split between epochs."""
+        return False
+
 
 class SatConfig(MethodConfig):
     """PGD-AT (Madry et al. 2018): CE on PGD examples with a uniform random start."""
@@ -374,6 +379,10 @@ class FrlConfig(MethodConfig):
     """The PGD (CE, uniform start) that measures the class-wise errors on the validation split
     (n_samples: its first n images, null: all)."""
 
+    @property
+    def validates(self) -> bool:
+        return True
+
 
 class FrlRwConfig(FrlConfig):
     """FRL reweight (``frlrw.py``): the multipliers re-weight both TRADES terms; the radius stays eps."""
@@ -422,6 +431,10 @@ class CfaConfig(MethodConfig):
     (code 0.24; paper and README 0.2)."""
     validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=10))
     """The PGD (CE, uniform start) of the FAWA gate on the validation split."""
+
+    @property
+    def validates(self) -> bool:
+        return self.average == "fawa"
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -668,10 +681,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _validation_split_for_methods_that_measure(self) -> "Params":
-        from .methods import METHODS  # the methods know what they need; imported late (they import config)
-
-        needing = [name for name in self.distill.methods
-                   if METHODS[name].uses_validation(self.distill.method_config(name))]
+        needing = [name for name in self.distill.methods if self.distill.method_config(name).validates]
         if needing and self.data.val_per_class == 0:
             raise ValueError(f"distill methods {', '.join(needing)} measure the student on the validation split "
                              "after every epoch, but data.val_per_class is 0; set it > 0 (the official FRL code "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import Params
+from .config import AnalyzeConfig, Params
 from .distributed import is_main
 from .errors import UserError
 from .io import short_hash
@@ -107,15 +107,39 @@ def class_key(name: str) -> str:
     return name.replace("/", "-")
 
 
-def name_classes(row: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+CLASSES_SHOWN: int = AnalyzeConfig.model_fields["classes_shown"].default
+"""``analyze.classes_shown``'s default: more than twice this many classes is "many" in W&B too."""
+
+BAND_SUFFIX = "_classes"
+"""With many classes a per-class prefix ``p`` also gets ``p_classes/min``, ``/median`` and ``/max``."""
+
+
+def name_classes(row: dict[str, Any], class_names: list[str], classes_shown: int = CLASSES_SHOWN) -> dict[str, Any]:
     """W&B keys of per-class values named by class: ``tau_adv/3`` -> ``tau_adv/Dress`` (a "/" inside
-    a class name, as in "T-shirt/top", becomes "-" so that it does not open a W&B section)."""
+    a class name, as in "T-shirt/top", becomes "-" so that it does not open a W&B section).
+
+    With more than ``2 * classes_shown`` classes (CIFAR-100: one panel per class would bury the
+    workspace) every class is still logged, and each per-class prefix also gets its band over the
+    classes, ``<prefix>_classes/min``, ``/median`` and ``/max``, in a section of its own: three
+    curves that stay readable (the W&B report plots them with the worst and best classes)."""
     out: dict[str, Any] = {}
+    per_class: dict[str, list[float]] = {}
     for key, value in row.items():
         prefix, _, index = key.rpartition("/")
         if prefix and index.isdigit() and int(index) < len(class_names):
             key = f"{prefix}/{class_key(class_names[int(index)])}"
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                per_class.setdefault(prefix, []).append(float(value))
         out[key] = value
+    if len(class_names) > 2 * classes_shown:
+        for prefix, values in per_class.items():
+            ordered = sorted(v for v in values if v == v)  # NaN left out
+            if not ordered:
+                continue
+            middle = len(ordered) // 2
+            median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            out.update({f"{prefix}{BAND_SUFFIX}/min": ordered[0], f"{prefix}{BAND_SUFFIX}/median": median,
+                        f"{prefix}{BAND_SUFFIX}/max": ordered[-1]})
     return out
 
 
@@ -228,12 +252,23 @@ class Tracker:
         self.run.log({key: table})
         return table
 
-    def log_bar(self, key: str, labels: list[str], values: list[float], title: str) -> None:
+    def log_bar(self, key: str, labels: list[str], values: list[float], title: str,
+                classes_shown: int = CLASSES_SHOWN) -> None:
+        """A bar chart of one value per class. With more than ``2 * classes_shown`` classes the bars
+        are the ``classes_shown`` lowest and highest values (lowest first; ties by class order), and
+        the title says how many classes are left out (the stages log every class's value elsewhere:
+        the summary and the class table)."""
         if self.run is None:
             return
         import wandb
 
-        table = wandb.Table(columns=["class", "accuracy"], data=[[l, v] for l, v in zip(labels, values)])
+        data = [[label, value] for label, value in zip(labels, values)]
+        if len(data) > 2 * classes_shown:
+            ordered = sorted(range(len(data)), key=lambda k: (values[k] if values[k] == values[k] else -float("inf"), k))
+            data = [data[k] for k in ordered[:classes_shown] + ordered[-classes_shown:]]
+            title = (f"{title} ({classes_shown} lowest and {classes_shown} highest of {len(labels)} classes; "
+                     f"{len(labels) - 2 * classes_shown} omitted)")
+        table = wandb.Table(columns=["class", "accuracy"], data=data)
         self.run.log({key: wandb.plot.bar(table, "class", "accuracy", title=title)})
 
     def log_image(self, key: str, path: str) -> None:

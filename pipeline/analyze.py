@@ -17,7 +17,10 @@ from absld.config import Params, fraction_of_255
 from absld.data import MANIFEST, read_manifest
 from absld.fairness import STATISTICS
 from absld.io import atomic_dir, write_csv, write_text
-from absld.plots import plot_class_accuracy, plot_fairness_tradeoff, plot_temperatures
+from absld.plots import (
+    ClassSelection, describe_selection as describe_shown, plot_class_accuracy, plot_fairness_tradeoff,
+    plot_temperatures, select_classes,
+)
 from absld.tracking import Tracker
 from absld.vocab import ModelId
 
@@ -29,6 +32,9 @@ from .common import (
 )
 
 SELECTION_KEYS = ("select", "selected_epoch", "selection_split")
+CLASSWISE_CSV = ANALYSIS_DIR / "classwise.csv"
+"""Every class of every model (each seed) under every attack, long form: model, attack, class, accuracy.
+The figures and the report's per-class table may show some classes only (analyze.classes_shown)."""
 
 
 def dumps_strict(obj: Any) -> str:
@@ -95,7 +101,13 @@ def analyze(params_path: str) -> None:
     analyze.reference against every other method, Holm-corrected), the paper-style table
     (results/table.md, .tex, .csv, with published numbers from references/published.yaml where they
     exist), results/report.md, results/training.json (each student's checkpoint choice and last
-    epoch, for `dvc exp show`) and figures in plots/analyze/. Prints the markdown table.
+    epoch, for `dvc exp show`), results/classwise.csv (every class of every model under every
+    attack) and figures in plots/analyze/. Prints the markdown table.
+
+    With more than 2 x analyze.classes_shown classes (CIFAR-100, Tiny-ImageNet) the per-class
+    figures and the report's per-class table show the classes_shown worst and best classes only,
+    ranked by analyze.reference's class accuracy under the headline attack (the mean over its
+    seeds); every statistic is still computed over all classes.
     """
     params = load(params_path)
     cfg = params.analyze
@@ -113,7 +125,10 @@ def analyze(params_path: str) -> None:
     configuration = rep.describe_configuration(params.evaluate, cfg, dataset=params.data.dataset,
                                                n_samples=first.n, eps=first.eps, attacks=first.attacks, seeds=seeds,
                                                selection=selection, protocol=first.protocol)
+    ranking, ranked_by = rep.class_ranking(fairness, first.attacks, cfg.reference, first.protocol)
+    shown = select_classes(ranking, cfg.classes_shown)
     write_text(FAIRNESS_JSON, dumps_strict(fairness))
+    _write_classwise_csv(fairness, models, class_names)
     write_text(TRAINING_JSON, dumps_strict({groups[m][s]: training_summary(m, s) for m in methods for s in seeds}))
     write_text(COMPARISONS_JSON, dumps_strict({
         "meta": {"dataset": params.data.dataset, "class_names": class_names, "models": models,
@@ -123,10 +138,12 @@ def analyze(params_path: str) -> None:
                  "configuration": configuration, "protocol": first.protocol},
         "seed_summary": seed_stats, "seed_comparisons": seed_tests, "comparisons": comparisons,
     }))
-    table_md = _write_tables(params, fairness, first, published, selection)
-    figures = _write_figures(params, fairness, seed_stats, groups, class_names, first.attacks, first.protocol)
+    table_md = _write_tables(params, fairness, first, published, selection, len(class_names))
+    figures = _write_figures(params, fairness, seed_stats, groups, class_names, first.attacks, first.protocol,
+                             shown, ranking, ranked_by)
+    classes_md = _classes_markdown(fairness, groups, class_names, first.attacks, first.protocol, shown, ranked_by)
     _write_report(params, first, fairness, seed_stats, seed_tests, comparisons, table_md, figures, configuration,
-                  len(class_names))
+                  len(class_names), classes_md)
     _track(params, fairness, models, [name for _, name in figures], first.protocol)
     click.echo(table_md, nl=False)
 
@@ -152,13 +169,14 @@ def _check_evaluated(models: list[str]) -> None:
 
 
 def _write_tables(params: Params, fairness: rep.Fairness, first: rep.Records, published: dict,
-                  selection: str) -> str:
+                  selection: str, num_classes: int) -> str:
     """results/table.{md,tex,csv} (the paper-style table); returns its markdown."""
     cfg, seeds = params.analyze, list(params.seeds)
     caption = rep.table_caption(dataset=params.data.dataset, n_samples=first.n, eps=first.eps, ddof=cfg.nsd_ddof,
                                 confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=selection,
                                 several_seeds=len(seeds) > 1, n_seeds=len(seeds), protocol=first.protocol,
-                                bootstrap_method=cfg.bootstrap_method)
+                                bootstrap_method=cfg.bootstrap_method, num_classes=num_classes,
+                                classes_shown=cfg.classes_shown)
     table = rep.results_table(fairness, rep.row_specs(list(params.distill.methods), seeds), first.attacks,
                               caption=caption, published=published, protocol=first.protocol)
     table_md = rep.table_markdown(table)
@@ -170,7 +188,7 @@ def _write_tables(params: Params, fairness: rep.Fairness, first: rep.Records, pu
 
 def _write_report(params: Params, first: rep.Records, fairness: rep.Fairness, seed_stats: dict, seed_tests: dict,
                   comparisons: dict, table_md: str, figures: list[tuple[str, str]],
-                  configuration: list[tuple[str, str]], num_classes: int) -> None:
+                  configuration: list[tuple[str, str]], num_classes: int, classes_md: str = "") -> None:
     """results/report.md: the verdict first, then the table, the tests, the seeds and the figures."""
     cfg, protocol = params.analyze, first.protocol
     dataset = rep.dataset_label(params.data.dataset)
@@ -188,18 +206,55 @@ def _write_report(params: Params, first: rep.Records, fairness: rep.Fairness, se
         seeds_md="\n".join(part for part in (rep.seed_markdown(seed_stats, first.attacks, cfg.confidence, protocol),
                                               rep.seed_tests_markdown(seed_tests, protocol)) if part),
         notes=[rep.interval_note(rep.intervals_excluding_the_estimate(fairness),
-                                 int(np.bincount(first.y, minlength=num_classes).min()), protocol)]))
+                                 int(np.bincount(first.y, minlength=num_classes).min()), protocol)],
+        classes_md=classes_md))
+
+
+def _write_classwise_csv(fairness: rep.Fairness, models: list[str], class_names: list[str]) -> None:
+    """results/classwise.csv: one row per model id (teacher, every seed), attack and class, every class."""
+    write_csv(CLASSWISE_CSV, [{"model": model, "attack": attack, "class": name, "accuracy": entry["class_acc"][k]}
+                              for model in models for attack, entry in fairness[model].items()
+                              for k, name in enumerate(class_names)],
+              columns=["model", "attack", "class", "accuracy"])
+
+
+def _table_rows(groups: dict[str, dict[int, str]]) -> list[tuple[str, str | None, list[str]]]:
+    """The rows of the figures: (label, method or None, model ids): the teacher, then each method."""
+    rows: list[tuple[str, str | None, list[str]]] = [("Teacher", None, ["teacher"])]
+    return rows + [(rep.method_label(m), m, list(by_seed.values())) for m, by_seed in groups.items()]
+
+
+def _row_class_acc(fairness: rep.Fairness, rows: list[tuple[str, str | None, list[str]]], attacks: list[str],
+                   num_classes: int) -> dict[str, dict[str, list[float]]]:
+    """``{row label: {attack: [acc_k]}}``: each row's class accuracies (a method's: the mean over seeds)."""
+    return {label: {a: [sum(fairness[m][a]["class_acc"][k] for m in ms) / len(ms) for k in range(num_classes)]
+                    for a in attacks} for label, _, ms in rows}
+
+
+def _classes_markdown(fairness: rep.Fairness, groups: dict[str, dict[int, str]], class_names: list[str],
+                      attacks: list[str], protocol: rep.Protocol, shown: ClassSelection, ranked_by: str) -> str:
+    """The report's "Worst and best classes" table when some classes are omitted; '' otherwise."""
+    if shown.gap is None:
+        return ""
+    attack = rep.headline_attack(attacks)
+    rows = _table_rows(groups)
+    class_acc = {label: acc[attack] for label, acc in _row_class_acc(fairness, rows, [attack], len(class_names)).items()}
+    return rep.classes_markdown(class_names, class_acc, worst=shown.worst, best=shown.best,
+                                attack_name=rep.attack_label(attack, protocol=protocol), ranked_by=ranked_by,
+                                worst_by_model=rep.worst_classes(fairness, attack), full_csv=str(CLASSWISE_CSV))
 
 
 def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, groups: dict[str, dict[int, str]],
-                   class_names: list[str], attacks: list[str], protocol: rep.Protocol) -> list[tuple[str, str]]:
-    """Write every PNG of plots/analyze/ afresh (stale figures go); return (caption, file name) pairs."""
+                   class_names: list[str], attacks: list[str], protocol: rep.Protocol, shown: ClassSelection,
+                   ranking: list[float], ranked_by: str) -> list[tuple[str, str]]:
+    """Write every PNG of plots/analyze/ afresh (stale figures go); return (caption, file name) pairs.
+    Per-class figures show the classes of ``shown`` (ranked by ``ranking``, in words ``ranked_by``)."""
     attack_cols = [(a, rep.attack_label(a, protocol=protocol)) for a in attacks]
-    rows: list[tuple[str, str | None, list[str]]] = [("Teacher", None, ["teacher"])]
-    rows += [(rep.method_label(m), m, list(by_seed.values())) for m, by_seed in groups.items()]
-    class_acc = {label: {a: [sum(fairness[m][a]["class_acc"][k] for m in ms) / len(ms)
-                             for k in range(len(class_names))] for a in attacks}
-                 for label, _, ms in rows}
+    rows = _table_rows(groups)
+    class_acc = _row_class_acc(fairness, rows, attacks, len(class_names))
+    classes = dict(classes_shown=params.analyze.classes_shown, ranking=ranking, ranked_by=ranked_by)
+    subset = (f": {describe_shown(shown, ranked_by)} (every class in {CLASSWISE_CSV})"
+              if shown.gap is not None else "")
     points: dict[str, dict[str, Any]] = {}
     for label, method, ms in rows:
         points[label] = {}
@@ -215,13 +270,13 @@ def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, gro
     several = len(params.seeds) > 1
     seeds_note = f", mean over {len(params.seeds)} seeds" if several else ""
     figures = [
-        (f"Class-wise accuracy per attack ({dataset}{seeds_note})", "class_accuracy.png"),
+        (f"Class-wise accuracy per attack ({dataset}{seeds_note}){subset}", "class_accuracy.png"),
         (f"NSD against Avg per attack ({dataset}; error bars: "
          f"{'t-intervals over seeds' if several else 'bootstrap intervals'})", "tradeoff.png"),
     ]
     with atomic_dir(ANALYSIS_PLOTS) as tmp:
         plot_class_accuracy(class_names, class_acc, attack_cols, tmp / "class_accuracy.png",
-                            title=f"Class-wise accuracy on {dataset}{seeds_note}")
+                            title=f"Class-wise accuracy on {dataset}{seeds_note}", **classes)
         plot_fairness_tradeoff(points, attack_cols, tmp / "tradeoff.png",
                                title=f"Accuracy against class-wise unfairness on {dataset}")
         _write_dvc_plot_data(tmp, rows, class_acc, points, attacks, groups, class_names, protocol)
@@ -232,8 +287,10 @@ def _write_figures(params: Params, fairness: rep.Fairness, seed_stats: dict, gro
                     continue
                 name = f"temperatures_absld_seed{seed}.png"
                 plot_temperatures(read_temperatures(csv_path), class_names, tmp / name,
-                                  title=f"ABSLD class-wise temperatures ({dataset}, seed {seed})")
-                figures.append((f"ABSLD class-wise temperatures per epoch (seed {seed})", name))
+                                  title=f"ABSLD class-wise temperatures ({dataset}, seed {seed})", **classes)
+                band = (f": min–max band and median over all {len(class_names)} classes, curves of "
+                        f"{describe_shown(shown, ranked_by)}" if shown.gap is not None else "")
+                figures.append((f"ABSLD class-wise temperatures per epoch (seed {seed}){band}", name))
     return figures
 
 

@@ -13,8 +13,7 @@ from absld.evaluate import fair_score, first_n, validation_accuracy
 from absld.io import sha256_file, write_csv, write_json
 from absld.methods import METHODS, ClassAccuracy, MethodContext, build_method
 from absld.models import build_model, load_checkpoint, save_checkpoint
-from absld.plots import plot_temperatures, plot_training
-from absld.plots_state import plot_class_state
+from absld.plots import plot_class_state, plot_temperatures, plot_training
 from absld.runtime import Runtime, seed_everything, setup
 from absld.tracking import Tracker, artifact_name, name_classes
 from absld.train import FitResult, fit
@@ -64,11 +63,10 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     select_fn, select_epochs, selection_rule = _selection(params, method_name, train_cfg, prepared, rt, seed)
     teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset)
 
-    method_class = METHODS[method_name]
     _check_method_needs(params, method_name, method_cfg, prepared)
     seed_everything(seed)
     student = _student(params, prepared, rt)
-    validate = _validation(student, prepared, rt, seed) if method_class.uses_validation(method_cfg) else None
+    validate = _validation(student, prepared, rt, seed) if method_cfg.validates else None
     method = build_method(method_name, method_cfg, MethodContext(
         num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
         student=student, validate=validate))
@@ -131,7 +129,7 @@ def _selection(params: Params, method_name: str, train_cfg: TrainConfig, prepare
 def _check_method_needs(params: Params, method_name: str, method_cfg: Any, prepared: data_lib.Prepared) -> None:
     """Refuse, before any work, a method that measures the student on a validation split when the
     prepared data has none (the params check refuses data.val_per_class 0 already)."""
-    if METHODS[method_name].uses_validation(method_cfg) and len(prepared.val_labels) == 0:
+    if method_cfg.validates and len(prepared.val_labels) == 0:
         raise StageError(f"{method_name} measures the student on the validation split after every epoch, but "
                          f"{params.data.dataset} was prepared with data.val_per_class = 0; set it > 0 "
                          "(the official FRL code holds out 300 images per class, CFA's 2%)")

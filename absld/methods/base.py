@@ -14,7 +14,7 @@ code, so ``epoch in milestones`` means "the epoch after which the learning rate 
 
 Methods that look at the model between epochs (FRL's class-wise validation errors, CFA's weight
 averaging) find it in ``ctx.student`` and measure it with ``ctx.validate`` (class-wise clean and
-PGD accuracy on the held-out validation split of ``prepare``); they declare ``uses_validation``.
+PGD accuracy on the held-out validation split of ``prepare``); their params say so (``validates``).
 A method whose written student is not the trained weights (CFA's averaged model) returns them
 from ``output_state()``.
 
@@ -73,7 +73,7 @@ class MethodContext:
     student: nn.Module | None = None
     """The model being trained (methods that average or measure it between epochs)."""
     validate: Validate | None = None
-    """Class-wise accuracy of ``student`` on the validation split (methods with ``uses_validation``)."""
+    """Class-wise accuracy of ``student`` on the validation split (methods whose params ``validates``)."""
 
 
 @runtime_checkable
@@ -123,11 +123,6 @@ class MethodBase:
         self.ctx = ctx
         if self.uses_teacher and ctx.teacher is None:
             raise ValueError(f"method {self.name!r} distils from a teacher, but none was given")
-
-    @classmethod
-    def uses_validation(cls, cfg: Any) -> bool:
-        """Whether the method with params ``cfg`` measures the model on the validation split."""
-        return False
 
     def validate(self) -> ClassAccuracy:
         """``ctx.validate`` with the method's ``cfg.validation`` attack; a clear error without one."""

@@ -76,10 +76,6 @@ class CFA(MethodBase):
         self.updates = 0
         self.log: list[dict[str, float]] = []
 
-    @classmethod
-    def uses_validation(cls, cfg: Any) -> bool:
-        return cfg.average == "fawa"
-
     def _on(self, device: torch.device) -> None:
         if self.eps.device != device:
             self.eps, self.beta = self.eps.to(device), self.beta.to(device)

@@ -29,6 +29,11 @@ Where this follows the code rather than the paper (each a param where it is a ch
   ``hot_start_epochs`` epochs of plain TRADES (uniform weights, no update) come first in the same
   run; the learning rate is the method's ``train`` section (the code fine-tunes at a constant 1e-3).
 - C classes in place of the code's hard-coded 10 (1/C in the weights).
+
+Data-parallel training: each process normalises its weighted means by its own share's weight sums
+(the loop re-weights shares as plain means), so the step differs from one process's by the ratio of
+the shares' weight sums (exact with uniform weights); every process measures the whole validation
+split itself.
 """
 
 from __future__ import annotations
@@ -86,10 +91,6 @@ class FRLReweight(MethodBase):
         self.rate = float(cfg.rate_clean)
         self.log: list[dict[str, float]] = []
         self._cache: tuple[torch.device, Tensor, Tensor, Tensor] | None = None
-
-    @classmethod
-    def uses_validation(cls, cfg: Any) -> bool:
-        return True
 
     # ---- the class-wise state as used by a batch
     def weights(self) -> tuple[Tensor, Tensor]:

@@ -67,6 +67,7 @@ from .analysis import (  # noqa: F401
     PairComparison,
     PairedTest,
     SeedComparisons,
+    class_ranking,
     compare_to_reference,
     fairness_table,
     headline_attack,
@@ -77,6 +78,7 @@ from .analysis import (  # noqa: F401
     seed_summaries,
     seed_tests_markdown,
     verdict,
+    worst_classes,
 )
 from .words import (  # noqa: F401
     findings,
@@ -102,6 +104,7 @@ from .tables import (  # noqa: F401
     table_markdown,
 )
 from .markdown import (  # noqa: F401
+    classes_markdown,
     describe_configuration,
     markdown_report,
     seed_markdown,

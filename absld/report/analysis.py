@@ -20,6 +20,7 @@ from ..fairness import (
     summarize_with_ci,
 )
 from ..records import WORST, Records
+from ..vocab import ModelId
 from .evaluations import _check_labels
 from .labels import Protocol
 from .labels import _finite
@@ -207,6 +208,46 @@ def headline_attack(attacks: Sequence[str]) -> str:
     if "aa" in attacks:
         return "aa"
     return [a for a in attacks if a != WORST][-1]
+
+
+def class_ranking(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str], reference: str,
+                  protocol: Protocol | None = None) -> tuple[list[float], str]:
+    """``(score per class, the rule in words)``: what per-class figures and tables rank classes by
+    when they show only the worst and the best ones (``analyze.classes_shown``).
+
+    The rule: the class accuracy under the :func:`headline_attack` of the ``reference`` method
+    (``analyze.reference``), the mean over its seeds; when the reference was not evaluated, the mean
+    over every evaluated student; with no student, the teacher's. A class with no defined accuracy
+    (null) is NaN (it ranks as the worst). Display only: no statistic depends on it."""
+    attack = headline_attack(attacks)
+    ids = {model: ModelId.parse(model) for model in fairness}
+    chosen = [m for m, mid in ids.items() if not mid.is_teacher and mid.method == reference]
+    label = attack_label(attack, protocol=protocol)
+    if chosen:
+        spread = f"mean over its {len(chosen)} seeds" if len(chosen) > 1 else f"seed {ids[chosen[0]].seed}"
+        words = f"{method_label(reference)}'s {label} class accuracy ({spread})"
+    else:
+        chosen = [m for m, mid in ids.items() if not mid.is_teacher]
+        words = (f"the mean {label} class accuracy of the {len(chosen)} evaluated students" if chosen else
+                 f"the teacher's {label} class accuracy")
+        chosen = chosen or [m for m, mid in ids.items() if mid.is_teacher]
+    table = np.asarray([[np.nan if v is None else float(v) for v in fairness[m][attack]["class_acc"]]
+                        for m in chosen], dtype=np.float64)  # (models, C)
+    defined = (~np.isnan(table)).sum(axis=0)  # (C,) models with a defined accuracy
+    scores = np.where(defined > 0, np.nansum(table, axis=0) / np.maximum(defined, 1), np.nan)  # (C,) NaN-ignoring mean
+    return [float(s) for s in scores], words
+
+
+def worst_classes(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attack: str
+                  ) -> dict[str, tuple[int, float] | None]:
+    """``{model: (class index, accuracy)}`` of each model's worst class under ``attack``, over *all*
+    classes (the class behind its ``worst``; the lowest index on ties); None when undefined."""
+    out: dict[str, tuple[int, float] | None] = {}
+    for model, by_attack in fairness.items():
+        acc = [_finite(v) for v in by_attack[attack]["class_acc"]]
+        defined = [(v, k) for k, v in enumerate(acc) if v is not None]
+        out[model] = None if not defined else (min(defined)[1], min(defined)[0])
+    return out
 
 
 def _seed_clause(stat: str, test: Mapping[str, Any], alpha: float) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from .labels import aa_is_standard
 from .labels import attack_label
 from .labels import dataset_label
 from .labels import method_label
+from .labels import model_label
 from .tables import Cell
 from .tables import format_cell
 
@@ -85,13 +86,47 @@ def seed_markdown(summaries: Mapping[str, Mapping[str, Mapping[str, SeedSummary 
     return "\n".join(lines)
 
 
+def classes_markdown(class_names: Sequence[str], class_acc: Mapping[str, Sequence[float]], *,
+                     worst: Sequence[int], best: Sequence[int], attack_name: str, ranked_by: str,
+                     worst_by_model: Mapping[str, tuple[int, float] | None], full_csv: str) -> str:
+    """The report's per-class table when only some classes are shown (many classes): the ``worst``
+    and ``best`` classes (indices, in display order) with each row's accuracy (``class_acc``:
+    ``{row label: [acc_k for every class]}``, fractions) under the headline attack, a row marking
+    the classes omitted, and a sentence naming every model's worst class over *all* classes
+    (``worst_by_model``: :func:`absld.report.worst_classes`), which is what the Worst columns report."""
+    num_classes = len(class_names)
+    omitted = num_classes - len(worst) - len(best)
+    labels = list(class_acc)
+
+    def row(rank: int, k: int) -> str:
+        cells = [format_cell(Cell(_finite(class_acc[label][k])), "avg") for label in labels]
+        return f"| {rank} | {class_names[k]} | " + " | ".join(cells) + " |"
+
+    lines = [f"Table: {attack_name} accuracy (%) of the {len(worst)} worst and the {len(best)} best of the "
+             f"{num_classes} classes, ranked by {ranked_by} (rank 1: the worst). The {omitted} classes between "
+             f"are omitted here; every class of every model under every attack is in {full_csv}. Avg, Worst and "
+             f"NSD in the tables above are computed over all {num_classes} classes.", "",
+             "| rank | class | " + " | ".join(labels) + " |", "|---:|:---|" + "---:|" * len(labels)]
+    lines += [row(i + 1, k) for i, k in enumerate(worst)]
+    lines.append(f"| | … {omitted} classes omitted … |" + " |" * len(labels))
+    lines += [row(num_classes - len(best) + i + 1, k) for i, k in enumerate(best)]
+    named = [f"{model_label(m)}: {class_names[w[0]]} ({100 * w[1]:.2f} %)" for m, w in worst_by_model.items()
+             if w is not None]
+    lines += ["", f"Worst class over all {num_classes} classes under {attack_name} (shown above or not): "
+              + "; ".join(named) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(*, title: str, intro: str, table_md: str, tests_md: str,
                     figures: Sequence[tuple[str, str]], configuration: Sequence[tuple[str, str]],
-                    seeds_md: str = "", notes: Sequence[str] = ()) -> str:
+                    seeds_md: str = "", notes: Sequence[str] = (), classes_md: str = "") -> str:
     """``results/report.md``: the table (and ``notes`` below it), the tests in words, the figures
-    (``(caption, relative path)``) and the configuration."""
+    (``(caption, relative path)``) and the configuration; with many classes ``classes_md``
+    (:func:`classes_markdown`) after the table, under "Worst and best classes"."""
     lines = [f"# {title}", "", intro, "", "## Class-wise robustness", "", table_md.rstrip(), ""]
     lines += [line for note in notes if note for line in (note, "")]
+    if classes_md:
+        lines += ["## Worst and best classes", "", classes_md.rstrip(), ""]
     if seeds_md:
         lines += ["## Across training seeds", "", seeds_md.rstrip(), ""]
     lines += ["## Statistical tests", "", tests_md.rstrip(), "", "## Figures", ""]

@@ -234,18 +234,24 @@ def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: 
 
 def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confidence: float, n_bootstrap: int,
                   selection: str, several_seeds: bool = False, n_seeds: int = 1,
-                  protocol: Protocol | None = None, bootstrap_method: str = "percentile") -> str:
+                  protocol: Protocol | None = None, bootstrap_method: str = "percentile",
+                  num_classes: int | None = None, classes_shown: int | None = None) -> str:
     """The caption: what the numbers are, the intervals, the NSD ddof, the selection rule, and from
     the records' ``protocol``: the cascade, bf16 evaluation, and any AutoAttack that is not the
-    standard one (so a CPU stand-in is never read as AA)."""
+    standard one (so a CPU stand-in is never read as AA). With more than ``2 * classes_shown`` of
+    ``num_classes`` classes (figures then show some classes only) it says that Worst and NSD are
+    over all of them."""
     protocol = protocol or {}
     spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {int(round(confidence * 100))}% "
               f"stratified {bootstrap_method} bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
               f"Brackets: {int(round(confidence * 100))}% stratified {bootstrap_method} bootstrap intervals "
               f"({n_bootstrap} resamples)")
+    many = num_classes is not None and classes_shown is not None and num_classes > 2 * classes_shown
+    worst, spread_of = ((f"worst-class accuracy over all {num_classes} classes", f"the {num_classes} class accuracies")
+                        if many else ("worst-class accuracy", "the class accuracies"))
     text = (f"Class-wise robustness on {dataset_label(dataset)} ({n_samples} test samples, L∞ eps = "
-            f"{fraction_of_255(eps)}). Avg: overall accuracy (%); Worst: worst-class accuracy (%); "
-            f"NSD: std/mean of the class accuracies (ddof = {ddof}; lower is fairer). {spread}. {selection}")
+            f"{fraction_of_255(eps)}). Avg: overall accuracy (%); Worst: {worst} (%); "
+            f"NSD: std/mean of {spread_of} (ddof = {ddof}; lower is fairer). {spread}. {selection}")
     if protocol.get("cascade"):
         text += (" Attacks run as a cascade: each column counts samples robust to that attack and every "
                  "earlier one.")

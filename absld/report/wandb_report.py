@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 
-from ..tracking import class_key
+from ..tracking import BAND_SUFFIX, CLASSES_SHOWN, class_key
 from ..fairness import (
     STATISTICS,
 )
@@ -18,6 +18,7 @@ from .labels import method_label
 from .labels import metric_name
 from .labels import model_label
 from .labels import order_attacks
+from .analysis import class_ranking
 from .tables import Cell
 from .tables import format_cell
 
@@ -42,7 +43,8 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                        table_md: str | None = None, tests_md: str | None = None,
                        configuration: Sequence[tuple[str, str]] = (), title: str | None = None,
                        eval_metric: str = "{attack}/{stat}", summary_table: str = "fairness_table",
-                       protocol: Protocol | None = None, experiment: str | None = None) -> "Report":
+                       protocol: Protocol | None = None, experiment: str | None = None,
+                       classes_shown: int = CLASSES_SHOWN) -> "Report":
     """The W&B report of a study, as a ``wandb_workspaces.reports.v2.Report`` (not saved).
 
     Blocks: a table of contents; "Class-wise robustness" (the results table as markdown); "Statistical
@@ -56,6 +58,12 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     "Summary table": the ``summary_table`` W&B table logged by the analyze run; "Configuration".
 
     ``experiment`` keeps only the runs of one DVC experiment (their ``dvc_experiment`` config).
+
+    With more than ``2 * classes_shown`` classes the per-class panels show the ``classes_shown``
+    worst and best classes (:func:`absld.report.class_ranking`: the reference's class accuracy
+    under the headline attack, mean over its seeds; :func:`absld.plots.select_classes`), their
+    titles say how many are omitted, and each temperature gets a second panel with its min, median
+    and max over all classes (``tau_adv_classes/min`` ..., logged by the distill stage).
 
     Building the object touches no network (``entity=None`` is stored as "" — resolve it before
     ``save()``); ``report.save()`` uploads it and needs a W&B login.
@@ -85,10 +93,22 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     num_classes = len(class_names) if class_names else len(next(iter(fairness.values()))[attacks[0]]["class_acc"])
     names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
     keys = [class_key(name) for name in names]
-    tau_lines = [wr.LinePlot(title=f"{symbol} per class (used during each epoch)", x="epoch",
+    subset, omitted = "", 0
+    if num_classes > 2 * classes_shown:
+        from ..plots import describe_selection, select_classes  # matplotlib: only for many classes
+
+        ranking, ranked_by = class_ranking(fairness, attacks, reference, protocol)
+        selection = select_classes(ranking, classes_shown)
+        keys, omitted = [keys[k] for k in selection.indices], selection.omitted
+        subset = f" ({describe_selection(selection, ranked_by)})"
+    tau_lines = [wr.LinePlot(title=f"{symbol} per class (used during each epoch){subset}", x="epoch",
                              y=[f"{kind}/{key}" for key in keys], title_x="epoch", title_y="temperature")
                  for kind, symbol in (("tau_adv", "τ_adv"), ("tau_nat", "τ_nat"))]
-    classwise = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: accuracy per class",
+    if omitted:
+        tau_lines += [wr.LinePlot(title=f"{symbol}: min, median and max over all {num_classes} classes", x="epoch",
+                                  y=[f"{kind}{BAND_SUFFIX}/{s}" for s in ("min", "median", "max")], title_x="epoch",
+                                  title_y="temperature") for kind, symbol in (("tau_adv", "τ_adv"), ("tau_nat", "τ_nat"))]
+    classwise = [wr.BarPlot(title=f"{attack_label(a, protocol=protocol)}: accuracy per class{subset}",
                             metrics=[f"{metric_name(a, protocol)}/class/{key}" for key in keys], orientation="h",
                             range_x=(0, 1), title_x="accuracy") for a in attacks]
 
