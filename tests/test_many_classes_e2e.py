@@ -75,6 +75,8 @@ def check_outputs(tmp_path, params: dict, num_classes: int, shape: list[int]) ->
     assert {int(r["class"]) for r in frl_rows} == set(range(num_classes))
     cfa_rows = list(csv.DictReader(open(tmp_path / "results" / "distill" / "cfa" / "seed0" / "cfa_state.csv")))
     assert {int(r["class"]) for r in cfa_rows} == set(range(num_classes))
+    assert {int(r["epoch"]) for r in frl_rows} == {1, 2}  # measured after the hot-start epoch and after the last
+    assert checkpoint_meta(tmp_path / "models" / "students" / "cfa" / "seed0.pt")["select"] == "weight_average"
     assert (tmp_path / "plots" / "distill" / "cfa" / "seed0" / "cfa_state.png").stat().st_size > 0
     report = (tmp_path / "results" / "report.md").read_text()
     assert f"{num_classes} classes" in report  # statistics over every class, said so
