@@ -58,6 +58,9 @@ PARAMS_CASES = [  # (dotted key, bad value, words the one-line message must hold
     ("runtime.nan_policy", "ignore", ["runtime.nan_policy", "ignore", "skip_batch"]),
     ("data.synthetic.train_per_class", 0, ["data.synthetic.train_per_class", "greater than 0"]),
     ("profile", "my profile", ["profile", "my profile"]),
+    ("data.val_per_class", 0, ["frl_rw", "cfa", "data.val_per_class"]),  # the tiny profile runs FRL and CFA
+    ("distill.frl_rwrm.lim", 1.5, ["distill.frl_rwrm.lim", "less than 1"]),
+    ("distill.cfa.average", "fwa", ["distill.cfa.average", "fawa"]),
 ]
 
 
@@ -105,6 +108,17 @@ def test_an_autoattack_subset_without_every_class_is_refused_before_attacking(wi
     result = CliRunner().invoke(main, ["evaluate", "--model", "teacher"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert "the first 2 test images (evaluate.aa.n_samples) hold no image of class(es)" in result.output
+    assert files(with_teacher) == before
+
+
+def test_a_fair_method_whose_validation_images_miss_a_class_is_refused_before_training(with_teacher):
+    """distill.frl_rw.validation.n_samples: 3 -- FRL's class-wise errors need every class (was a
+    ValueError traceback after the first epoch)."""
+    set_value(with_teacher, "distill.frl_rw.validation.n_samples", 3)
+    before = files(with_teacher)
+    result = CliRunner().invoke(main, ["distill", "--method", "frl_rw", "--seed", "0"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "distill.frl_rw.validation.n_samples = 3" in result.output and "raise it or set null" in result.output
     assert files(with_teacher) == before
 
 

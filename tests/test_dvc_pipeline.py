@@ -67,12 +67,19 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     teacher = json.loads((project / "models" / "teacher.json").read_text())
     assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
     assert teacher["clean_acc"] > 0.2  # learnt something (10 classes: chance is 0.1)
-    for method in ("absld", "rslad", "sat"):
+    for method in ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa"):
         student = load_checkpoint(project / "models" / "students" / method / "seed0.pt")
         assert student.arch == "tiny_cnn" and not student.training
         meta = checkpoint_meta(project / "models" / "students" / method / "seed0.pt")
-        assert meta["select"] == "val_fair_best" and meta["selection_split"] == "validation"
+        if method == "cfa":  # its student is the weight average: distill.select does not apply
+            assert meta["select"] == "weight_average" and meta["selection_split"] is None
+        else:
+            assert meta["select"] == "val_fair_best" and meta["selection_split"] == "validation"
         assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
+    for method, state in (("frl_rw", "frl_state"), ("frl_rwrm", "frl_state"), ("cfa", "cfa_state")):
+        rows = (project / "results" / "distill" / method / "seed0" / f"{state}.csv").read_text().strip().splitlines()
+        assert len(rows) == 1 + 3 * 10  # measured after each of the 3 epochs (FRL: the first is its hot start)
+        assert (project / "plots" / "distill" / method / "seed0" / f"{state}.png").stat().st_size > 0
     temperatures = (project / "results" / "distill" / "absld" / "seed0" / "temperatures.csv").read_text()
     lines = temperatures.strip().splitlines()
     assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 3 * 10
@@ -82,10 +89,10 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
             "correct_worst"} <= set(records.files)
     assert records["index"].tolist() == list(range(40))
     fairness = json.loads((project / "results" / "fairness.json").read_text())
-    assert set(fairness) == {"teacher", "absld/seed0", "rslad/seed0", "sat/seed0"}
+    assert set(fairness) == {"teacher", *(f"{m}/seed0" for m in ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa"))}
     assert set(fairness["absld/seed0"]["aa"]) >= {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
     table = (project / "results" / "table.md").read_text()
-    assert "ABSLD" in table and "RSLAD" in table and "SAT" in table
+    assert all(label in table for label in ("ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"))
     assert (project / "results" / "report.md").is_file() and (project / "plots" / "analyze").is_dir()
     metrics = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "clean_acc" in metrics and "selected_epoch" in metrics and "train_log" not in metrics

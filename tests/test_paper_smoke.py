@@ -25,9 +25,8 @@ SIZES = {  # the keys paper-smoke may change: sizes
     "distill.select_eval.n_samples", "distill.select_eval.batch_size", "distill.select_eval.steps",
     "distill.ard.train.epochs", "distill.iad.train.epochs", "distill.adaad.train.epochs",
     *(f"distill.{m}.{key}" for m in ("frl_rw", "frl_rwrm") for key in (
-        "train.epochs", "hot_start_epochs", "validation.n_samples", "validation.batch_size", "validation.steps")),
-    "distill.cfa.train.epochs", "distill.cfa.begin", "distill.cfa.validation.n_samples",
-    "distill.cfa.validation.batch_size", "distill.cfa.validation.steps",
+        "train.epochs", "hot_start_epochs", "validation.batch_size", "validation.steps")),
+    "distill.cfa.train.epochs", "distill.cfa.begin", "distill.cfa.validation.batch_size", "distill.cfa.validation.steps",
     "evaluate.n_samples", "evaluate.batch_size", "evaluate.pgd.steps", "evaluate.cw.steps",
     "analyze.n_bootstrap", "analyze.n_permutations",
 }
