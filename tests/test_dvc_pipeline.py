@@ -156,5 +156,5 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         values = chart["content"]["data"]["values"]
         assert {v["rev"] for v in values} == {"HEAD", "beta-half"}, name
     classwise = plots["plots/analyze/classwise/pgd3.csv"][0]["content"]
-    assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT"}
+    assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"}
     assert classwise["spec"]["encoding"]["yOffset"]["field"] == "model"  # side by side, not stacked
