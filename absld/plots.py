@@ -473,5 +473,5 @@ def plot_class_state(rows: Sequence[dict], keys: Sequence[str], class_names: Seq
     ranked = describe_selection(selection, f"the last {STATE_LABELS.get(keys[0], keys[0])}", ("lowest", "highest"))
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False,
                        ncol=1 if len(shown) <= 12 else 2)
-    fig.suptitle(title + (f"\n{ranked}" if ranked else ""), fontsize=10)
+    fig.suptitle(title + (f"\n{ranked}" if ranked else ""), fontsize=10, y=1.08 if ranked else 1.02)
     save(fig, path)

@@ -38,7 +38,8 @@ from .common import (
 @user_errors
 @locked(lambda method_name, seed, **_: f"distill-{method_name}-seed{seed}")
 def distill(params_path: str, method_name: str, seed: int, stop_after: int | None) -> None:
-    """Train one student with METHOD from the teacher in models/teacher.pt.
+    """Train one student with METHOD (from the teacher in models/teacher.pt for the distillation
+    methods; sat, trades, frl_rw, frl_rwrm and cfa train without one).
 
     The recipe is distill.train (SGD, milestones) changed by distill.<method>.train, the attack is
     distill.attack, the student is distill.student. The run resumes from
@@ -50,7 +51,10 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     The selection never changes training. Writes the student to
     models/students/<method>/seed<seed>.pt and its logs (for ABSLD the class-wise temperatures,
     temperatures.csv and a PNG; metrics.json's final_tau_* are those used during the selected
-    epoch) to results/distill/<method>/seed<seed>/.
+    epoch) to results/distill/<method>/seed<seed>/. FRL and CFA measure the student on the
+    validation split (data.val_per_class) after every epoch and log their class-wise state
+    (frl_state.csv / cfa_state.csv and a PNG); CFA writes its weight average
+    (distill.cfa.average), to which distill.select does not apply.
     """
     params = load(params_path)
     cfg = params.distill
