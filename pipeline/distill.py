@@ -223,7 +223,8 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
         if chosen_state is None:
             click.echo(f"note: {method_name} averaged no epoch (the validation gate never passed: "
                        f"distill.{method_name}.threshold); the last epoch's trained weights are written")
-            chosen_state, selection_rule = result.final_state, f"the last epoch ({train_cfg.epochs}): no epoch averaged"
+            chosen_state, select = result.final_state, "last"
+            selection_rule = f"the last epoch ({train_cfg.epochs}): no epoch averaged (distill.{method_name}.threshold)"
     elif cfg.select != "last":
         chosen_state, chosen_epoch = result.best_state, result.best_epoch
     student.load_state_dict(chosen_state)

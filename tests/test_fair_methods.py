@@ -338,3 +338,30 @@ def test_params_refuse_fair_methods_without_a_validation_split():
     with pytest.raises(ValueError, match="frl_rw, cfa .*val_per_class"):
         Params.model_validate({"data": {"val_per_class": 0}, "distill": {"methods": ["sat", "frl_rw", "cfa"]}})
     Params.model_validate({"data": {"val_per_class": 0}, "distill": {"methods": ["sat"]}})
+
+
+# ----------------------------------------------------------------------------------------------
+# the distill stage: what CFA writes
+@pytest.mark.parametrize("threshold, select", [(0.0, "weight_average"), (1.0, "last")])
+def test_distill_writes_cfas_average_or_says_that_no_epoch_was_averaged(tmp_path, monkeypatch, threshold, select):
+    import yaml
+    from click.testing import CliRunner
+
+    from absld.models import checkpoint_meta, load_checkpoint
+    from pipeline.cli import main
+    from tests.conftest import profile_params_text
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(profile_params_text("tiny"))
+    params["distill"]["cfa"]["threshold"] = threshold  # 0: every epoch passes; 1: none (a tiny model's worst class)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    result = CliRunner().invoke(main, ["distill", "--method", "cfa", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "models" / "students" / "cfa" / "seed0.pt"
+    assert checkpoint_meta(path)["select"] == select
+    assert ("averaged no epoch" in result.output) == (select == "last")
+    state = (tmp_path / "results" / "distill" / "cfa" / "seed0" / "cfa_state.csv").read_text().splitlines()
+    updates = [line.split(",")[-1] for line in state[1:]]
+    assert set(updates) == ({"1"} if select == "weight_average" else {"0"})
+    assert load_checkpoint(path).num_classes == 10
