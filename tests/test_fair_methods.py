@@ -142,18 +142,24 @@ def test_frl_remargin_widens_the_radius_of_a_class_with_high_boundary_error_and_
     assert float(method.class_eps()[2]) == pytest.approx(3 * 8 / 255)  # the upper clamp
 
 
-def test_frl_remargin_attacks_each_sample_in_its_class_radius_with_step_max_eps_over_4(monkeypatch):
+def attack_arguments(monkeypatch, module: str, method) -> dict:
+    """The keyword arguments ``method.perturb`` gives the PGD engine on the hand batch (labels 0 and 2)."""
     calls = {}
 
     def spy(model, x, loss_fn, **kwargs):
         calls.update(kwargs)
         return x
 
-    monkeypatch.setattr("absld.methods.frl.pgd", spy)
+    monkeypatch.setattr(f"absld.methods.{module}.pgd", spy)
+    batch, _ = hand_batch()
+    method.perturb(FixedAffine(STUDENT_W, STUDENT_B), batch, None)
+    return calls
+
+
+def test_frl_remargin_attacks_each_sample_in_its_class_radius_with_step_max_eps_over_4(monkeypatch):
     method = frl("frl_rwrm")
     method.lambda_margin = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
-    batch, _ = hand_batch()  # labels 0 and 2
-    method.perturb(FixedAffine(STUDENT_W, STUDENT_B), batch, None)
+    calls = attack_arguments(monkeypatch, "frl", method)
     radii = [8 / 255 * max(0.98, math.exp(0.0)), 8 / 255 * math.exp(0.6)]
     assert calls["eps"].tolist() == pytest.approx(radii, rel=1e-6)
     assert calls["step"] == pytest.approx(max(radii) / 4, rel=1e-6)
@@ -242,17 +248,9 @@ def test_cfa_calibrates_radius_and_beta_from_last_epochs_robust_training_accurac
 
 
 def test_cfa_attacks_each_sample_in_its_class_radius(monkeypatch):
-    calls = {}
-
-    def spy(model, x, loss_fn, **kwargs):
-        calls.update(kwargs)
-        return x
-
-    monkeypatch.setattr("absld.methods.cfa.pgd", spy)
     method = cfa()
     method.eps = torch.tensor([1 / 255, 2 / 255, 3 / 255])
-    batch, _ = hand_batch()
-    method.perturb(FixedAffine(STUDENT_W, STUDENT_B), batch, None)
+    calls = attack_arguments(monkeypatch, "cfa", method)
     assert calls["eps"].tolist() == pytest.approx([1 / 255, 3 / 255]) and calls["step"] == pytest.approx(2 / 255)
 
 
@@ -297,18 +295,19 @@ def test_cfa_ema_averages_every_epoch_without_validation():
 
 
 def test_fair_method_state_survives_a_weights_only_round_trip():
-    for method in (frl("frl_rwrm"), cfa(student=nn.Linear(2, C), average="ema")):
-        method.update(accuracy([0.9, 0.5, 0.7], [0.8, 0.4, 0.3]), 1) if hasattr(method, "update") else \
-            method.on_epoch_end(1)
-        buffer = io.BytesIO()
-        torch.save(method.state_dict(), buffer)
-        buffer.seek(0)
-        state = torch.load(buffer, weights_only=True)
-        fresh = frl("frl_rwrm") if method.name == "frl_rwrm" else cfa(student=nn.Linear(2, C), average="ema")
-        fresh.load_state_dict(state)
-        for key, value in method.state_dict().items():
-            if isinstance(value, Tensor):
-                assert torch.equal(value, fresh.state_dict()[key])
+    from .test_methods import _assert_same_state, _save_and_load
+
+    moved_frl = frl("frl_rwrm", rate_halve_every=1)
+    moved_frl.update(accuracy([0.9, 0.5, 0.7], [0.8, 0.4, 0.3]), fair_epoch=1)  # multipliers, margin, rate
+    moved_frl.log = [{"epoch": 1, "class": 0, "w_nat": 0.3}]
+    moved_cfa = cfa(student=nn.Linear(2, C), average="ema", begin=0)
+    _feed(moved_cfa, [0, 1, 1], [0, 1, 2])
+    moved_cfa.on_epoch_end(1)  # radii, betas, the average, the log
+    _feed(moved_cfa, [0, 1, 1], [0, 1, 2])  # counts of an unfinished epoch
+    for moved, fresh in ((moved_frl, frl("frl_rwrm")), (moved_cfa, cfa(student=nn.Linear(2, C), average="ema"))):
+        fresh.load_state_dict(_save_and_load(moved.state_dict()))
+        _assert_same_state(fresh.state_dict(), moved.state_dict())
+        assert fresh.state_dict() != {} and fresh.log == moved.log
 
 
 # ----------------------------------------------------------------------------------------------
