@@ -139,6 +139,32 @@ def _label_groups(ax: "plt.Axes", selection: ClassSelection, positions: Sequence
                     ha="center", va="bottom", fontsize=8.5, color="0.25")
 
 
+def class_series(rows: Sequence[dict], keys: Sequence[str], num_classes: int) -> tuple[list[int], dict]:
+    """The epochs of long rows (epoch, class, <key>...) and, per key, an (epochs, classes) array of
+    its values (NaN where a row lacks it)."""
+    import numpy as np
+
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    at = {e: i for i, e in enumerate(epochs)}
+    tables = {key: np.full((len(epochs), num_classes), np.nan) for key in keys}
+    for r in rows:
+        for key, table in tables.items():
+            value = r.get(key)
+            if value is not None and value != "":
+                table[at[int(r["epoch"])], int(r["class"])] = float(value)
+    return epochs, tables
+
+
+def _draw_band(ax: "plt.Axes", epochs: Sequence[int], table, num_classes: int) -> None:
+    """The min-max band and the median over every class of an (epochs, classes) table."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        low, mid, high = np.nanmin(table, axis=1), np.nanmedian(table, axis=1), np.nanmax(table, axis=1)
+    ax.fill_between(epochs, low, high, color="0.8", alpha=0.7, lw=0, label=f"min–max over all {num_classes} classes")
+    ax.plot(epochs, mid, color="0.2", ls="--", lw=1.4, label=f"median over all {num_classes} classes")
+
+
 def plot_temperatures(rows: Sequence[dict], class_names: Sequence[str], path: str | Path,
                       title: str = "ABSLD class-wise temperatures", *, classes_shown: int = CLASSES_SHOWN,
                       ranking: Sequence[float] | None = None, ranked_by: str | None = None) -> None:
@@ -176,12 +202,7 @@ def _plot_many_temperatures(rows: Sequence[dict], class_names: Sequence[str], pa
     import numpy as np
 
     num_classes = len(class_names)
-    epochs = sorted({int(r["epoch"]) for r in rows})
-    at = {e: i for i, e in enumerate(epochs)}
-    values = {key: np.full((len(epochs), num_classes), np.nan) for key in ("tau_adv", "tau_nat")}  # (E, C)
-    for r in rows:
-        for key in values:
-            values[key][at[int(r["epoch"])], int(r["class"])] = float(r[key])
+    epochs, values = class_series(rows, ("tau_adv", "tau_nat"), num_classes)  # (E, C) each
     group_names = ("worst", "best")
     if ranking is None:  # no accuracies: the extremes of the last epoch's tau_adv
         ranking = list(values["tau_adv"][-1]) if epochs else [0.0] * num_classes
@@ -194,10 +215,7 @@ def _plot_many_temperatures(rows: Sequence[dict], class_names: Sequence[str], pa
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for ax, key in zip(axes, ("tau_adv", "tau_nat")):
         table = values[key]
-        with np.errstate(all="ignore"):
-            low, mid, high = np.nanmin(table, axis=1), np.nanmedian(table, axis=1), np.nanmax(table, axis=1)
-        ax.fill_between(epochs, low, high, color="0.8", alpha=0.7, lw=0, label=f"min–max over all {num_classes} classes")
-        ax.plot(epochs, mid, color="0.2", ls="--", lw=1.4, label=f"median over all {num_classes} classes")
+        _draw_band(ax, epochs, table, num_classes)
         for k in selection.indices:
             ax.plot(epochs, table[:, k], color=colors[k], lw=1.2,
                     label=f"{short_label(class_names[k])} ({group_names[0] if k in selection.worst else group_names[1]})")
@@ -440,29 +458,17 @@ def plot_class_state(rows: Sequence[dict], keys: Sequence[str], class_names: Seq
     (:func:`select_classes`)."""
     import numpy as np
 
-    epochs = sorted({int(r["epoch"]) for r in rows})
-    where = {e: i for i, e in enumerate(epochs)}
     num_classes = len(class_names)
-
-    def series(key: str) -> "np.ndarray":  # (epochs, classes); NaN where absent
-        table = np.full((len(epochs), num_classes), np.nan)
-        for r in rows:
-            value = r.get(key)
-            if value is not None and value != "":
-                table[where[int(r["epoch"])], int(r["class"])] = float(value)
-        return table
-
-    last = series(keys[0])[-1] if epochs else np.zeros(num_classes)
+    epochs, tables = class_series(rows, keys, num_classes)
+    last = tables[keys[0]][-1] if epochs else np.zeros(num_classes)
     selection = select_classes(list(last), classes_shown)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.0), squeeze=False)
     shown = list(selection.indices)
     cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
     for ax, key in zip(axes[0], keys):
-        table = series(key)
+        table = tables[key]
         if selection.gap is not None and epochs:
-            ax.fill_between(epochs, np.nanmin(table, axis=1), np.nanmax(table, axis=1), color="0.85",
-                            label=f"all {num_classes} classes (min–max)")
-            ax.plot(epochs, np.nanmedian(table, axis=1), color="0.4", lw=1.2, ls="--", label="median class")
+            _draw_band(ax, epochs, table, num_classes)
         for j, k in enumerate(shown):
             ax.plot(epochs, table[:, k], color=cmap(j % cmap.N), lw=1.4, marker="o" if len(epochs) < 12 else None,
                     ms=3, label=short_label(class_names[k]))

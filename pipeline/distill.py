@@ -134,19 +134,20 @@ def _check_method_needs(params: Params, method_name: str, method_cfg: Any, prepa
     """Refuse, before any work, a method that measures the student on a validation split when the
     prepared data has none (the params check refuses data.val_per_class 0 already) or when the
     images it measures on miss a class."""
-    if method_cfg.validates and len(prepared.val_labels) == 0:
+    if not method_cfg.validates:
+        return
+    if len(prepared.val_labels) == 0:
         raise StageError(f"{method_name} measures the student on the validation split after every epoch, but "
                          f"{params.data.dataset} was prepared with data.val_per_class = 0; set it > 0 "
                          "(the official FRL code holds out 300 images per class, CFA's 2%)")
-    if method_cfg.validates:
-        n = method_cfg.validation.n_samples
-        _, labels = first_n(prepared.val_images, prepared.val_labels, n)
-        missing = sorted(set(range(prepared.num_classes)) - {int(y) for y in labels})
-        if missing:
-            shown = ", ".join(prepared.class_names[k] for k in missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise StageError(f"distill.{method_name}.validation.n_samples = {n}: the first {len(labels)} validation "
-                             f"images hold no image of {len(missing)} classes ({shown}), whose class-wise accuracy "
-                             f"{method_name} needs; raise it or set null (all {len(prepared.val_labels)})")
+    n = method_cfg.validation.n_samples
+    _, labels = first_n(prepared.val_images, prepared.val_labels, n)
+    missing = prepared.classes_without_images(labels)
+    if missing:
+        shown = ", ".join(prepared.class_names[k] for k in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise StageError(f"distill.{method_name}.validation.n_samples = {n}: the first {len(labels)} validation "
+                         f"images hold no image of {len(missing)} classes ({shown}), whose class-wise accuracy "
+                         f"{method_name} needs; raise it or set null (all {len(prepared.val_labels)})")
 
 
 def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int):

@@ -188,8 +188,7 @@ def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None, key:
         raise StageError(f"{key} = {n_samples} exceeds the {len(prepared.test_labels)} test images; "
                          "lower it or set it to null (all of them)")
     _, labels = first_n(prepared.test_images, prepared.test_labels, n_samples)
-    counts = np.bincount(labels, minlength=prepared.num_classes)
-    empty = [prepared.class_names[k] for k in np.flatnonzero(counts == 0)]
+    empty = [prepared.class_names[k] for k in prepared.classes_without_images(labels)]
     if empty:
         raise StageError(f"the first {len(labels)} test images ({key}) hold no image of class(es) "
                          f"{', '.join(empty)}; raise {key} or set it to null (all)")

@@ -89,7 +89,13 @@ def test_the_zip_is_read_in_place_from_source_dir_with_the_same_arrays(tiny_raw,
     assert raw.class_names == tiny_raw.class_names
 
 
-def test_missing_dataset_names_the_zip_the_folder_the_directories_and_the_url(tmp_path):
+def test_missing_dataset_names_the_zip_the_folder_the_directories_and_the_url(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a set data.source_dir must never download")
+
+    monkeypatch.setattr(tv_utils, "download_url", no_download)
     with pytest.raises(DataError) as info:
         _read(tmp_path / "root")
     message = str(info.value)

@@ -197,6 +197,10 @@ class Prepared:
     def in_channels(self) -> int:
         return int(self.manifest["image_shape"][0])
 
+    def classes_without_images(self, labels: np.ndarray) -> list[int]:
+        """The classes (indices) of which ``labels`` holds no image (class accuracies need every one)."""
+        return [int(k) for k in np.flatnonzero(np.bincount(labels, minlength=self.num_classes) == 0)]
+
     def training_subset(self, per_class: int | None, seed: int,
                         key: str = "train_per_class") -> tuple[np.ndarray, np.ndarray]:
         """The training images and labels of :func:`class_subset` (all when ``per_class`` is None)."""

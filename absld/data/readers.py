@@ -63,6 +63,17 @@ def _unreadable(path: Path | str, exc: Exception) -> DataError:
                      "truncated or corrupt: delete it and place (or download) the dataset again")
 
 
+def _check_md5(path: Path, expected: str, whose: str) -> None:
+    """A :class:`DataError` when ``path``'s md5 is not ``expected`` (``whose``: "torchvision's", ...)."""
+    got = md5_file(path)
+    if got != expected:
+        raise DataError(
+            f"{path}: md5 {got} differs from {whose} {expected}; the file is corrupt or not the official "
+            "archive (delete it and download again, or set data.verify_md5: false for a deliberately "
+            "custom dataset)"
+        )
+
+
 def _unpickle(path: Path, keys: tuple[str, ...] = ()) -> dict:
     """A CIFAR batch file (a pickled dict holding ``keys``)."""
     try:
@@ -82,13 +93,7 @@ def _read_cifar_dir(dataset: str, base: Path, verify_md5: bool) -> RawDataset:
     if verify_md5:
         expected = _torchvision_md5(dataset)
         for name in files["train"] + files["test"] + [files["meta"]]:
-            got = md5_file(folder / name)
-            if got != expected[name]:
-                raise DataError(
-                    f"{folder / name}: md5 {got} differs from torchvision's {expected[name]}; the "
-                    "file is corrupt or not the official archive (delete it and download again, or "
-                    "set data.verify_md5: false for a deliberately custom dataset)"
-                )
+            _check_md5(folder / name, expected[name], "torchvision's")
 
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
@@ -326,13 +331,7 @@ def _read_tiny(path: Path, verify_md5: bool) -> RawDataset:
     folder has no checksums to compare).
     """
     if verify_md5 and path.is_file():
-        got = md5_file(path)
-        if got != TINY_IMAGENET_MD5:
-            raise DataError(
-                f"{path}: md5 {got} differs from the official archive's {TINY_IMAGENET_MD5}; the file is "
-                "corrupt or not the official archive (delete it and download again, or set "
-                "data.verify_md5: false for a deliberately custom dataset)"
-            )
+        _check_md5(path, TINY_IMAGENET_MD5, "the official archive's")
     files = _TinyFiles(path)
     try:
         wnids, class_names = _tiny_classes(files)
