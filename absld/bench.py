@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import EvaluateConfig, Params, RuntimeConfig
+from .params import EvaluateConfig, Params, RuntimeConfig
 from .data import DATASETS as DATASET_SPECS, TensorLoader
-from .evaluate import build_attacks, start_noise
+from .evaluate.cascade import build_attacks, start_noise
 from .methods import METHODS, MethodContext, build_method
 from .models import build_model
 from .runtime import Runtime, setup
-from .train import method_loss
+from .train.loop import method_loss
 
 REFERENCE_METHODS = ("absld", "rslad", "sat")
 """The methods the reference loop stands for."""

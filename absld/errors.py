@@ -12,3 +12,7 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem the user can fix (bad params, missing data, a wrong checksum, ...): its message
     names the value and what is allowed."""
+
+
+class StageError(UserError, RuntimeError):
+    """A stage-level problem for the user (a missing input, a teacher whose accuracy does not match)."""

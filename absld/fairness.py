@@ -1,4 +1,4 @@
-"""Class-wise robust-fairness metrics and their statistics (METHOD.md §6).
+"""Class-wise robust-fairness metrics and their statistics (docs/method.md §6).
 
 Everything here is a function of *per-sample correctness*: a boolean vector ``correct`` (N,) telling
 whether the model classified test sample ``i`` correctly under one attack, and the labels ``y`` (N,).

@@ -11,7 +11,7 @@ from typing import ContextManager
 import numpy as np
 import torch
 
-from .config import RuntimeConfig
+from .params import RuntimeConfig
 from .errors import UserError
 
 

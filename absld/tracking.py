@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import AnalyzeConfig, Params
+from .params import AnalyzeConfig, Params
 from .distributed import is_main
 from .errors import UserError
 from .io import short_hash

@@ -68,3 +68,7 @@ class ModelId:
 
     def __str__(self) -> str:
         return "teacher" if self.method is None else f"{self.method}/seed{self.seed}"
+
+
+WORST = "worst"
+"""The records' column of the pointwise worst case: robust to every attack that was run."""

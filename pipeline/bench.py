@@ -8,13 +8,11 @@ from typing import Any
 import click
 
 from absld.bench import REFERENCE_METHODS, BenchSettings, run_bench
-from absld.config import Params
+from absld.params import load_profile
 from absld.io import write_json
 from absld.vocab import METHOD_NAMES
 
-from .common import load, params_option, user_errors
-
-BENCH_JSON = Path("results/bench.json")
+from .common import LAYOUT, load, params_option, user_errors
 
 
 @click.command()
@@ -31,7 +29,7 @@ BENCH_JSON = Path("results/bench.json")
               help="Untimed steps before timing (allocations, kernel choice).")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed steps; the figure is the batch size over their median time.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=BENCH_JSON, show_default=True,
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=LAYOUT.bench_json, show_default=True,
               help="Where the figures go (JSON).")
 @user_errors
 def bench(params_path: str, profile: str | None, methods: tuple[str, ...], student: str | None, teacher: str | None,
@@ -54,7 +52,7 @@ def bench(params_path: str, profile: str | None, methods: tuple[str, ...], stude
        "train_step": {"absld": {"ours_img_s", "ours_fp32_img_s", "reference_img_s", "ratio", "ratio_fp32"}, ...},
        "attacks": {"pgd20": {"img_s": ...}, ...}}
     """
-    params = _params(params_path, profile)
+    params = load(params_path) if profile is None else load_profile(profile)
     chosen = list(methods) or list(params.distill.methods)
     settings = BenchSettings(student=student or params.distill.student.arch,
                              teacher=teacher or params.teacher.model.arch,
@@ -65,14 +63,6 @@ def bench(params_path: str, profile: str | None, methods: tuple[str, ...], stude
     result["settings"]["profile"] = profile or params.profile
     write_json(output, result)
     click.echo(f"{result['device']}, {result['threads']} threads -> {output}")
-
-
-def _params(params_path: str, profile: str | None) -> Params:
-    if profile is None:
-        return load(params_path)
-    from .profiles import load as load_profile
-
-    return load_profile(profile)  # an unknown profile or a bad file: a one-line ConfigError
 
 
 def _echo(kind: str, name: str, row: dict[str, Any]) -> None:

@@ -8,12 +8,11 @@ changes with the params (a stage downstream reruns only for the params it tracks
 
 from __future__ import annotations
 
-
 import click
 
 from absld.io import write_text
 
-from .common import CHECKED, load, params_option, user_errors
+from .common import LAYOUT, load, params_option, user_errors
 
 CHECKED_TEXT = "params.yaml is valid (absld check)\n"
 
@@ -29,6 +28,6 @@ def check(params_path: str) -> None:
     changes, so no stage downstream reruns because of it.
     """
     load(params_path)
-    if not CHECKED.is_file() or CHECKED.read_text() != CHECKED_TEXT:
-        write_text(CHECKED, CHECKED_TEXT)
+    if not LAYOUT.checked.is_file() or LAYOUT.checked.read_text() != CHECKED_TEXT:
+        write_text(LAYOUT.checked, CHECKED_TEXT)
     click.echo(f"{params_path}: valid")

@@ -12,6 +12,7 @@ from .check import check
 from .distill import distill
 from .evaluate import evaluate
 from .prepare import prepare
+from .profiles import profiles
 from .report import report
 from .teacher import teacher
 
@@ -37,6 +38,7 @@ main.add_command(evaluate)
 main.add_command(analyze)
 main.add_command(report)
 main.add_command(bench)
+main.add_command(profiles)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

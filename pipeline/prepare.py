@@ -7,7 +7,7 @@ import click
 from absld import data
 from absld.tracking import Tracker
 
-from .common import locked, data_dir, load, params_option, user_errors
+from .common import LAYOUT, load, locked, params_option, user_errors
 
 
 @click.command()
@@ -28,7 +28,7 @@ def prepare(params_path: str) -> None:
     """
     params = load(params_path)
     cfg = params.data
-    out = data_dir(params)
+    out = LAYOUT.data_dir(cfg.dataset)
     manifest = data.prepare(
         cfg.dataset, out, root=cfg.root, source_dir=cfg.source_dir, download=cfg.download,
         verify_md5=cfg.verify_md5, val_per_class=cfg.val_per_class,

@@ -1,4 +1,4 @@
-"""ABSLD as specified in METHOD.md §2-§4: temperatures, their update, the two modes, resume."""
+"""ABSLD as specified in docs/method.md §2-§4: temperatures, their update, the two modes, resume."""
 
 from __future__ import annotations
 

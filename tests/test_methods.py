@@ -1,4 +1,4 @@
-"""Specification of the training methods (METHOD.md §2, §7): losses, attacks, teacher use, state.
+"""Specification of the training methods (docs/method.md §2, §7): losses, attacks, teacher use, state.
 
 The loss tests use a 2-sample, 3-class case whose student and teacher are fixed affine maps of a
 (B, 1, 1, 2) input, so every expected value is written out by hand below with ``math`` only

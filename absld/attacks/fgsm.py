@@ -5,7 +5,7 @@ Paper: Goodfellow, Shlens, Szegedy, *Explaining and Harnessing Adversarial Examp
 
 Threat model: white-box, untargeted, L-inf, ``|x' - x|_inf <= eps``, ``x' in [0, 1]``, pixel space.
 
-Semantics (METHOD.md §6)::
+Semantics (docs/method.md §6)::
 
     x'_0 = x + gauss_std * N(0, I)                     # gauss_std = 0.001, not clamped
     x'   = clamp_[0,1]( project_{|x'-x|_inf <= eps}( x'_0 + eps * sign(d CE(model(x'_0), y) / d x'_0) ) )

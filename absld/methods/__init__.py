@@ -10,7 +10,7 @@ from typing import Any
 from .absld import ABSLD, update_temperatures
 from .adaad import AdaAD
 from .ard import ARD
-from .base import ClassAccuracy, Method, MethodBase, MethodContext, StepOutput
+from .base import ClassAccuracy, MethodBase, MethodContext, StepOutput
 from .cfa import CFA
 from .fair_rslad import FairRSLAD
 from .frl import FRLReweight, FRLReweightRemargin
@@ -34,5 +34,5 @@ def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
     return METHODS[name](cfg, ctx)
 
 
-__all__ = ["METHODS", "ClassAccuracy", "Method", "MethodBase", "MethodContext", "StepOutput", "build_method",
+__all__ = ["METHODS", "ClassAccuracy", "MethodBase", "MethodContext", "StepOutput", "build_method",
            "update_temperatures"]

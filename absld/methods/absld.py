@@ -29,13 +29,13 @@ from .base import Artefacts
 from .rslad import RSLAD
 
 TEMPERATURE_COLUMNS = ["epoch", "class", "tau_adv", "tau_nat", "risk_adv", "risk_nat", "beta"]
-"""The columns of ``results/distill/absld/seed<S>/temperatures.csv`` (contract, ARCHITECTURE.md)."""
+"""The columns of ``results/distill/absld/seed<S>/temperatures.csv`` (contract, docs/architecture.md)."""
 
 
 def beta_after(beta: float, epoch: int, milestones: list[int] | None, gamma: float) -> float:
     """ABSLD's beta for the update at the end of ``epoch``: decayed by ``gamma`` first when ``epoch``
     is a milestone (the reference code decays beta with the learning rate). ``milestones`` must be
-    resolved: :meth:`absld.config.DistillConfig.method_config` fills null with the LR's."""
+    resolved: :meth:`absld.params.DistillConfig.method_config` fills null with the LR's."""
     if milestones is None:
         raise ValueError("beta_milestones is unresolved (null): build the method from "
                          "DistillConfig.method_config, which fills in the LR milestones")

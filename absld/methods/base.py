@@ -28,12 +28,12 @@ scripts attack with the network in train mode.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from ..config import AttackConfig, EvalAttackConfig
-from ..data import Batch
+from ..attacks.accuracy import ClassAccuracy
+from ..params import AttackConfig, EvalAttackConfig
 
 
 @dataclass
@@ -44,17 +44,6 @@ class StepOutput:
     logits_adv: Tensor | None = None  # (B, C) student logits on x_adv, for the running accuracy
     logits_nat: Tensor | None = None  # (B, C) student logits on x
     stats: dict[str, Tensor] = field(default_factory=dict)  # detached per-batch scalars to average
-
-
-@dataclass
-class ClassAccuracy:
-    """Class-wise accuracy of a model on the validation split: clean and under a PGD attack."""
-
-    clean: Tensor  # (C,) fraction of each class's images classified correctly
-    robust: Tensor  # (C,) the same under the attack
-    clean_total: float  # over all images
-    robust_total: float
-    n: int  # images
 
 
 Validate = Callable[[EvalAttackConfig], ClassAccuracy]
@@ -74,25 +63,6 @@ class MethodContext:
     """The model being trained (methods that average or measure it between epochs)."""
     validate: Validate | None = None
     """Class-wise accuracy of ``student`` on the validation split (methods whose params ``validates``)."""
-
-
-@runtime_checkable
-class Method(Protocol):
-    name: ClassVar[str]
-    uses_teacher: ClassVar[bool]
-    attack_mode: ClassVar[Literal["eval", "train"]]
-
-    def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor: ...
-
-    def loss(
-        self, student: nn.Module, batch: Batch, x_adv: Tensor, teacher_logits: Tensor | None
-    ) -> StepOutput: ...
-
-    def on_epoch_end(self, epoch: int) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass

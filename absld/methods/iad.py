@@ -7,7 +7,7 @@ teacher can be trusted on each adversarial example::
     a_i = P_T(y_i | x'_i) ** beta   after epoch `begin`, else 1
     L   = t^2 KL(softmax(T(x)/t) ‖ softmax(S(x')/t)) + mean_i (1 - a_i) KL(S(x_i) ‖ S(x'_i))
 
-(METHOD.md §7; t = 1, beta = 0.1, begin = 60. The introspection target S(x) keeps its gradient,
+(docs/method.md §7; t = 1, beta = 0.1, begin = 60. The introspection target S(x) keeps its gradient,
 as in TRADES. Both KL terms are summed over the classes and averaged over the batch (batchmean),
 as the official ``IAD-I.py`` computes them, whatever ``distill.kl_reduction`` says: that switch is
 for the methods whose reference code takes the element mean.)

@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from ..config import AnalyzeConfig
+from ..params import AnalyzeConfig
 from ..fairness import (
     STATISTICS,
     FairnessEntry,
@@ -19,18 +19,18 @@ from ..fairness import (
     seed_summary,
     summarize_with_ci,
 )
-from ..records import WORST, Records
+from ..evaluate.records import Records
 from ..vocab import ModelId
 from .evaluations import _check_labels
-from .labels import Protocol
-from .labels import _finite
-from .labels import STAT_LABELS
-from .labels import _PGD
-from .labels import attack_label
-from .labels import dataset_label
-from .labels import method_label
-from .labels import model_label
-from .labels import format_p
+from ..labels import Protocol
+from ..labels import _finite
+from ..labels import STAT_LABELS
+from ..labels import headline_attack
+from ..labels import attack_label
+from ..labels import dataset_label
+from ..labels import method_label
+from ..labels import model_label
+from ..labels import format_p
 
 
 FAIRNESS_KEYS = tuple(FairnessEntry.__annotations__)
@@ -199,17 +199,6 @@ def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], gr
             "skipped": skipped, "attacks": table}
 
 
-def headline_attack(attacks: Sequence[str]) -> str:
-    """The attack a verdict is stated for: the PGD column (the papers' main robustness number),
-    else AutoAttack, else the last attack before the worst case."""
-    pgd_columns = [a for a in attacks if _PGD.match(a)]
-    if pgd_columns:
-        return pgd_columns[-1]
-    if "aa" in attacks:
-        return "aa"
-    return [a for a in attacks if a != WORST][-1]
-
-
 def class_ranking(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str], reference: str,
                   protocol: Protocol | None = None) -> tuple[list[float], str]:
     """``(score per class, the rule in words)``: what per-class figures and tables rank classes by
@@ -375,7 +364,7 @@ def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, nu
     pairs, skipped = _paired_seeds(groups, reference, minimum=1)
     baselines = list(pairs)
 
-    attacks = next(iter(records.values())).attacks
+    attacks = next(iter(records.values())).names
     table: dict[str, dict[str, PairComparison]] = {attack: {} for attack in attacks}
     for attack in attacks:
         y = next(iter(records.values())).column(attack)[1]  # the samples the column covers

@@ -12,12 +12,12 @@ from ..fairness import (
     Statistic,
 )
 from .analysis import Comparisons
-from .labels import _finite
-from .labels import Protocol
-from .labels import format_p
-from .labels import STAT_LABELS
-from .labels import attack_label
-from .labels import method_label
+from ..labels import _finite
+from ..labels import Protocol
+from ..labels import format_p
+from ..labels import STAT_LABELS
+from ..labels import attack_label
+from ..labels import method_label
 
 
 def _significance(p: float | None, alpha: float) -> str:

@@ -10,22 +10,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from ..config import fraction_of_255
+from ..params import fraction_of_255
 from ..vocab import ModelId
 from ..fairness import (
     STATISTICS,
     seed_summary,
 )
-from .labels import _finite
-from .labels import Protocol
-from .labels import SELECTION_RULES
-from .labels import STAT_LABELS
-from .labels import aa_description
-from .labels import aa_is_standard
-from .labels import attack_label
-from .labels import dataset_label
-from .labels import method_label
-from .labels import order_attacks
+from ..labels import _finite
+from ..labels import Protocol
+from ..labels import SELECTION_RULES
+from ..labels import STAT_LABELS
+from ..labels import aa_description
+from ..labels import aa_is_standard
+from ..labels import attack_label
+from ..labels import dataset_label
+from ..labels import method_label
+from ..labels import order_attacks
 from .published import Published
 
 
@@ -202,7 +202,7 @@ def table_latex(table: ResultsTable, label: str = "tab:class-wise-robustness") -
     return "\n".join(lines) + "\n"
 
 
-def describe_selection(metas: Mapping[str, Mapping[str, Any] | None], fallback: str | None = None) -> str:
+def describe_checkpoints(metas: Mapping[str, Mapping[str, Any] | None], fallback: str | None = None) -> str:
     """The students' checkpoint-selection rule in words, from their selection meta (``select``,
     ``selected_epoch``, ``selection_split``), with the selected epochs per method; ``fallback``
     (params' ``distill.select``) where no student carries the meta."""

@@ -24,13 +24,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .config import TrainConfig
-from .data import Batch, TensorLoader
-from .io import write_torch
-from .methods.base import MethodBase, StepOutput
-from .runtime import Runtime, rng_state, set_rng_state
-from .errors import UserError
+from .. import distributed
+from ..params import TrainConfig
+from ..data import Batch, TensorLoader
+from ..io import write_torch
+from ..methods.base import MethodBase, StepOutput
+from ..runtime import Runtime, rng_state, set_rng_state
+from ..errors import UserError
 
 CHECKPOINT_FORMAT = 1
 

@@ -1,4 +1,4 @@
-"""``results/eval/<model>/records.npz`` (contract, ARCHITECTURE.md): its one owner.
+"""``results/eval/<model>/records.npz`` (contract, docs/architecture.md): its one owner.
 
 :class:`Records` is what ``absld evaluate`` produces and writes (:meth:`Records.save`) and what
 the analysis reads back (:meth:`Records.load`, which checks every array and says how to fix a bad
@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import UserError
-from .io import write_npz
+from ..errors import UserError
+from ..io import write_npz
+from ..vocab import WORST
 
-WORST = "worst"
-"""The record of the pointwise worst case: robust to every attack that was run."""
 
 
 class RecordsError(UserError, ValueError):
@@ -49,10 +48,6 @@ class Records:
 
     @property
     def names(self) -> list[str]:
-        return list(self.correct)
-
-    @property
-    def attacks(self) -> list[str]:
         return list(self.correct)
 
     @property

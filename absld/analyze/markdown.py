@@ -7,19 +7,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-from ..config import AnalyzeConfig, EvaluateConfig, fraction_of_255
+from ..params import AnalyzeConfig, EvaluateConfig, fraction_of_255
 from ..fairness import (
     STATISTICS,
     SeedSummary,
 )
-from .labels import _finite
-from .labels import Protocol
-from .labels import STAT_LABELS
-from .labels import aa_is_standard
-from .labels import attack_label
-from .labels import dataset_label
-from .labels import method_label
-from .labels import model_label
+from ..labels import _finite
+from ..labels import Protocol
+from ..labels import STAT_LABELS
+from ..labels import aa_is_standard
+from ..labels import attack_label
+from ..labels import dataset_label
+from ..labels import method_label
+from ..labels import model_label
 from .tables import Cell
 from .tables import format_cell
 

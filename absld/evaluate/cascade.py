@@ -1,13 +1,11 @@
-r"""Evaluation of a model on a fixed set of samples, clean and under attacks (METHOD.md §6).
+r"""Evaluation of a model on a fixed set of samples, clean and under attacks (docs/method.md §6).
 
 Two layers live here:
 
-- the quick checks the teacher and distill stages use (:func:`predict_correct`,
-  :func:`clean_and_pgd_accuracy`, :func:`fair_score`): a few numbers; random starts from the
-  global RNG, except :func:`fair_score`'s (a seeded generator of its own);
+- (the quick class-wise check that training needs is :mod:`absld.attacks.accuracy`)
 - the full evaluation of ``absld evaluate`` (:func:`evaluate_model`): every attack of
   ``evaluate.attacks`` on the first ``evaluate.n_samples`` test images, one boolean per sample
-  and attack (the ``records.npz`` contract of ARCHITECTURE.md), timed.
+  and attack (the ``records.npz`` contract of docs/architecture.md), timed.
 
 The attacks of the paper's evaluation, all at ``eps`` (8/255 on CIFAR), inputs in [0, 1], the model
 in eval mode:
@@ -18,7 +16,7 @@ in eval mode:
 | ``fgsm`` | one step of size eps on CE (:func:`absld.attacks.fgsm`) | ``x + gauss_std N(0, I)`` |
 | ``pgd{steps}`` | PGD on CE, e.g. ``pgd20``: 20 steps of 2/255 | uniform in the eps-ball |
 | ``cw`` | PGD on the CW margin, kappa 50 (:func:`absld.attacks.cw_inf`) | uniform in the eps-ball |
-| ``aa`` | AutoAttack through its reference code (:func:`absld.attacks.autoattack`) | its own |
+| ``aa`` | AutoAttack through its reference code (:func:`absld.evaluate.autoattack.autoattack`) | its own |
 | ``worst`` | robust to every attack run (and clean-correct) | |
 
 Semantics of the records, with ``c_i`` clean correctness and ``r_i^a`` "the model still classifies
@@ -60,14 +58,11 @@ so that an analysis can refuse to compare models evaluated differently and label
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -76,13 +71,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import autoattack, ce_loss, cw_inf, fgsm, pgd
-from .config import EvalAttack, EvaluateConfig
-from .data import TensorLoader
-from .fairness import Summary, class_accuracies, summarize
-from .io import write_npz
+from ..attacks import ce_loss, cw_inf, fgsm, pgd
+from ..attacks.accuracy import attack_seed, first_n
+from ..params import EvalAttack, EvaluateConfig
+from ..fairness import Summary, summarize
+from ..runtime import Runtime
+from .autoattack import autoattack
+from .progress import ColumnProgress, EvalProgress
 from .records import WORST, Records
-from .runtime import Runtime
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``attack(model, x, y) -> x_adv``."""
@@ -98,100 +94,6 @@ batch (for checks and debugging; ``x_adv is x`` for ``clean``)."""
 NoiseKind = Literal["uniform", "gaussian"]
 
 CLEAN = "clean"
-
-
-# ----------------------------------------------------------------------------------------------
-# quick checks (teacher and distill stages)
-def first_n(images: np.ndarray, labels: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` samples in test-set order (all when ``n`` is None)."""
-    if n is None:
-        return images, labels
-    return images[:n], labels[:n]
-
-
-def pgd_attack(eps: float, step: float, steps: int, generator: torch.Generator | None = None) -> Attack:
-    """PGD on the CE loss with a uniform random start (the PGD-20 of METHOD.md §6).
-
-    The start is drawn from ``generator`` (a CPU generator; each call draws the next batch's
-    U(-1, 1) noise) when given, else from the global torch RNG.
-    """
-
-    def attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        noise = None
-        if generator is not None:
-            noise = torch.rand(tuple(x.shape), generator=generator).mul_(2.0).sub_(1.0).to(x.device)
-        return pgd(model, x, ce_loss(y), eps=eps, step=step, steps=steps, start="uniform", noise=noise)
-
-    return attack
-
-
-def predict_correct(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, *,
-                    batch_size: int, attack: Attack | None = None, desc: str = "eval") -> np.ndarray:
-    """Per-sample correctness ``(N,)`` bool of ``model`` (eval mode) on clean or attacked inputs."""
-    if model.training:
-        raise ValueError("evaluate the model in eval mode (model.eval())")
-    loader = TensorLoader(images, labels, batch_size=batch_size, device=rt.device,
-                          channels_last=rt.channels_last)
-    out = []
-    for batch in tqdm(loader, desc=f"[{desc}]", leave=False, disable=not rt.progress):
-        x = batch.x
-        if attack is not None:
-            with rt.autocast():
-                x = attack(model, x, batch.y)
-        with torch.no_grad(), rt.autocast():
-            out.append(model(x).argmax(1) == batch.y)
-    return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=bool)
-
-
-def clean_and_pgd_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, *,
-                           eps: float, step: float, steps: int, batch_size: int,
-                           desc: str = "eval") -> dict[str, float]:
-    """Clean and PGD (CE, uniform start) accuracy, model in eval mode."""
-    model.eval()
-    clean = predict_correct(model, images, labels, rt, batch_size=batch_size, desc=f"{desc} clean")
-    robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
-                             attack=pgd_attack(eps, step, steps), desc=f"{desc} PGD-{steps}")
-    return {"clean_acc": float(clean.mean()), "pgd_acc": float(robust.mean()), "n": int(len(labels))}
-
-
-def fair_score(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
-               rt: Runtime, *, eps: float, step: float, steps: int, batch_size: int,
-               seed: int) -> dict[str, float]:
-    """The reference code's checkpoint-selection score: PGD avg + worst-class accuracy.
-
-    The PGD starts come from a CPU generator seeded from (``seed``, "select"), never from the global
-    RNG: called inside :func:`absld.train.fit`, the selection leaves the training's random stream
-    (and so the trained weights) exactly as without it; every call uses the same starts.
-    """
-    generator = torch.Generator().manual_seed(attack_seed(seed, "select"))
-    robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
-                             attack=pgd_attack(eps, step, steps, generator), desc=f"select PGD-{steps}")
-    class_acc = class_accuracies(robust, labels, num_classes)
-    avg, worst = float(robust.mean()), float(class_acc.min())
-    return {"score": avg + worst, "pgd_avg": avg, "pgd_worst": worst}
-
-
-def validation_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                        rt: Runtime, *, eps: float, step: float, steps: int, batch_size: int,
-                        seed: int, desc: str = "validate") -> dict[str, Any]:
-    """Class-wise clean and PGD (CE, uniform start) accuracy for FRL's multipliers and CFA's weight
-    averaging: ``{"clean": (C,), "robust": (C,), "clean_total", "robust_total", "n"}``.
-
-    The model is measured in eval mode and left in the mode it had. The starts come from a CPU
-    generator seeded from (``seed``, "validate"), as :func:`fair_score`: the training's RNG is untouched.
-    A class without images is an error (the multipliers of an unseen class would mean nothing).
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        generator = torch.Generator().manual_seed(attack_seed(seed, "validate"))
-        clean = predict_correct(model, images, labels, rt, batch_size=batch_size, desc=f"{desc} clean")
-        robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
-                                 attack=pgd_attack(eps, step, steps, generator), desc=f"{desc} PGD-{steps}")
-    finally:
-        model.train(was_training)
-    return {"clean": class_accuracies(clean, labels, num_classes), "robust": class_accuracies(robust, labels, num_classes),
-            "clean_total": float(clean.mean()), "robust_total": float(robust.mean()), "n": int(len(labels))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,23 +118,11 @@ def record_name(attack: EvalAttack, cfg: EvaluateConfig) -> str:
     return f"pgd{cfg.pgd.steps}" if attack == "pgd" else attack
 
 
-def record_names(cfg: EvaluateConfig) -> list[str]:
-    """Every column of the records, in order: clean, the attacks of ``cfg.attacks``, worst."""
-    return [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
-
-
 def _package_version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def aa_is_standard(cfg: EvaluateConfig) -> bool:
-    """Whether ``evaluate.aa`` is the standard AutoAttack of the literature: the reference code
-    (pyautoattack), version standard. torchattacks' port is not (its APGD runs 10 iterations, the
-    reference 100), nor is any custom or rand version."""
-    return cfg.aa.backend == "pyautoattack" and cfg.aa.version == "standard"
 
 
 def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, Any]:
@@ -242,7 +132,7 @@ def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, 
     runtime.amp); ``precision`` is ``bf16-autocast`` only when both it and evaluate.amp are on.
     Keys: ``precision`` (``float32`` | ``bf16-autocast``), ``cascade``, ``seed``, ``eps`` (fraction), ``attacks`` (evaluate.attacks) and, per
     attack in it, its settings (``fgsm``, ``pgd``, ``cw``, ``aa``; ``aa`` adds ``package_version`` of
-    its backend and ``standard`` from :func:`aa_is_standard`). JSON-able, stable key order.
+    its backend and ``standard``: whether it is the standard AutoAttack). JSON-able, stable key order.
     """
     precision = "bf16-autocast" if cfg.amp and autocast_available else "float32"
     out: dict[str, Any] = {"precision": precision, "cascade": cfg.cascade, "seed": cfg.seed, "eps": float(cfg.eps),
@@ -251,7 +141,9 @@ def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, 
         section = getattr(cfg, attack).model_dump(mode="json")
         if attack == "aa":
             section["package_version"] = _package_version(cfg.aa.backend)  # each backend is its distribution's name
-            section["standard"] = aa_is_standard(cfg)
+            # the standard AutoAttack of the literature: the reference code, version standard (torchattacks'
+            # port runs APGD for 10 iterations, the reference 100; custom and rand are other attacks)
+            section["standard"] = cfg.aa.backend == "pyautoattack" and cfg.aa.version == "standard"
         out[attack] = section
     return out
 
@@ -306,13 +198,6 @@ def build_attacks(cfg: EvaluateConfig, device: torch.device | str | None = None)
     return specs
 
 
-def attack_seed(seed: int, name: str) -> int:
-    """A 63-bit generator seed from (``evaluate.seed``, record name), stable across runs and
-    platforms (sha256, not Python's salted ``hash``)."""
-    digest = hashlib.sha256(f"absld-evaluate/{seed}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def start_noise(kind: NoiseKind, shape: tuple[int, ...], *, seed: int, name: str) -> Tensor:
     """Standard start draws for a whole evaluated set, on the CPU: ``shape = (N, C, H, W)``.
 
@@ -338,78 +223,6 @@ def summarize_records(records: Records, num_classes: int, ddof: int = 0) -> dict
         else:
             out[name] = summarize(correct[mask], records.y[mask], num_classes, ddof)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# resuming an interrupted evaluation
-@dataclass(frozen=True)
-class ColumnProgress:
-    """How far one column of the records got: ``robust`` (N,) holds the verdicts of the first
-    ``done`` attacked samples (in sample order; False elsewhere), ``seconds`` the time spent on them."""
-
-    robust: npt.NDArray[np.bool_]
-    done: int
-    seconds: float
-    complete: bool
-
-
-class EvalProgress:
-    """The finished work of an evaluation, in one small ``.npz``, so that a killed evaluation
-    resumes at the batch where it stopped instead of from the start.
-
-    Saved after every finished column and, within a column, after a finished batch once
-    ``every_seconds`` have passed since the last save (0: after every batch). Resuming gives the
-    same records as an uninterrupted run: every batch's verdicts depend only on its samples (eval
-    mode; per-sample start noise), and a resumed column restarts at a batch boundary, so AutoAttack
-    sees the same calls of ``evaluate.aa.batch_size`` samples. ``fingerprint`` names everything
-    that can change a verdict (model, data, settings, code); a file with another one is ignored.
-    """
-
-    def __init__(self, path: str | Path, fingerprint: str, every_seconds: float = 30.0,
-                 notify: Callable[[str], None] = tqdm.write) -> None:
-        self.path, self.fingerprint, self.every_seconds, self.notify = Path(path), fingerprint, every_seconds, notify
-        self.columns: dict[str, ColumnProgress] = {}
-        self._last_save = time.monotonic()
-
-    def load(self) -> dict[str, ColumnProgress]:
-        """The columns of a previous run with this fingerprint (empty when there is none)."""
-        if not self.path.is_file():
-            return {}
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                if str(data["fingerprint"]) != self.fingerprint:
-                    self.notify(f"{self.path} belongs to another model, data, code or settings: evaluating afresh")
-                    return {}
-                names = json.loads(str(data["names"]))
-                self.columns = {name: ColumnProgress(data[f"robust_{name}"].astype(np.bool_),
-                                                     int(data[f"done_{name}"]), float(data[f"seconds_{name}"]),
-                                                     bool(data[f"complete_{name}"])) for name in names}
-        except Exception as exc:  # noqa: BLE001 - progress is only saved time: report it, start over
-            self.notify(f"cannot read {self.path} ({type(exc).__name__}); evaluating afresh")
-            return {}
-        done = ", ".join(f"{name} {'done' if c.complete else f'{c.done} samples'}" for name, c in self.columns.items())
-        self.notify(f"resuming the evaluation from {self.path}: {done}")
-        return dict(self.columns)
-
-    def due(self) -> bool:
-        """Whether ``every_seconds`` have passed since the last save."""
-        return time.monotonic() - self._last_save >= self.every_seconds
-
-    def update(self, name: str, column: ColumnProgress) -> None:
-        """Record ``column``; write the file when it is complete or a save is :meth:`due`."""
-        self.columns[name] = column
-        if column.complete or self.due():
-            arrays: dict[str, np.ndarray] = {"fingerprint": np.asarray(self.fingerprint),
-                                             "names": np.asarray(json.dumps(list(self.columns)))}
-            for key, c in self.columns.items():
-                arrays.update({f"robust_{key}": c.robust, f"done_{key}": np.asarray(c.done),
-                               f"seconds_{key}": np.asarray(c.seconds), f"complete_{key}": np.asarray(c.complete)})
-            write_npz(self.path, **arrays)
-            self._last_save = time.monotonic()
-
-    def remove(self) -> None:
-        """Delete the file (the evaluation's outputs are written)."""
-        self.path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 
-from ..tracking import BAND_SUFFIX, CLASSES_SHOWN, class_key
+from ..params import Params
+from ..data import MANIFEST, read_manifest
+from ..errors import StageError
+from ..layout import Layout
+from ..tracking import BAND_SUFFIX, CLASSES_SHOWN, class_key, wandb_credentials_available, wandb_settings
 from ..fairness import (
     STATISTICS,
 )
-from .labels import _finite
-from .labels import Protocol
-from .labels import STAT_LABELS
-from .labels import attack_label
-from .labels import method_label
-from .labels import metric_name
-from .labels import model_label
-from .labels import order_attacks
+from ..labels import _finite
+from ..labels import Protocol
+from ..labels import STAT_LABELS
+from ..labels import attack_label
+from ..labels import method_label
+from ..labels import metric_name
+from ..labels import model_label
+from ..labels import order_attacks
 from .analysis import class_ranking
 from .tables import Cell
+from .words import findings_markdown
 from .tables import format_cell
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,7 +101,7 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     keys = [class_key(name) for name in names]
     subset, omitted = "", 0
     if num_classes > 2 * classes_shown:
-        from ..plots import describe_selection, select_classes  # matplotlib: only for many classes
+        from ..figures import describe_selection, select_classes  # matplotlib: only for many classes
 
         ranking, ranked_by = class_ranking(fairness, attacks, reference, protocol)
         selection = select_classes(ranking, classes_shown)
@@ -171,3 +177,60 @@ def report_outline(report: "Report") -> str:
         else:
             lines.append(f"  {kind}")
     return "\n".join(lines)
+
+
+def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str | None,
+               echo: Callable[[str], None]) -> None:
+    """Build the study's W&B report from results/fairness.json; print its outline, or publish it."""
+    if not layout.fairness_json.is_file():
+        raise StageError(f"{layout.fairness_json} is missing; run `absld analyze` (or `dvc repro analyze`) first")
+    fairness = json.loads(layout.fairness_json.read_text())
+    if not fairness:
+        raise StageError(f"{layout.fairness_json} holds no models; run `absld analyze` again")
+    extra = json.loads(layout.comparisons_json.read_text()) if layout.comparisons_json.is_file() else {}
+    meta = extra.get("meta", {})
+    attacks = order_attacks(list(next(iter(fairness.values()))))
+    class_names = meta.get("class_names")
+    if class_names is None and (layout.data_dir(params.data.dataset) / MANIFEST).is_file():
+        class_names = read_manifest(layout.data_dir(params.data.dataset), keys=("class_names",))["class_names"]
+    protocol = meta.get("protocol")
+    tests_md = (findings_markdown(extra["comparisons"], meta.get("n_samples"), protocol)
+                if "comparisons" in extra else None)
+
+    where = wandb_settings(params.profile)
+    entity = where.entity
+    if publish:
+        if not wandb_credentials_available():
+            raise StageError("no W&B API key: set WANDB_API_KEY or run `wandb login`, then `absld report --publish`")
+        if entity is None:
+            entity = _default_entity()
+    wandb_report = build_wandb_report(
+        where.project, entity, where.group, fairness, attacks, class_names=class_names,
+        reference=params.analyze.reference, table_md=layout.table("md").read_text() if layout.table("md").is_file() else None,
+        tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
+        protocol=protocol, experiment=experiment,
+    )
+    if not publish:
+        echo(report_outline(wandb_report))
+        echo("(not published: `absld report --publish` uploads it)")
+        return
+    try:
+        wandb_report.save()
+    except Exception as exc:  # noqa: BLE001 - any failure of the upload is one line for the user
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StageError(f"W&B did not save the report ({type(exc).__name__}: {message})") from None
+    echo(f"published: {wandb_report.url}")
+
+
+def _default_entity() -> str:
+    """The logged-in user's default W&B entity (a network call)."""
+    import wandb
+
+    try:
+        entity = wandb.Api().default_entity
+    except Exception as exc:  # noqa: BLE001
+        raise StageError(f"cannot reach W&B to find your default entity ({type(exc).__name__}); "
+                         "set wandb.entity in params.yaml") from None
+    if not entity:
+        raise StageError("W&B reports no default entity for this key; set wandb.entity in params.yaml")
+    return str(entity)

@@ -10,7 +10,7 @@ from typing import Any
 from ..fairness import (
     STATISTICS,
 )
-from .base import ReportError
+from .evaluations import ReportError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-from ..vocab import DATASET_LABELS, METHOD_LABELS as VOCAB_METHOD_LABELS, ModelId
-from ..records import WORST
+from .vocab import DATASET_LABELS, METHOD_LABELS as VOCAB_METHOD_LABELS, ModelId
+from .vocab import WORST
 
 
 """The pointwise worst case over every attack run (``correct_worst``)."""
@@ -117,3 +117,15 @@ def format_p(p: float | None) -> str:
     if p < 0.001:
         return "p < 0.001"
     return f"p = {p:.3f}" if p < 0.995 else "p = 1"
+
+
+def headline_attack(attacks: Sequence[str]) -> str:
+    """The attack a verdict is stated for and classes are ranked by: the PGD column (the papers' main
+    robustness number), else AutoAttack, else the last column before the worst case."""
+    pgd_columns = [a for a in attacks if _PGD.match(a)]
+    if pgd_columns:
+        return pgd_columns[-1]
+    if "aa" in attacks:
+        return "aa"
+    rest = [a for a in attacks if a != WORST]
+    return rest[-1] if rest else attacks[-1]

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import fraction_of_255
-from ..records import Records, read_records as _read_records
-from .base import ReportError
-from .labels import Protocol
-from .labels import order_attacks
+from ..params import fraction_of_255
+from ..evaluate.records import Records, read_records
+from ..errors import UserError
+from ..labels import Protocol
+from ..labels import order_attacks
+
+
+class ReportError(UserError, ValueError):
+    """Evaluations that cannot be analysed together, or published numbers that cannot be read."""
 
 
 def protocol_differences(a: Protocol, b: Protocol, prefix: str = "") -> list[str]:
@@ -48,9 +52,9 @@ def check_same_samples(records: Mapping[str, Records]) -> None:
         if not math.isclose(rec.eps, first.eps, rel_tol=1e-9, abs_tol=1e-12):
             raise ReportError(f"{pair} were attacked with different eps ({fraction_of_255(first.eps)} vs "
                               f"{fraction_of_255(rec.eps)}); models must be compared at the same eps: {fix}")
-        if rec.attacks != first.attacks:
-            raise ReportError(f"{pair} were evaluated with different attacks ({', '.join(first.attacks)} vs "
-                              f"{', '.join(rec.attacks)}); the worst case would mean different things: {fix}")
+        if rec.names != first.names:
+            raise ReportError(f"{pair} were evaluated with different attacks ({', '.join(first.names)} vs "
+                              f"{', '.join(rec.names)}); the worst case would mean different things: {fix}")
         differences = protocol_differences(first.protocol, rec.protocol)
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
@@ -58,16 +62,11 @@ def check_same_samples(records: Mapping[str, Records]) -> None:
                               f"same evaluation: {fix}")
 
 
-def read_records(model: str, path: str | Path) -> Records:
-    """:meth:`Records.load` with the columns in the paper's attack order; a bad file is a ReportError."""
-    records = _read_records(model, path)
-    records.correct = {a: records.correct[a] for a in order_attacks(list(records.correct))}
-    return records
-
-
 def load_evaluations(paths: Mapping[str, str | Path]) -> dict[str, Records]:
     """Read ``{model: records.npz path}`` and check that all were evaluated on the same samples."""
     records = {model: read_records(model, path) for model, path in paths.items()}
+    for rec in records.values():  # the columns in the paper's attack order
+        rec.correct = {a: rec.correct[a] for a in order_attacks(list(rec.correct))}
     check_same_samples(records)
     return records
 

@@ -1,0 +1,395 @@
+"""The analyze stage: one :class:`Study` built once from the evaluations, handed to every renderer
+(fairness.json, the tables, the report, the figures, DVC's plot data, the W&B run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..params import Params, fraction_of_255
+from ..data import MANIFEST, read_manifest
+from ..errors import StageError
+from ..evaluate.records import Records
+from ..fairness import STATISTICS
+from ..figures import ClassSelection, describe_selection as describe_shown, plot_temperatures, select_classes
+from ..io import atomic_dir, write_csv, write_text
+from ..labels import Protocol, attack_label, dataset_label, headline_attack, method_label, metric_name
+from ..layout import Layout
+from ..tracking import Tracker
+from ..vocab import ModelId
+from .analysis import (Fairness, class_ranking, compare_to_reference, fairness_table, interval_note,
+                       intervals_excluding_the_estimate, json_safe, seed_comparisons, seed_summaries,
+                       seed_tests_markdown, verdict, worst_classes)
+from .evaluations import load_evaluations
+from .markdown import classes_markdown, describe_configuration, markdown_report, seed_markdown
+from .plots import plot_class_accuracy, plot_fairness_tradeoff
+from .published import Published, published_numbers
+from .tables import (describe_checkpoints, results_table, row_specs, table_caption, table_csv, table_latex,
+                     table_markdown)
+from .words import findings_markdown
+
+SELECTION_KEYS = ("select", "selected_epoch", "selection_split")
+DVC_TRAINING_KEYS = ("train_loss", "train_acc_adv")
+"""The per-epoch training columns every method logs (plots/analyze/training.csv)."""
+
+Row = tuple[str, "str | None", list[str]]
+"""A row of the table and the figures: (label, method or None for the teacher, its model ids)."""
+
+
+def dumps_strict(obj: Any) -> str:
+    """Strict JSON (NaN/inf -> null), as every reader of the metrics files expects."""
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV written by the distill stage (temperatures.csv, train_log.csv) as dicts."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@dataclass
+class Study:
+    """Everything the analysis shows, computed once: the models, their records and statistics, the
+    seed summaries and tests, the checkpoint choices and the classes the figures show."""
+
+    params: Params
+    layout: Layout
+    class_names: list[str]
+    groups: dict[str, dict[int, str]]  # method -> seed -> model id
+    models: list[str]  # teacher first
+    records: dict[str, Records]
+    fairness: Fairness
+    seed_stats: dict
+    comparisons: dict
+    seed_tests: dict
+    published: dict[str, Published]
+    selections: dict[str, dict[str, Any] | None]
+    selection: str  # the checkpoint choice in words
+    configuration: list[tuple[str, str]]
+    ranking: list[float]
+    ranked_by: str
+    shown: ClassSelection
+
+    @property
+    def first(self) -> Records:
+        return self.records["teacher"]
+
+    @property
+    def attacks(self) -> list[str]:
+        return self.first.names
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.first.protocol
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def dataset(self) -> str:
+        return dataset_label(self.params.data.dataset)
+
+    @property
+    def rows(self) -> list[Row]:
+        """The teacher, then each method (its seeds)."""
+        return [("Teacher", None, ["teacher"])] + [(method_label(m), m, list(s.values())) for m, s in self.groups.items()]
+
+    def row_class_acc(self, attacks: list[str]) -> dict[str, dict[str, list[float]]]:
+        """``{row label: {attack: [acc_k]}}``: each row's class accuracies (a method's: the mean over seeds)."""
+        return {label: {a: [sum(self.fairness[m][a]["class_acc"][k] for m in ms) / len(ms)
+                            for k in range(self.num_classes)] for a in attacks} for label, _, ms in self.rows}
+
+    @classmethod
+    def build(cls, params: Params, layout: Layout) -> "Study":
+        cfg = params.analyze
+        methods, seeds = list(params.distill.methods), list(params.seeds)
+        groups = {m: {s: str(ModelId.student(m, s)) for s in seeds} for m in methods}
+        models = ["teacher"] + [groups[m][s] for m in methods for s in seeds]
+        _check_evaluated(models, layout)
+        class_names = _class_names(params, layout)
+        records = load_evaluations({m: layout.eval_dir(m) / "records.npz" for m in models})
+        fairness = fairness_table(records, len(class_names), cfg)
+        raw = yaml.safe_load(layout.published.read_text()) if layout.published.is_file() else {}
+        first = records["teacher"]
+        selections = {groups[m][s]: _selection_meta(groups[m][s], m, s, layout) for m in methods for s in seeds}
+        selection = describe_checkpoints(selections, fallback=params.distill.select)
+        configuration = describe_configuration(params.evaluate, cfg, dataset=params.data.dataset, n_samples=first.n,
+                                               eps=first.eps, attacks=first.names, seeds=seeds, selection=selection,
+                                               protocol=first.protocol)
+        ranking, ranked_by = class_ranking(fairness, first.names, cfg.reference, first.protocol)
+        return cls(params=params, layout=layout, class_names=class_names, groups=groups, models=models,
+                   records=records, fairness=fairness, seed_stats=seed_summaries(fairness, groups, cfg.confidence),
+                   comparisons=compare_to_reference(records, groups, len(class_names), cfg),
+                   seed_tests=seed_comparisons(fairness, groups, cfg),
+                   published=applicable(published_numbers(raw, params.data.dataset), params),
+                   selections=selections, selection=selection, configuration=configuration, ranking=ranking,
+                   ranked_by=ranked_by, shown=select_classes(ranking, cfg.classes_shown))
+
+
+def run_analyze(params: Params, layout: Layout, *, echo: Callable[[str], None]) -> None:
+    """Build the study and write every output of the analyze stage; echo the markdown table."""
+    study = Study.build(params, layout)
+    write_metrics(study)
+    table_md = write_tables(study)
+    figures = write_figures(study)
+    write_report(study, table_md, figures)
+    track(study, [name for _, name in figures])
+    echo(table_md.rstrip("\n"))
+
+
+def _check_evaluated(models: list[str], layout: Layout) -> None:
+    missing = [m for m in models if not (layout.eval_dir(m) / "records.npz").is_file()]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        stages = " ".join(_evaluate_stage(m) for m in missing[:6])
+        raise StageError(f"not evaluated yet: {shown} (no results/eval/<model>/records.npz); run "
+                         f"`dvc repro {stages}`{' ...' if len(missing) > 6 else ''} or `dvc repro analyze`")
+
+
+def _evaluate_stage(model: str) -> str:
+    """The DVC stage that writes results/eval/<model> (dvc.yaml's names)."""
+    model_id = ModelId.parse(model)
+    return "evaluate-teacher" if model_id.is_teacher else f"evaluate@{model_id.method}-{model_id.seed}"
+
+
+def _class_names(params: Params, layout: Layout) -> list[str]:
+    """Class names from data/<dataset>/manifest.json (the arrays are not loaded)."""
+    folder = layout.data_dir(params.data.dataset)
+    names = read_manifest(folder, keys=("class_names",))["class_names"]
+    if not names:
+        raise StageError(f"{folder / MANIFEST} has no class_names; re-run `absld prepare`")
+    return [str(n) for n in names]
+
+
+def _selection_meta(model: str, method: str, seed: int, layout: Layout) -> dict[str, Any] | None:
+    """The checkpoint's selection meta (select, selected_epoch, selection_split): from
+    results/eval/<model>/metrics.json (its ``selection`` entry), else the distill stage's metrics.json."""
+    for path in (layout.eval_dir(model) / "metrics.json", layout.distill_results(method, seed) / "metrics.json"):
+        if not path.is_file():
+            continue
+        meta = json.loads(path.read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("selection"), dict):
+            meta = meta["selection"]
+        if isinstance(meta, dict) and "select" in meta:
+            return {k: meta.get(k) for k in SELECTION_KEYS}
+    return None
+
+
+def _training_summary(method: str, seed: int, layout: Layout) -> dict[str, Any]:
+    """The checkpoint choice and the last epoch's training metrics of one student (its distill
+    metrics.json); empty when the stage wrote none (e.g. a student trained elsewhere)."""
+    path = layout.distill_results(method, seed) / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    keys = ("select", "selected_epoch", "selection_score", "final_tau_epoch")
+    return {**{k: metrics[k] for k in keys if k in metrics}, "final": metrics.get("final", {})}
+
+
+def applicable(published: dict[str, Published], params: Params) -> dict[str, Published]:
+    """Published numbers that describe the models of this study: the teacher's only when it was
+    imported (not trained here), and any entry only for the architecture it was published for."""
+    ours = {"teacher": params.teacher.model.arch}
+    ours.update({m: params.distill.student.arch for m in params.distill.methods})
+    keep = {}
+    for key, entry in published.items():
+        if key == "teacher" and params.teacher.source == "train":
+            continue
+        if entry.arch is not None and ours.get(key) != entry.arch:
+            continue
+        keep[key] = entry
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# renderers: each reads the study
+def write_metrics(study: Study) -> None:
+    """results/fairness.json (the contract), classwise.csv, training.json and comparisons.json."""
+    params, layout, first, cfg = study.params, study.layout, study.first, study.params.analyze
+    write_text(layout.fairness_json, dumps_strict(study.fairness))
+    write_csv(layout.classwise_csv, [{"model": model, "attack": attack, "class": name, "accuracy": entry["class_acc"][k]}
+                                     for model in study.models for attack, entry in study.fairness[model].items()
+                                     for k, name in enumerate(study.class_names)],
+              columns=["model", "attack", "class", "accuracy"])
+    write_text(layout.training_json, dumps_strict({study.groups[m][s]: _training_summary(m, s, layout)
+                                                   for m in study.groups for s in study.groups[m]}))
+    write_text(layout.comparisons_json, dumps_strict({
+        "meta": {"dataset": params.data.dataset, "class_names": study.class_names, "models": study.models,
+                 "attacks": first.names, "n_samples": first.n, "eps": first.eps,
+                 "eps_255": fraction_of_255(first.eps), "nsd_ddof": cfg.nsd_ddof, "confidence": cfg.confidence,
+                 "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed, "selection": study.selections,
+                 "selection_rule": study.selection, "configuration": study.configuration, "protocol": first.protocol},
+        "seed_summary": study.seed_stats, "seed_comparisons": study.seed_tests, "comparisons": study.comparisons,
+    }))
+
+
+def write_tables(study: Study) -> str:
+    """results/table.{md,tex,csv} (the paper-style table); returns its markdown."""
+    params, first, cfg, seeds = study.params, study.first, study.params.analyze, list(study.params.seeds)
+    caption = table_caption(dataset=params.data.dataset, n_samples=first.n, eps=first.eps, ddof=cfg.nsd_ddof,
+                            confidence=cfg.confidence, n_bootstrap=cfg.n_bootstrap, selection=study.selection,
+                            several_seeds=len(seeds) > 1, n_seeds=len(seeds), protocol=first.protocol,
+                            bootstrap_method=cfg.bootstrap_method, num_classes=study.num_classes,
+                            classes_shown=cfg.classes_shown)
+    table = results_table(study.fairness, row_specs(list(params.distill.methods), seeds), first.names,
+                          caption=caption, published=study.published, protocol=first.protocol)
+    table_md = table_markdown(table)
+    write_text(study.layout.table("md"), table_md)
+    write_text(study.layout.table("tex"), table_latex(table))
+    write_text(study.layout.table("csv"), table_csv(table))
+    return table_md
+
+
+def classes_table(study: Study) -> str:
+    """The report's "Worst and best classes" table when some classes are omitted; '' otherwise."""
+    shown = study.shown
+    if shown.gap is None:
+        return ""
+    attack = headline_attack(study.attacks)
+    class_acc = {label: acc[attack] for label, acc in study.row_class_acc([attack]).items()}
+    return classes_markdown(study.class_names, class_acc, worst=shown.worst, best=shown.best,
+                            attack_name=attack_label(attack, protocol=study.protocol), ranked_by=study.ranked_by,
+                            worst_by_model=worst_classes(study.fairness, attack),
+                            full_csv=str(study.layout.classwise_csv))
+
+
+def write_report(study: Study, table_md: str, figures: list[tuple[str, str]]) -> None:
+    """results/report.md: the verdict first, then the table, the tests, the seeds and the figures."""
+    params, first, layout, protocol = study.params, study.first, study.layout, study.protocol
+    cfg = params.analyze
+    intro = verdict(study.seed_tests, study.seed_stats, study.attacks, baseline="rslad", dataset=params.data.dataset,
+                    protocol=protocol) + "\n\n" + (
+        f"Profile `{params.profile}`: the teacher and {len(params.distill.methods)} method(s) x "
+        f"{len(params.seeds)} seed(s), every model evaluated on the same {first.n} {study.dataset} test images at "
+        f"L∞ eps = {fraction_of_255(first.eps)}. Generated by `absld analyze` from results/eval/; do not edit by hand.")
+    write_text(layout.report_md, markdown_report(
+        title=f"{method_label(cfg.reference)} and its baselines: class-wise robustness on {study.dataset}",
+        intro=intro, table_md=table_md, tests_md=findings_markdown(study.comparisons, first.n, protocol),
+        figures=[(caption, os.path.relpath(layout.analysis_plots / name, layout.analysis_dir))
+                 for caption, name in figures],
+        configuration=study.configuration,
+        seeds_md="\n".join(part for part in (seed_markdown(study.seed_stats, study.attacks, cfg.confidence, protocol),
+                                              seed_tests_markdown(study.seed_tests, protocol)) if part),
+        notes=[interval_note(intervals_excluding_the_estimate(study.fairness),
+                             int(np.bincount(first.y, minlength=study.num_classes).min()), protocol)],
+        classes_md=classes_table(study)))
+
+
+def _tradeoff_points(study: Study) -> dict[str, dict[str, Any]]:
+    """Per row and attack (Avg, its interval, NSD, its interval): bootstrap intervals for one model,
+    t-intervals over seeds for several."""
+    points: dict[str, dict[str, Any]] = {}
+    for label, method, ms in study.rows:
+        points[label] = {}
+        for a in study.attacks:
+            if len(ms) == 1:
+                entry = study.fairness[ms[0]][a]
+                points[label][a] = (entry["avg"], tuple(entry["avg_ci"]), entry["nsd"], tuple(entry["nsd_ci"]))
+            else:
+                avg, nsd = study.seed_stats[method][a]["avg"], study.seed_stats[method][a]["nsd"]
+                points[label][a] = (avg["mean"], tuple(avg["ci"]), None if nsd is None else nsd["mean"],
+                                    None if nsd is None else tuple(nsd["ci"]))
+    return points
+
+
+def write_figures(study: Study) -> list[tuple[str, str]]:
+    """Write every PNG of plots/analyze/ afresh (stale figures go) and DVC's plot data; return
+    (caption, file name) pairs. Per-class figures show the classes of ``study.shown``."""
+    params, layout, shown, ranked_by = study.params, study.layout, study.shown, study.ranked_by
+    attack_cols = [(a, attack_label(a, protocol=study.protocol)) for a in study.attacks]
+    class_acc = study.row_class_acc(study.attacks)
+    classes = dict(classes_shown=params.analyze.classes_shown, ranking=study.ranking, ranked_by=ranked_by)
+    subset = (f": {describe_shown(shown, ranked_by)} (every class in {layout.classwise_csv})"
+              if shown.gap is not None else "")
+    points = _tradeoff_points(study)
+    several = len(params.seeds) > 1
+    seeds_note = f", mean over {len(params.seeds)} seeds" if several else ""
+    figures = [
+        (f"Class-wise accuracy per attack ({study.dataset}{seeds_note}){subset}", "class_accuracy.png"),
+        (f"NSD against Avg per attack ({study.dataset}; error bars: "
+         f"{'t-intervals over seeds' if several else 'bootstrap intervals'})", "tradeoff.png"),
+    ]
+    with atomic_dir(layout.analysis_plots) as tmp:
+        plot_class_accuracy(study.class_names, class_acc, attack_cols, tmp / "class_accuracy.png",
+                            title=f"Class-wise accuracy on {study.dataset}{seeds_note}", **classes)
+        plot_fairness_tradeoff(points, attack_cols, tmp / "tradeoff.png",
+                               title=f"Accuracy against class-wise unfairness on {study.dataset}")
+        write_dvc_plot_data(study, tmp, class_acc, points)
+        for seed in study.groups.get("absld", {}):
+            csv_path = layout.distill_results("absld", seed) / "temperatures.csv"
+            if not csv_path.is_file():
+                continue
+            name = f"temperatures_absld_seed{seed}.png"
+            plot_temperatures(read_rows(csv_path), study.class_names, tmp / name,
+                              title=f"ABSLD class-wise temperatures ({study.dataset}, seed {seed})", **classes)
+            band = (f": min–max band and median over all {study.num_classes} classes, curves of "
+                    f"{describe_shown(shown, ranked_by)}" if shown.gap is not None else "")
+            figures.append((f"ABSLD class-wise temperatures per epoch (seed {seed}){band}", name))
+    return figures
+
+
+def write_dvc_plot_data(study: Study, folder: Path, class_acc: dict[str, dict[str, list[float]]],
+                        points: dict[str, dict[str, Any]]) -> None:
+    """The data of dvc.yaml's top-level plots (templates in .dvc/plots/), in long form so that one
+    chart holds every model: classwise/<attack>.csv (models side by side), training.csv (every
+    student's curves overlaid), temperatures.csv (ABSLD's tau_adv and tau_nat per class and epoch) and
+    tradeoff.csv (Avg against NSD per model and attack). Models are the table's rows."""
+    rows, layout, protocol, names = study.rows, study.layout, study.protocol, study.class_names
+    for attack in study.attacks:
+        write_csv(folder / "classwise" / f"{metric_name(attack, protocol)}.csv",
+                  [{"model": label, "class": name, "accuracy": class_acc[label][attack][k]}
+                   for label, _, _ in rows for k, name in enumerate(names)],
+                  columns=["model", "class", "accuracy"])
+    write_csv(folder / "tradeoff.csv",
+              [{"model": label, "attack": attack_label(attack, protocol=protocol), "order": order,
+                "avg": points[label][attack][0], "nsd": points[label][attack][2]}
+               for label, _, _ in rows for order, attack in enumerate(study.attacks)
+               if points[label][attack][2] is not None],
+              columns=["model", "attack", "order", "avg", "nsd"])
+    curves: list[dict[str, Any]] = []
+    for method, by_seed in study.groups.items():
+        for seed in by_seed:
+            log = layout.distill_results(method, seed) / "train_log.csv"
+            if log.is_file():
+                curves += [{"method": method_label(method), "model": f"{method_label(method)} seed {seed}",
+                            "epoch": int(row["epoch"]), **{k: float(row[k]) for k in DVC_TRAINING_KEYS if row.get(k)}}
+                           for row in read_rows(log)]
+    write_csv(folder / "training.csv", curves, columns=["method", "model", "epoch", *DVC_TRAINING_KEYS])
+    temperatures = [{"seed": seed, "epoch": int(row["epoch"]), "class": names[int(row["class"])],
+                     "tau_adv": float(row["tau_adv"]), "tau_nat": float(row["tau_nat"])}
+                    for seed in study.groups.get("absld", {})
+                    if (layout.distill_results("absld", seed) / "temperatures.csv").is_file()
+                    for row in read_rows(layout.distill_results("absld", seed) / "temperatures.csv")]
+    write_csv(folder / "temperatures.csv", temperatures, columns=["seed", "epoch", "class", "tau_adv", "tau_nat"])
+
+
+def track(study: Study, figure_names: list[str]) -> None:
+    """The summary table, headline numbers and figures in the stage's W&B run."""
+    params, protocol = study.params, study.protocol
+    config = {"profile": params.profile, "dataset": params.data.dataset, "seeds": list(params.seeds),
+              "methods": list(params.distill.methods), "select": params.distill.select,
+              "evaluate": params.evaluate.model_dump(mode="json"), "analyze": params.analyze.model_dump(mode="json")}
+    columns = ["model", "attack"] + [f"{s}{suffix}" for s in STATISTICS for suffix in ("", "_lo", "_hi")]
+    rows: list[list[Any]] = []
+    summary: dict[str, Any] = {}
+    for model in study.models:
+        for attack, entry in study.fairness[model].items():
+            row: list[Any] = [model, metric_name(attack, protocol)]
+            for stat in STATISTICS:
+                row += [entry[stat], *entry[f"{stat}_ci"]]  # type: ignore[literal-required]
+                summary[f"{model}/{metric_name(attack, protocol)}/{stat}"] = entry[stat]  # type: ignore[literal-required]
+            rows.append(json_safe(row))
+    with Tracker(params, "analyze", config=config) as tracker:
+        tracker.log_table("fairness_table", columns, rows)
+        tracker.summary(json_safe(summary))
+        for name in figure_names:
+            tracker.log_image(f"analyze/{Path(name).stem}", str(study.layout.analysis_plots / name))

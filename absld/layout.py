@@ -1,0 +1,131 @@
+"""The file layout of a project: every path a stage reads or writes, in one place.
+
+The stage commands (``pipeline/``) build one :class:`Layout` for the project directory and pass it
+to the stage's ``run_*()``; nothing else in the library names a path. dvc.yaml lists the same paths
+as the stages' deps and outs (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .vocab import ModelId
+
+OUTPUT_ROOTS = ("data", "models", "results", "plots", "checkpoints", "logs")
+"""The folders the stages write into (each under the project directory)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under ``root`` (the project directory; relative paths by default, as DVC runs stages)."""
+
+    root: Path = Path(".")
+
+    def data_dir(self, dataset: str) -> Path:
+        return self.root / "data" / dataset
+
+    # the teacher stage
+    @property
+    def teacher_checkpoint(self) -> Path:
+        return self.root / "models/teacher.pt"
+
+    @property
+    def teacher_info(self) -> Path:
+        return self.root / "models/teacher.json"
+
+    @property
+    def teacher_results(self) -> Path:
+        return self.root / "results/teacher"
+
+    @property
+    def teacher_resume(self) -> Path:
+        return self.root / "checkpoints/teacher/last.pt"
+
+    @property
+    def teacher_downloads(self) -> Path:
+        return self.root / "checkpoints/teacher/downloads"
+
+    # the distill stage
+    def student_checkpoint(self, method: str, seed: int) -> Path:
+        return self.root / "models/students" / method / f"seed{seed}.pt"
+
+    def distill_results(self, method: str, seed: int) -> Path:
+        return self.root / "results/distill" / method / f"seed{seed}"
+
+    def distill_resume(self, method: str, seed: int) -> Path:
+        return self.root / "checkpoints/distill" / method / f"seed{seed}" / "last.pt"
+
+    def distill_plots(self, method: str, seed: int) -> Path:
+        return self.root / "plots/distill" / method / f"seed{seed}"
+
+    # the evaluate stage; ``model_id`` = teacher or <method>/seed<S>
+    def eval_dir(self, model_id: str) -> Path:
+        return self.root / "results/eval" / model_id
+
+    def eval_resume(self, model_id: str) -> Path:
+        """An interrupted evaluation's finished batches."""
+        return self.root / "checkpoints/eval" / model_id / "progress.npz"
+
+    def eval_plots(self, model_id: str) -> Path:
+        return self.root / "plots/eval" / model_id
+
+    def model_checkpoint(self, model_id: str) -> Path:
+        model = ModelId.parse(model_id)
+        return self.teacher_checkpoint if model.is_teacher else self.student_checkpoint(model.method, model.seed)
+
+    @property
+    def logs(self) -> Path:
+        """Wall-clock times (per epoch, per attack): untracked by DVC and Git, so that identical inputs
+        give byte-identical tracked outputs; the same numbers also go to W&B."""
+        return self.root / "logs"
+
+    # the check and analyze stages
+    @property
+    def checked(self) -> Path:
+        """The check stage's constant stamp (its only output)."""
+        return self.root / "results/params-checked.txt"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def analysis_plots(self) -> Path:
+        return self.root / "plots/analyze"
+
+    @property
+    def published(self) -> Path:
+        return self.root / "references/published.yaml"
+
+    @property
+    def fairness_json(self) -> Path:
+        return self.analysis_dir / "fairness.json"
+
+    @property
+    def comparisons_json(self) -> Path:
+        """Seed summaries, paired tests and the analysis meta (fairness.json keeps exactly its contract)."""
+        return self.analysis_dir / "comparisons.json"
+
+    @property
+    def training_json(self) -> Path:
+        """Each student's checkpoint choice and last-epoch training metrics, as DVC metrics (the distill
+        stages' own metrics.json live in folders that also hold logs, which DVC would read as metrics)."""
+        return self.analysis_dir / "training.json"
+
+    @property
+    def classwise_csv(self) -> Path:
+        """Every class of every model (each seed) under every attack, long form."""
+        return self.analysis_dir / "classwise.csv"
+
+    def table(self, suffix: str) -> Path:
+        """results/table.{md,tex,csv}."""
+        return self.analysis_dir / f"table.{suffix}"
+
+    @property
+    def report_md(self) -> Path:
+        return self.analysis_dir / "report.md"
+
+    @property
+    def bench_json(self) -> Path:
+        return self.root / "results/bench.json"

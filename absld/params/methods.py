@@ -1,0 +1,235 @@
+"""``distill.<method>`` (and ``teacher.sat``/``teacher.trades``): each training method's own settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    model_validator,
+)
+
+from .common import NonNegInt, Num, PosInt, Prob, Section, TemperatureMode, _parse_fraction
+from .training import EvalAttackConfig, TrainOverride
+
+
+class MethodConfig(Section):
+    train: TrainOverride = Field(default_factory=TrainOverride)
+    """Changes to the shared training recipe for this method only."""
+
+    @property
+    def validates(self) -> bool:
+        """Whether the method measures the student on the validation split between epochs."""
+        return False
+
+
+class SatConfig(MethodConfig):
+    """PGD-AT (Madry et al. 2018): CE on PGD examples with a uniform random start."""
+
+    start: Literal["uniform", "gaussian"] = "uniform"
+
+
+class TradesConfig(MethodConfig):
+    """TRADES (Zhang et al. 2019): CE(S(x), y) + beta KL(S(x) || S(x'))."""
+
+    beta: Annotated[float, Field(ge=0)] = 6.0
+
+
+class DistillWeights(MethodConfig):
+    """The RSLAD-family loss: kl_scale * (adv_weight * KL_adv + nat_weight * KL_nat)."""
+
+    adv_weight: Num = 5 / 6
+    nat_weight: Num = 1 / 6
+    kl_scale: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    """Multiplies both KL terms (RSLAD uses 10 on CIFAR-100)."""
+
+
+class RsladConfig(DistillWeights):
+    """RSLAD (Zi et al., ICCV 2021): distil the teacher's clean soft labels on x' and x."""
+
+
+class RiskRuleConfig(DistillWeights):
+    """The step size of ABSLD's end-of-epoch rule and its decay."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """The largest change of one end-of-epoch update."""
+    beta_milestones: list[PosInt] | None = None
+    """Epochs at whose end beta is multiplied by beta_gamma, before that epoch's update; null: the
+    method's LR milestones (the reference code decays beta together with the learning rate). A
+    list that differs from the LR milestones is refused unless beta_decoupled is true."""
+    beta_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    beta_decoupled: bool = False
+    """true: allow beta_milestones that differ from the LR milestones (not the reference's rule)."""
+
+
+class AbsldConfig(RiskRuleConfig):
+    """ABSLD (Zhao et al., NeurIPS 2024): RSLAD with class-wise teacher temperatures (docs/method.md §2-3)."""
+
+    tau_init: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    tau_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.5
+    tau_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5.0
+    temperature_mode: TemperatureMode = "separate"
+    """separate: tau_adv for the attack and KL_adv, tau_nat for KL_nat (the intent); aliased: the
+    product tau_adv[y] * tau_nat[y] everywhere (the released code, docs/method.md §4)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AbsldConfig":
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(f"need tau_min <= tau_init <= tau_max, got {self.tau_min}, "
+                             f"{self.tau_init}, {self.tau_max}")
+        return self
+
+
+class ReweightedRsladConfig(RiskRuleConfig):
+    """Control: RSLAD with class weights moved by ABSLD's rule (higher risk -> larger weight)."""
+
+    w_init: Annotated[float, Field(gt=0)] = 1.0
+    w_min: Annotated[float, Field(gt=0)] = 0.5
+    w_max: Annotated[float, Field(gt=0)] = 5.0
+
+
+class FairRsladConfig(DistillWeights):
+    """Fair-ARD's re-weighting (Yue et al., ICCV 2023) on RSLAD: w_k ∝ (1/mean kappa_k)^beta."""
+
+    beta: Annotated[float, Field(ge=0)] = 2.0
+    w_min: Num = 5 / 6
+    w_max: Num = 5 / 2
+    train: TrainOverride = Field(default_factory=lambda: TrainOverride(nesterov=True))
+    """The official Fair-RSLAD/Fair-ARD scripts use Nesterov momentum."""
+
+
+class ArdConfig(MethodConfig):
+    """ARD (Goldblum et al., AAAI 2020): alpha t^2 KL(T(x)/t || S(x')/t) + (1-alpha) CE(S(x), y)."""
+
+    temperature: Annotated[float, Field(gt=0)] = 30.0
+    alpha: Prob = 1.0
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=200, milestones=[100, 150], lr_decay="from_base")
+    )
+    """The released code's recipe: 200 epochs, lr 0.1 -> 0.01 after epoch 100 and still 0.01 after
+    150 (lr_decay from_base scales the base rate; the intent: cumulative)."""
+
+
+class IadConfig(MethodConfig):
+    """IAD (Zhu et al., ICLR 2022): ARD with the teacher's reliability a_i = P_T(y|x')^beta."""
+
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 0.1
+    begin: NonNegInt = 60
+    """Epoch after which introspection (the (1 - a_i) self-distillation term) starts."""
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=200, milestones=[100, 150], lr_decay="from_base")
+    )
+    """The released code's recipe, as ARD's: 200 epochs, milestones 100 and 150, lr_decay from_base."""
+
+
+class AdaadConfig(MethodConfig):
+    """AdaAD (Huang et al., AAAI 2023): the teacher is attacked too; KL(T(x') || S(x'))."""
+
+    alpha: Prob = 1.0
+    """alpha KL(T(x')||S(x')) + (1 - alpha) KL(T(x)||S(x))."""
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=200, milestones=[100, 150], weight_decay=5e-4)
+    )
+    """200 epochs, lr x 0.1 after epochs 100 and 150, weight decay 5e-4."""
+
+
+class FrlConfig(MethodConfig):
+    """FRL (Xu et al., ICML 2021), as the official code (hannxu123/fair_robust) runs it: TRADES whose
+    natural and boundary terms are re-weighted per class by Lagrange multipliers that grow with each
+    class's clean / boundary error on the validation split, measured by PGD after every epoch
+    (:mod:`absld.methods.frl`). ``frl_rwrm`` also widens the attack radius of classes with a high
+    boundary error (remargin). The defaults are the code's (HEAD a80547d), except the hot start and
+    the training recipe, which the code does not release (it fine-tunes a pre-trained robust model)."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 1.5
+    """TRADES weight of the boundary (KL) term (HEAD: 1.5; the first upload, 18d1177: 1.0)."""
+    tau_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """Tolerance tau_1 of a class's clean error above the average (code: --bound0; RWRM 0.07)."""
+    tau_boundary: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """Tolerance tau_2 of a class's boundary error above the average (code: --bound1; RWRM 0.07)."""
+    rate_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.05
+    """Step of the natural multipliers lambda_0 (code: --rate1)."""
+    boundary_rate_scale: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 2.0
+    """The boundary multipliers lambda_1 move by boundary_rate_scale x rate_clean (the code: 2)."""
+    rate_halve_every: PosInt = 40
+    """rate_clean is halved before fair epoch n when n % rate_halve_every == 0 (the code: 40)."""
+    lim: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0, lt=1)] = 0.5
+    """Projection of each multiplier vector onto {lambda >= 0, sum(lambda) <= lim} (code: --lim); below 1,
+    so that every class weight 1/C + lambda_k - sum(lambda)/C stays >= (1 - lim)/C > 0."""
+    loss_reduction: Literal["separate", "joint"] = "separate"
+    """separate: sum w0 CE / sum w0 + beta sum w1 KL / sum w1 (HEAD); joint: sum (w0 CE + beta w1 KL) /
+    sum (w0 + w1) (the first upload, 18d1177)."""
+    hot_start_epochs: NonNegInt = 100
+    """Epochs of plain TRADES (uniform weights, no multiplier update) before the fair epochs: the
+    code fine-tunes a pre-trained robust model whose recipe it does not release."""
+    validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=20))
+    """The PGD (CE, uniform start) that measures the class-wise errors on the validation split
+    (n_samples: its first n images, null: all)."""
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=140, weight_decay=5e-4, milestones=[75, 90])
+    )
+    """100 hot-start epochs (lr 0.1 -> 0.001 at epochs 75 and 90), then 40 fair epochs at 1e-3 (the
+    code's fine-tuning lr)."""
+
+    @property
+    def validates(self) -> bool:
+        return True
+
+
+class FrlRwConfig(FrlConfig):
+    """FRL reweight (``frlrw.py``): the multipliers re-weight both TRADES terms; the radius stays eps."""
+
+
+class FrlRwrmConfig(FrlConfig):
+    """FRL reweight + remargin (``frlrmrw.py``): also eps_k = eps * clamp(exp(2 lambda_2,k), 0.98, margin_max)."""
+
+    tau_clean: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.07
+    tau_boundary: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.07
+    rate_margin: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 0.2
+    """Step of the margin multipliers lambda_2 (code: --rate2; unprojected)."""
+    margin_min: Annotated[float, Field(gt=0)] = 0.98
+    margin_max: Annotated[float, Field(gt=0)] = 3.0
+    """eps_k / eps is clamped to [margin_min, margin_max] (utils_frl2.py: 0.98, 3.0; the removed RM script 2.5)."""
+    step_rule: Literal["max_eps_quarter", "fixed"] = "max_eps_quarter"
+    """max_eps_quarter: the attack step is max over the batch of eps_{y_i} / 4 (HEAD); fixed: distill.attack.step."""
+
+
+class CfaConfig(MethodConfig):
+    """CFA (Wei et al., CVPR 2023), as the official code (PKU-ML/CFA) runs it: class-wise radii
+    eps_k = (lambda_eps + t_k) eps and TRADES weights beta_k = (lambda_beta + t_k) beta from each class's
+    robust training accuracy t_k of the previous epoch, and fairness-aware weight averaging of the
+    model (:mod:`absld.methods.cfa`). Code defaults except lambda_eps (the paper's 0.3 for TRADES)."""
+
+    base: Literal["trades", "at"] = "trades"
+    """The adversarial training CFA calibrates: trades (KL attack in eval mode, (CE + beta_y KL) / (1 + beta_y))
+    or at (PGD-AT: CE attack in train mode, uniform start, CE loss)."""
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 6.0
+    ccm: bool = True
+    """Class-wise calibrated margin (eps_k)."""
+    ccr: bool = True
+    """Class-wise calibrated regularisation (beta_k; trades only)."""
+    lambda_eps: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.3
+    """lambda_1 of eps_k = (lambda_1 + t_k) eps (paper: 0.3 TRADES, 0.5 AT, 0.7 FAT; code default 0.5)."""
+    lambda_beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.5
+    """lambda_2 of beta_k = (lambda_2 + t_k) beta."""
+    begin: NonNegInt = 10
+    """Calibration starts after this many epochs (code: --begin 10; Algorithm 1 of the paper: from the first)."""
+    average: Literal["fawa", "ema", "none"] = "fawa"
+    """fawa: the written student is the fairness-aware weight average; ema: the plain EMA; none: the trained weights."""
+    decay: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, lt=1)] = 0.88
+    """Average <- decay * average + (1 - decay) * model after each epoch (code 0.88; paper 0.85)."""
+    threshold: Prob = 0.24
+    """FAWA averages an epoch's weights only when the worst class's validation PGD accuracy is >= this
+    (code 0.24; paper and README 0.2)."""
+    validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=10))
+    """The PGD (CE, uniform start) of the FAWA gate on the validation split."""
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=200, weight_decay=5e-4, milestones=[100, 150])
+    )
+    """The code's recipe: 200 epochs, lr 0.1 divided by 10 at 50% and 75%, weight decay 5e-4."""
+
+    @property
+    def validates(self) -> bool:
+        return self.average == "fawa"

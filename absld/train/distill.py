@@ -1,0 +1,173 @@
+"""The distill stage: one student, trained by one method (from the teacher for the distillation methods),
+resumable, its checkpoint chosen by distill.select, its logs, the method's artefacts and figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import data as data_lib
+from ..attacks.accuracy import ClassAccuracy, class_accuracy, first_n
+from ..params import Params
+from ..errors import StageError
+from ..io import sha256_file, short_hash, write_csv, write_json
+from ..layout import Layout
+from ..methods import METHODS, MethodContext, build_method
+from ..models import build_model, load_checkpoint, save_checkpoint
+from ..runtime import Runtime, seed_everything, setup
+from ..tracking import Tracker, artifact_name, name_classes
+from ..vocab import METHOD_LABELS, ModelId
+from .loop import FitResult, fit
+from .plots import plot_class_state, plot_training
+from ..figures import plot_temperatures
+from .selection import chosen_weights, selection
+
+
+def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, code: str,
+                echo: Callable[[str], None], stop_after: int | None = None) -> None:
+    """Train student ``method_name``/seed ``seed`` and write it with its logs (``code``: the stage's code
+    digest, part of the resume fingerprint)."""
+    cfg = params.distill
+    if seed not in params.seeds:
+        echo(f"note: seed {seed} is not in params seeds {params.seeds} (DVC will not track it)")
+    rt = setup(params.runtime)
+    prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
+    method_cfg = cfg.method_config(method_name)
+    train_cfg = method_cfg.train.apply(cfg.train)
+    chosen = selection(cfg, method_name, train_cfg, prepared, rt, seed)
+    teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset, layout)
+    _check_validation_split(method_name, method_cfg, prepared)
+    seed_everything(seed)
+    student = _student(params, prepared, rt)
+    validate = _validation(student, prepared, rt, seed) if method_cfg.validates else None
+    method = build_method(method_name, method_cfg, MethodContext(
+        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
+        student=student, validate=validate))
+    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
+    loader = data_lib.TensorLoader(
+        images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True,
+        crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip, seed=seed,
+        channels_last=rt.channels_last,
+    )
+    key = short_hash(code, method_name, seed, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
+                     cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction",
+                                                          "select", "select_eval"}),
+                     params.data.augment.model_dump(), prepared.manifest["sha256"],
+                     prepared.manifest["train_indices"][:50], teacher_sha)
+    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}",
+                 config=_run_config(params, method_name, seed)) as tracker:
+        result = fit(student, method, loader, train_cfg, rt, checkpoint=layout.distill_resume(method_name, seed),
+                     fingerprint=key, select_fn=chosen.score, select_epochs=chosen.epochs,
+                     on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
+                     stop_after=stop_after, desc=f"{method_name}/seed{seed}")
+        if not rt.is_main:  # data-parallel training: the process of rank 0 writes
+            return
+        if len(result.history) < train_cfg.epochs:
+            echo(f"stopped after epoch {len(result.history)} of {train_cfg.epochs}; run the stage again to continue")
+            return
+        state, meta = chosen_weights(cfg, method_name, method, result, train_cfg, chosen.rule, echo)
+        student.load_state_dict(state)
+        _write_student(params, method_name, seed, student, method, result, meta, prepared.class_names,
+                       teacher_sha, tracker, layout)
+    echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{meta['select']}' "
+         f"(epoch {meta['selected_epoch']}) -> {layout.student_checkpoint(method_name, seed)}")
+    if meta["selection_on_test_set"]:
+        echo("note: this checkpoint was selected on the test set (the official script's rule); "
+             "its test-set numbers are not a held-out estimate")
+
+
+def _check_validation_split(method_name: str, method_cfg: Any, prepared: data_lib.Prepared) -> None:
+    """Refuse, before any work, a method that measures the student on validation images that miss a
+    class (the params check refuses data.val_per_class 0 for such methods already)."""
+    if not method_cfg.validates:
+        return
+    n = method_cfg.validation.n_samples
+    _, labels = first_n(prepared.val_images, prepared.val_labels, n)
+    missing = prepared.classes_without_images(labels)
+    if missing:
+        shown = ", ".join(prepared.class_names[k] for k in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise StageError(f"distill.{method_name}.validation.n_samples = {n}: the first {len(labels)} validation "
+                         f"images hold no image of {len(missing)} classes ({shown}), whose class-wise accuracy "
+                         f"{method_name} needs; raise it or set null (all {len(prepared.val_labels)})")
+
+
+def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int):
+    """The method's measurement of ``student`` on the validation split (absld.methods.base.Validate)."""
+
+    def validate(attack) -> ClassAccuracy:
+        images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
+        return class_accuracy(student, images, labels, prepared.num_classes, rt, eps=attack.eps, step=attack.step,
+                              steps=attack.steps, batch_size=attack.batch_size, seed=seed, stream="validate",
+                              desc="validate")
+
+    return validate
+
+
+def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.nn.Module:
+    """A fresh distill.student on the device (initialised from the global seed)."""
+    student = params.distill.student
+    mean, std = (prepared.mean, prepared.std) if student.normalize else (None, None)
+    return rt.to_device(build_model(student.arch, num_classes=prepared.num_classes,
+                                    in_channels=prepared.in_channels, mean=mean, std=std))
+
+
+def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset: str,
+             layout: Layout) -> tuple[torch.nn.Module | None, str | None]:
+    """The frozen teacher on the device and its checkpoint's sha256 (None, None for SAT/TRADES)."""
+    if not METHODS[method_name].uses_teacher:
+        return None, None
+    path = layout.teacher_checkpoint
+    if not path.is_file():
+        raise StageError(f"{path} is missing; run `absld teacher` (or `dvc repro teacher`)")
+    teacher = load_checkpoint(path)
+    if teacher.num_classes != prepared.num_classes:
+        raise StageError(f"the teacher predicts {teacher.num_classes} classes but {dataset} has {prepared.num_classes}")
+    return rt.to_device(teacher).eval().requires_grad_(False), sha256_file(path)
+
+
+def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
+    """The W&B run's config: this student's settings."""
+    return {"method": method_name, "seed": seed, "profile": params.profile,
+            "distill": params.distill.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
+                                                                        "select", "select_eval", method_name}),
+            "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+
+
+def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,
+                   result: FitResult, selection_meta: dict[str, Any], class_names: list[str],
+                   teacher_sha: str | None, tracker: Tracker, layout: Layout) -> None:
+    """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures."""
+    epochs, chosen_epoch = len(result.history), selection_meta["selected_epoch"]
+    results, figures, history = layout.distill_results(method_name, seed), layout.distill_plots(method_name, seed), \
+        result.history
+    metrics = {"method": method_name, "seed": seed, "epochs": epochs, **selection_meta,
+               "final": {k: v for k, v in history[-1].items() if "/" not in k}}
+    write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
+    write_csv(layout.logs / f"distill/{method_name}/seed{seed}.csv", result.timings)
+    where = f"({params.data.dataset}, seed {seed})"
+    plot_training(history, figures / "training.png", title=f"{method_name} {where}")
+    extra = method.artefacts(chosen_epoch, class_names, history)  # e.g. ABSLD's temperatures
+    for file_name, (rows, columns) in extra.tables.items():
+        write_csv(results / file_name, rows, columns)
+    metrics.update(extra.metrics)
+    if extra.temperatures is not None:
+        png = figures / "temperatures.png"
+        plot_temperatures(extra.temperatures, class_names, png,
+                          title=f"{METHOD_LABELS[method_name]} class-wise temperatures {where}")
+        tracker.log_image("temperatures", str(png))
+    for figure, (rows, keys) in extra.curves.items():  # e.g. FRL's weights, CFA's radii
+        png = figures / f"{figure}.png"
+        plot_class_state(rows, keys, class_names, png, title=f"{METHOD_LABELS[method_name]} class-wise state {where}")
+        tracker.log_image(figure, str(png))
+    write_json(results / "metrics.json", metrics)
+    checkpoint = layout.student_checkpoint(method_name, seed)
+    save_checkpoint(checkpoint, student.cpu(), method=method_name, seed=seed, dataset=params.data.dataset,
+                    teacher_sha256=teacher_sha, **selection_meta)
+    tracker.summary({"selected_epoch": chosen_epoch, "select": selection_meta["select"],
+                     "selection_on_test_set": selection_meta["selection_on_test_set"]})
+    tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [layout.data_dir(params.data.dataset) / "manifest.json"])
+    tracker.use_artifact("teacher", "model", [layout.teacher_checkpoint, layout.teacher_info])
+    tracker.log_artifact(artifact_name(str(ModelId.student(method_name, seed))), "model", [checkpoint],
+                         metadata=selection_meta)
