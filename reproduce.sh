@@ -29,10 +29,6 @@ setup() {
     fi
     echo "==> installing absld-repro[$extras] into $venv (pinned by $constraints)"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[$extras]"
-    if [ "$constraints" = constraints.txt ] && "$venv/bin/python" -m pip show -q torchattacks 2>/dev/null; then
-        echo "==> removing torchattacks from $venv (an older reproduce.sh put it there; ./reproduce.sh crosscheck has its own)"
-        "$venv/bin/python" -m pip uninstall -q -y torchattacks
-    fi
     "$venv/bin/python" -m pip check >/dev/null || { "$venv/bin/python" -m pip check; die "$venv has broken requirements (above)"; }
     export PATH="$PWD/$venv/bin:$PATH"
     if [ ! -d .dvc ]; then dvc init -q; fi

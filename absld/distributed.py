@@ -12,7 +12,7 @@ with that share's statistics (on CUDA, :func:`wrap` converts it to SyncBatchNorm
 global batch's; torch has no SyncBatchNorm on the CPU), and the floating-point order of the sums.
 
 Launch: ``torchrun --nproc_per_node N -m pipeline.cli distill ...`` with ``runtime.distributed:
-true`` (see the README); the process of rank 0 writes every file and logs to W&B.
+true`` (see docs/speed.md); the process of rank 0 writes every file and logs to W&B.
 """
 
 from __future__ import annotations

@@ -41,22 +41,13 @@ def bench(params_path: str, profile: str | None, methods: tuple[str, ...], stude
     runtime.cpu_bf16 on the CPU), ours in fp32, and -- for absld, rslad and sat -- a reference loop
     with the official scripts' structure (a two-worker DataLoader over PIL images with per-image
     transforms, fp32, the attack written inline, ABSLD's per-sample Python loops for temperatures
-    and class risks). `ratio` is ours (fast path) over the reference; `ratio_fp32` ours in fp32 over
-    the reference. The attacks are those of the evaluate section, on one batch, with the
-    evaluation's precision. Settings come from the params file or --profile (attack, SGD, KL
-    reduction, augmentation, dataset shape, device). Not a DVC stage: times differ on every run.
-
-    \b
-    Writes OUTPUT (default results/bench.json):
-      {"device": ..., "settings": {...},
-       "train_step": {"absld": {"ours_img_s", "ours_fp32_img_s", "reference_img_s", "ratio", "ratio_fp32"}, ...},
-       "attacks": {"pgd20": {"img_s": ...}, ...}}
+    and class risks); `ratio` is ours over the reference. The attacks are the evaluate section's, on
+    one batch. Not a DVC stage (times differ on every run); OUTPUT's layout: docs/speed.md.
     """
     params = load(params_path) if profile is None else load_profile(profile)
     chosen = list(methods) or list(params.distill.methods)
-    settings = BenchSettings(student=student or params.distill.student.arch,
-                             teacher=teacher or params.teacher.model.arch,
-                             batch_size=batch_size or params.distill.train.batch_size, warmup=warmup, repeats=repeats)
+    settings = BenchSettings(student or params.distill.student.arch, teacher or params.teacher.model.arch,
+                             batch_size or params.distill.train.batch_size, warmup, repeats)
     click.echo(f"student {settings.student}, teacher {settings.teacher}, batch {settings.batch_size}, "
                f"{params.data.dataset} shape, median of {repeats} steps after {warmup}")
     result = run_bench(params, chosen, settings, on_result=_echo)

@@ -32,10 +32,10 @@ def profile_params_text(name: str) -> str:
     """The params.yaml that `dvc exp run -S profile=<name>` composes (conf/config.yaml + conf/profile/<name>.yaml)."""
     import tempfile
 
-    from pipeline.profiles import compose
+    from absld.params import compose_profile
 
     with tempfile.TemporaryDirectory() as tmp:
-        compose(name, Path(tmp) / "params.yaml", conf=REPO / "conf")
+        compose_profile(name, Path(tmp) / "params.yaml", conf=REPO / "conf")
         return (Path(tmp) / "params.yaml").read_text()
 
 

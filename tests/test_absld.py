@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from absld.config import AbsldConfig, AttackConfig, RsladConfig, TrainConfig
 from absld.data import Batch, TensorLoader
 from absld.methods import MethodContext, build_method
 from absld.methods.absld import update_temperatures
 from absld.models import build_model
+from absld.params import AbsldConfig, AttackConfig, RsladConfig, TrainConfig
 from absld.runtime import Runtime
-from absld.train import fit
+from absld.train.loop import fit
 
 CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False)
 C = 4

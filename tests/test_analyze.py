@@ -15,9 +15,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from absld import report as rep
-from absld.config import AnalyzeConfig, EvaluateConfig, read_yaml
-from absld.evaluate import protocol
+from absld.analyze.analysis import compare_to_reference, fairness_table, seed_comparisons, seed_summaries, verdict
+from absld.evaluate.cascade import protocol
+from absld.evaluate.records import Records
+from absld.params import AnalyzeConfig, EvaluateConfig, read_yaml
 from pipeline.cli import main
 from tests.conftest import REPO
 from tests.fixtures import CIFAR10_NAMES
@@ -271,11 +272,11 @@ def test_undefined_nsd_is_null_in_strict_json(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------------------
 # tests of the reference against the baselines
-def in_memory_records(correct_by_model: Mapping[str, Mapping[str, np.ndarray]], y: np.ndarray) -> dict[str, rep.Records]:
+def in_memory_records(correct_by_model: Mapping[str, Mapping[str, np.ndarray]], y: np.ndarray) -> dict[str, Records]:
     out = {}
     for model, correct in correct_by_model.items():
         worst = np.logical_and.reduce(list(correct.values()))
-        out[model] = rep.Records(model, np.arange(len(y)), y, {**dict(correct), "worst": worst}, 8 / 255)
+        out[model] = Records(model, np.arange(len(y)), y, {**dict(correct), "worst": worst}, 8 / 255)
     return out
 
 
@@ -285,7 +286,7 @@ def test_identical_models_are_not_significantly_different():
     noisy = {a: c ^ random_correct(y, 0.3, seed=7) for a, c in good.items()}  # many discordant pairs
     records = in_memory_records({"absld/seed0": good, "rslad/seed0": good, "sat/seed0": noisy}, y)
     groups = {"absld": {0: "absld/seed0"}, "rslad": {0: "rslad/seed0"}, "sat": {0: "sat/seed0"}}
-    result = rep.compare_to_reference(records, groups, NUM_CLASSES, AnalyzeConfig(**FAST))
+    result = compare_to_reference(records, groups, NUM_CLASSES, AnalyzeConfig(**FAST))
     assert result is not None and result["baselines"] == ["rslad", "sat"]
     for attack, by_baseline in result["attacks"].items():
         same = by_baseline["rslad"]
@@ -495,9 +496,9 @@ def test_figures_are_pngs_of_a_readable_size(analyzed):
 
 
 def test_published_numbers_only_describe_matching_models():
-    from absld.config import Params
-    from absld.report import Published
-    from pipeline.analyze import applicable
+    from absld.analyze.published import Published
+    from absld.analyze.study import applicable
+    from absld.params import Params
 
     published = {"teacher": Published({"clean": {"avg": 0.8492}}, "RobustBench", arch="wrn34_10"),
                  "rslad": Published({"aa": {"avg": 0.5149}}, "RSLAD", arch="resnet18")}
@@ -512,8 +513,9 @@ def test_published_numbers_only_describe_matching_models():
 def test_bootstrap_method_param_reaches_the_intervals():
     import numpy as np
 
-    from absld.config import AnalyzeConfig
-    from absld.report import Records, fairness_table
+    from absld.analyze.analysis import fairness_table
+    from absld.evaluate.records import Records
+    from absld.params import AnalyzeConfig
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 30)
@@ -527,8 +529,8 @@ def test_bootstrap_method_param_reaches_the_intervals():
 
 # --------------------------------------------------------------------------------------------------
 # the analyze params reach the statistics
-def _records_of(correct_by_model: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, rep.Records]:
-    return {m: rep.Records(model=m, index=np.arange(len(y)), y=y, correct={"pgd20": c, "worst": c}, eps=8 / 255)
+def _records_of(correct_by_model: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, Records]:
+    return {m: Records(model=m, index=np.arange(len(y)), y=y, correct={"pgd20": c, "worst": c}, eps=8 / 255)
             for m, c in correct_by_model.items()}
 
 
@@ -537,7 +539,7 @@ def test_the_bootstrap_is_stratified_by_class():
     cannot move Avg; one that resamples the pooled set would change the class mix and so Avg."""
     y = np.repeat(np.arange(3), [10, 30, 60])
     correct = y != 2  # classes 0, 1 always right, class 2 always wrong: Avg 0.4
-    cell = rep.fairness_table(_records_of({"m": correct}, y), 3, AnalyzeConfig(n_bootstrap=300))["m"]["pgd20"]
+    cell = fairness_table(_records_of({"m": correct}, y), 3, AnalyzeConfig(n_bootstrap=300))["m"]["pgd20"]
     assert cell["avg"] == pytest.approx(0.4) and cell["avg_ci"] == pytest.approx([0.4, 0.4])
 
 
@@ -545,11 +547,11 @@ def test_confidence_and_nsd_ddof_reach_the_fairness_cells():
     y = np.repeat(np.arange(4), 40)
     correct = np.random.default_rng(1).random(160) < np.repeat([0.3, 0.5, 0.7, 0.9], 40)
     records = _records_of({"m": correct}, y)
-    wide = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.95))["m"]["pgd20"]
-    narrow = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.5))["m"]["pgd20"]
+    wide = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.95))["m"]["pgd20"]
+    narrow = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.5))["m"]["pgd20"]
     assert wide["avg_ci"][0] < narrow["avg_ci"][0] <= narrow["avg_ci"][1] < wide["avg_ci"][1]
     acc = np.array([correct[y == k].mean() for k in range(4)])
-    ddof1 = rep.fairness_table(records, 4, AnalyzeConfig(n_bootstrap=50, nsd_ddof=1))["m"]["pgd20"]
+    ddof1 = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=50, nsd_ddof=1))["m"]["pgd20"]
     assert ddof1["nsd"] == pytest.approx(acc.std(ddof=1) / acc.mean())
     assert wide["nsd"] == pytest.approx(acc.std(ddof=0) / acc.mean())
 
@@ -564,14 +566,14 @@ def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
               "sat/seed0": base & (rng.random(200) < 0.9)}
     groups = {m.split("/")[0]: {0: m} for m in models}
     records = _records_of(models, y)
-    out = rep.compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))
+    out = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))
     for stat in ("avg", "worst", "nsd"):
         raw = [out["attacks"]["pgd20"][m][stat]["p"] for m in ("rslad", "sat")]
         adjusted = [out["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")]
         assert adjusted == pytest.approx(holm(raw))
     assert out["attacks"]["pgd20"]["rslad"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["rslad"]["avg"]["p"] or \
         out["attacks"]["pgd20"]["sat"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["sat"]["avg"]["p"]
-    ddof1 = rep.compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
+    ddof1 = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
     assert ddof1["ddof"] == 1
     assert ddof1["attacks"]["pgd20"]["rslad"]["nsd"]["diff"] != pytest.approx(out["attacks"]["pgd20"]["rslad"]["nsd"]["diff"])
 
@@ -613,23 +615,23 @@ def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them()
               "sat": [(0.60, 0.45, 0.15), (0.62, 0.47, 0.16), (0.61, 0.44, 0.17)]}
     fairness = _seed_fairness(values)
     groups = {m: {s: f"{m}/seed{s}" for s in range(3)} for m in values}
-    out = rep.seed_comparisons(fairness, groups, AnalyzeConfig())
+    out = seed_comparisons(fairness, groups, AnalyzeConfig())
     worst = out["attacks"]["pgd20"]
     raw = [paired_seed_test([v[1] for v in values["absld"]], [v[1] for v in values[m]])["p"] for m in ("rslad", "sat")]
     assert [worst[m]["worst"]["p"] for m in ("rslad", "sat")] == pytest.approx(raw)
     assert [worst[m]["worst"]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(holm(raw))
     assert worst["rslad"]["worst"]["diff"] == pytest.approx(0.0967, abs=1e-3)
-    stats = rep.seed_summaries(fairness, groups, 0.95)
-    text = rep.verdict(out, stats, ["clean", "pgd20", "worst"], dataset="fashion-mnist")
+    stats = seed_summaries(fairness, groups, 0.95)
+    text = verdict(out, stats, ["clean", "pgd20", "worst"], dataset="fashion-mnist")
     assert text.startswith("**Verdict at this scale on Fashion-MNIST** (PGD-20, ABSLD against RSLAD, 3 seeds")
     assert "worst-class robustness up holds (51.0 % vs 41.3 %: +9.67 points" in text
     assert "NSD down holds (0.100 vs 0.200: -0.100" in text
     assert "no significant Avg change" in text
     # the same numbers the other way round contradict the claims
-    flipped = rep.seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad"))
-    assert "worst-class robustness up is contradicted" in rep.verdict(flipped, stats, ["pgd20"], baseline="absld")
+    flipped = seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad"))
+    assert "worst-class robustness up is contradicted" in verdict(flipped, stats, ["pgd20"], baseline="absld")
     one_seed = {m: {0: f"{m}/seed0"} for m in values}
-    assert "not tested" in rep.verdict(rep.seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd20"])
+    assert "not tested" in verdict(seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd20"])
 
 
 def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
@@ -644,7 +646,7 @@ def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
 
 
 def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():
-    from absld.report import intervals_excluding_the_estimate
+    from absld.analyze.analysis import intervals_excluding_the_estimate
 
     cell = {"avg": 0.3, "avg_ci": [0.1 + 0.2, 0.5], "worst": 0.2, "worst_ci": [0.25, 0.3],
             "nsd": 1.0, "nsd_ci": [0.2, 0.9999999999999998]}

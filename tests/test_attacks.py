@@ -19,8 +19,6 @@ from torch import Tensor, nn
 
 from absld.attacks import (
     AttackError,
-    AutoAttackName,
-    autoattack,
     ce_loss,
     cw_inf,
     cw_margin_loss,
@@ -28,6 +26,7 @@ from absld.attacks import (
     kl_to_target,
     pgd,
 )
+from absld.evaluate.autoattack import AutoAttackName, autoattack
 
 EPS = 8 / 255
 STEP = 2 / 255

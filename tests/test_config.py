@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from absld.config import ConfigError, Params, deep_merge, load_params, parse_params
-from pipeline import profiles
+from absld.params import ConfigError, Params, compose_profile, load_params, load_profile, parse_params, profile_names
 from tests.conftest import REPO, committed_params_text
 
 
@@ -82,31 +81,31 @@ def test_file_teacher_needs_a_checksum():
 
 
 def test_every_profile_composes_to_valid_params():
-    assert profiles.names(REPO / "conf") == ["cifar100", "fashion", "paper", "paper-smoke", "quick", "tiny", "tinyimagenet"]
-    for name in profiles.names(REPO / "conf"):
-        params = profiles.load(name, conf=REPO / "conf")
+    assert profile_names(REPO / "conf") == ["cifar100", "fashion", "paper", "paper-smoke", "quick", "tiny", "tinyimagenet"]
+    for name in profile_names(REPO / "conf"):
+        params = load_profile(name, conf=REPO / "conf")
         assert params.profile == name
 
 
 def test_committed_params_yaml_is_the_paper_profile_as_dvc_composes_it(tmp_path):
     """`dvc exp run` rewrites params.yaml by composition: the committed file must be those bytes,
     or the first experiment would show a change nobody made (and rerun the `check` stage)."""
-    profiles.compose("paper", tmp_path / "params.yaml", conf=REPO / "conf")
+    compose_profile("paper", tmp_path / "params.yaml", conf=REPO / "conf")
     assert (tmp_path / "params.yaml").read_text() == committed_params_text()
 
 
 def test_a_profile_overrides_the_paper_and_keeps_the_rest(tmp_path):
-    quick = profiles.load("quick", conf=REPO / "conf")
-    paper = profiles.load("paper", conf=REPO / "conf")
+    quick = load_profile("quick", conf=REPO / "conf")
+    paper = load_profile("paper", conf=REPO / "conf")
     assert quick.data.dataset == "fashion-mnist" and paper.data.dataset == "cifar10"
     assert quick.distill.absld.tau_max == paper.distill.absld.tau_max  # untouched by the profile
-    profiles.compose("quick", tmp_path / "p.yaml", overrides=("distill.absld.beta=0.2",), conf=REPO / "conf")
+    compose_profile("quick", tmp_path / "p.yaml", overrides=("distill.absld.beta=0.2",), conf=REPO / "conf")
     assert load_params(tmp_path / "p.yaml").distill.absld.beta == 0.2
 
 
 def test_unknown_profile_names_the_choices(tmp_path):
     with pytest.raises(ConfigError, match="'quik' is not one of cifar100, fashion, paper, paper-smoke, quick, tiny, tinyimagenet"):
-        profiles.compose("quik", tmp_path / "p.yaml", conf=REPO / "conf")
+        compose_profile("quik", tmp_path / "p.yaml", conf=REPO / "conf")
 
 
 def test_profile_with_a_typo_fails_validation(tmp_path):
@@ -114,16 +113,11 @@ def test_profile_with_a_typo_fails_validation(tmp_path):
     shutil.copytree(REPO / "conf", conf)
     (conf / "profile" / "bad.yaml").write_text("# @package _global_\nteacher:\n  trian: {}\n")
     with pytest.raises(ConfigError, match="teacher.trian"):
-        profiles.load("bad", conf=conf)
-
-
-def test_deep_merge_overrides_leaves_and_keeps_siblings():
-    merged = deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}})
-    assert merged == {"a": {"b": 1, "c": [3]}}
+        load_profile("bad", conf=conf)
 
 
 def test_selection_schedule_is_the_official_scripts():
-    from absld.config import SelectEvalConfig, TrainConfig
+    from absld.params import SelectEvalConfig, TrainConfig
 
     official = [e for e in range(1, 301) if (e % 10 == 0 and e < 215) or e >= 215]
     assert SelectEvalConfig(every=10).epochs(TrainConfig(epochs=300, milestones=[215, 260, 285])) == official
@@ -178,7 +172,7 @@ def test_beta_milestones_that_differ_from_the_lr_need_beta_decoupled():
 
 
 def test_unresolved_beta_milestones_fail_loudly_instead_of_never_decaying():
-    from absld.config import AbsldConfig
+    from absld.params import AbsldConfig
     from absld.methods.absld import beta_after
 
     cfg = AbsldConfig()

@@ -1,4 +1,4 @@
-"""One home per value: the pydantic defaults of absld/config.py are the paper's configuration.
+"""One home per value: the pydantic defaults of absld/params are the paper's configuration.
 
 conf/config.yaml is the home of the paper's values; ``Params()`` must be exactly what DVC composes
 from it for the ``paper`` profile, so that a value left out of params.yaml still means the paper's.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from absld.config import Params, flatten, parse_params
+from absld.params import Params, flatten, parse_params
 from tests.conftest import REPO
 
 
@@ -34,7 +34,7 @@ def differences(left: dict, right: dict, names: tuple[str, str] = ("default", "p
 
 def test_every_default_is_the_papers_value(tmp_path):
     diff = differences(Params().model_dump(mode="json"), composed_paper(tmp_path))
-    assert not diff, ("absld/config.py defaults differ from conf/config.yaml (paper profile):\n  "
+    assert not diff, ("absld/params defaults differ from conf/config.yaml (paper profile):\n  "
                       + "\n  ".join(diff))
 
 

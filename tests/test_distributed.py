@@ -24,11 +24,11 @@ import pytest
 import torch
 from torch import nn
 
-from absld.config import AttackConfig, Params, RuntimeConfig, TrainConfig
 from absld.data import TensorLoader
 from absld.methods import MethodContext, build_method
+from absld.params import AttackConfig, Params, RuntimeConfig, TrainConfig
 from absld.runtime import setup
-from absld.train import fit
+from absld.train.loop import fit
 
 N_CLASSES = 4
 

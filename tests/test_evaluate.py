@@ -21,8 +21,10 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 from absld.attacks import AttackError, ce_loss, pgd
-from absld.config import EvaluateConfig, RuntimeConfig, read_yaml
-from absld.evaluate import Records, evaluate_model, protocol, record_names, start_noise, summarize_records
+from absld.evaluate.cascade import CLEAN, evaluate_model, protocol, record_name, start_noise, summarize_records
+from absld.evaluate.records import Records
+from absld.params import EvaluateConfig, RuntimeConfig, read_yaml
+from absld.vocab import WORST
 from absld.models import build_model
 from absld.runtime import Runtime, setup
 from pipeline.cli import main
@@ -172,7 +174,8 @@ def test_every_attack_stays_in_the_eps_ball_and_the_unit_box(task: Task, rt: Run
 
 def test_records_have_one_column_per_attack_in_order_and_time_each(full_run: Records) -> None:
     assert list(full_run.correct) == ["clean", "fgsm", "pgd20", "cw", "worst"]
-    assert list(full_run.correct) == record_names(config())
+    cfg = config()  # record_names(cfg) was removed: clean, each attack's record_name, worst
+    assert list(full_run.correct) == [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
     assert set(full_run.seconds) == {"clean", "fgsm", "pgd20", "cw"}
     assert all(t >= 0 for t in full_run.seconds.values())
 
@@ -399,8 +402,8 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
     AutoAttack's reference code."""
     import importlib
 
-    aa_module = importlib.import_module("absld.attacks.autoattack")  # the module, not the function
-    evaluate_module = importlib.import_module("absld.evaluate")
+    aa_module = importlib.import_module("absld.evaluate.autoattack")  # the module, not the function
+    evaluate_module = importlib.import_module("absld.evaluate.cascade")
 
     pgd_calls: list[dict] = []
     kappas: list[float] = []
@@ -487,12 +490,13 @@ def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runt
 
 
 def test_the_selection_score_is_pgd_avg_plus_pgd_worst_not_clean(task: Task, rt: Runtime, full_run: Records) -> None:
-    from absld.evaluate import fair_score
+    from absld.attacks.accuracy import class_accuracy
     from absld.fairness import class_accuracies
 
-    def score(eps: float) -> dict[str, float]:
-        return fair_score(task.model, task.images, task.labels, N_CLASSES, rt, eps=eps, step=eps / 4, steps=20,
-                          batch_size=64, seed=0)
+    def score(eps: float) -> dict[str, float]:  # the old fair_score(..., seed=0): class_accuracy's "select" stream
+        acc = class_accuracy(task.model, task.images, task.labels, N_CLASSES, rt, eps=eps, step=eps / 4, steps=20,
+                             batch_size=64, seed=0, stream="select")
+        return {"score": acc.score, "pgd_avg": acc.robust_total, "pgd_worst": float(acc.robust.min())}
 
     clean = full_run.correct["clean"]
     under_attack = score(EPS)
@@ -563,7 +567,7 @@ def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_identical_record
                                                                                   tmp_path: Path, record, batch) -> None:
     """Killed within an attack (PGD, AutoAttack, CW), then run again with the same progress file:
     the finished attacks and batches are not run again and the records are those of one run."""
-    from absld.evaluate import EvalProgress
+    from absld.evaluate.progress import EvalProgress
 
     cfg = config(attacks=["fgsm", "pgd", "aa", "cw"], batch_size=32, cascade=True,
                  aa={"version": "custom", "attacks": ["apgd-ce"], "batch_size": 16, "n_samples": 64})
@@ -588,7 +592,7 @@ def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_identical_record
 
 def test_progress_of_other_settings_or_an_unreadable_file_is_ignored_with_a_note(task: Task, rt: Runtime,
                                                                                    tmp_path: Path) -> None:
-    from absld.evaluate import EvalProgress
+    from absld.evaluate.progress import EvalProgress
 
     cfg = config(attacks=["fgsm"])
     path = tmp_path / "progress.npz"

@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from absld.attacks import pgd
 from absld.attacks.errors import AttackError
 from absld.attacks.losses import ce_loss
-from absld.config import AttackConfig, CfaConfig, EvalAttackConfig, FrlRwConfig, FrlRwrmConfig, Params
 from absld.data import Batch
 from absld.methods import ClassAccuracy, MethodContext, build_method
 from absld.methods.cfa import average_into
 from absld.methods.frl import class_weights, project_multipliers
+from absld.params import AttackConfig, CfaConfig, EvalAttackConfig, FrlRwConfig, FrlRwrmConfig, Params
 
 from .test_methods import (
     STUDENT_B, STUDENT_W, X, X_ADV, Y, B, C, FixedAffine, cross_entropy, hand_batch, kl_sum, softmax,
@@ -185,7 +185,7 @@ def test_frl_measures_after_the_hot_start_only_and_logs_the_class_wise_state():
 
 def test_frl_without_a_validation_function_says_what_it_needs():
     with pytest.raises(ValueError, match="validation split"):
-        frl().on_epoch_end(1)
+        frl(hot_start_epochs=0).on_epoch_end(1)  # no hot start: epoch 1 already measures
 
 
 # ----------------------------------------------------------------------------------------------

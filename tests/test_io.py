@@ -78,18 +78,58 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_write_and_a_live_o
 def test_resumable_work_of_other_code_is_not_resumed(tmp_path, monkeypatch):
     """A stage killed, its code edited, then rerun (DVC reruns it because its code changed) must
     not resume the old code's checkpoint: the fingerprint holds a digest of the source."""
-    import pipeline.common as common
+    import shutil
 
-    package = tmp_path / "absld"
-    (package / "methods").mkdir(parents=True)
-    (package / "methods" / "absld.py").write_text("BETA = 0.1\n")
-    before = common.source_digest(package)
-    (package / "methods" / "absld.py").write_text("BETA = 0.2\n")
-    assert common.source_digest(package) != before
-    code_only = common.source_digest(package)
-    (package / "notes.md").write_text("not code")
-    assert common.source_digest(package) == code_only
-    monkeypatch.setattr(common, "code_digest", lambda: "old code")
-    old = common.fingerprint("absld", 0, {"lr": 0.1})
-    monkeypatch.setattr(common, "code_digest", lambda: "new code")
-    assert common.fingerprint("absld", 0, {"lr": 0.1}) != old
+    from click.testing import CliRunner
+
+    import absld.code as code
+    import absld.train.distill as distill
+    from absld.layout import Layout
+    from absld.params import load_params
+    from pipeline.cli import main
+    from tests.conftest import REPO, profile_params_text
+
+    root = tmp_path / "repo"  # the stage's code digest, measured on a copy of the project's code
+    for package in ("absld", "pipeline"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(code, "PROJECT", root)
+
+    def digest() -> str:
+        code.stage_digest.cache_clear()
+        return code.stage_digest("distill")
+
+    try:
+        before = digest()
+        with open(root / "absld" / "methods" / "absld.py", "a") as handle:
+            handle.write("\nBETA = 0.2\n")
+        assert digest() != before
+        code_only = digest()
+        (root / "absld" / "notes.md").write_text("not code")
+        assert digest() == code_only
+        assert "absld/notes.md" not in code.stage_files("distill", root)
+    finally:
+        code.stage_digest.cache_clear()
+
+    # the code digest is part of the fingerprint that decides whether fit() resumes a checkpoint
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(profile_params_text("tiny"))
+    monkeypatch.chdir(project)
+    assert CliRunner().invoke(main, ["prepare"], catch_exceptions=False).exit_code == 0
+    params = load_params(project / "params.yaml")
+
+    class Stop(Exception):
+        pass
+
+    fingerprints = []
+
+    def fit(*args, fingerprint, **kwargs):
+        fingerprints.append(fingerprint)
+        raise Stop
+
+    monkeypatch.setattr(distill, "fit", fit)
+    for digest_of_code in ("old code", "old code", "new code"):
+        with pytest.raises(Stop):
+            distill.run_distill(params, "sat", 0, Layout(project), code=digest_of_code, echo=lambda line: None)
+    assert fingerprints[0] == fingerprints[1]
+    assert fingerprints[2] != fingerprints[0]

@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from absld import plots
-from absld import report as rep
-from absld.config import AnalyzeConfig, load_params
-from absld.plots import plot_class_accuracy, plot_classwise, plot_temperatures, select_classes
+from absld import figures as figures_module
+from absld.analyze import plots as analyze_plots
+from absld.analyze.analysis import class_ranking, fairness_table
+from absld.analyze.plots import plot_class_accuracy
+from absld.analyze.wandb_report import build_wandb_report
+from absld.evaluate import plots as evaluate_plots
+from absld.evaluate.plots import plot_classwise
+from absld.evaluate.records import Records
+from absld.figures import plot_temperatures, select_classes
+from absld.params import AnalyzeConfig, load_params
 from absld.tracking import name_classes
 from tests.conftest import REPO
 from tests.fixtures import CIFAR10_NAMES
@@ -104,7 +110,8 @@ def is_png(path: Path) -> tuple[int, int]:
 def captured(monkeypatch) -> list:
     """The figures the plot functions save (their tick labels and texts can then be read)."""
     figures: list = []
-    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig))
+    for module in (figures_module, analyze_plots, evaluate_plots):  # absld.plots was split; each imports save
+        monkeypatch.setattr(module, "save", lambda fig, path: figures.append(fig))
     return figures
 
 
@@ -308,11 +315,11 @@ def test_wandb_report_panels_show_the_worst_and_best_classes():
     pytest.importorskip("wandb_workspaces")
     y = labels(PER_CLASS, C)
     absld = first_correct(y, absld_counts())
-    records = {m: rep.Records(m, np.arange(len(y)), y, {"pgd20": absld, "worst": absld}, 8 / 255)
+    records = {m: Records(m, np.arange(len(y)), y, {"pgd20": absld, "worst": absld}, 8 / 255)
                for m in ("teacher", "absld/seed0")}
-    fairness = rep.fairness_table(records, C, AnalyzeConfig(**FAST))
-    report = rep.build_wandb_report("proj", "me", "study", fairness, ["pgd20", "worst"], class_names=CIFAR100_NAMES,
-                                    classes_shown=SHOWN)
+    fairness = fairness_table(records, C, AnalyzeConfig(**FAST))
+    report = build_wandb_report("proj", "me", "study", fairness, ["pgd20", "worst"], class_names=CIFAR100_NAMES,
+                                classes_shown=SHOWN)
     _, classwise, taus = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
     shown = [CIFAR100_NAMES[k] for k in WORST + BEST]
     assert classwise.panels[0].metrics == [f"pgd20/class/{name}" for name in shown]
@@ -328,11 +335,11 @@ def test_the_ranking_rule_is_the_reference_mean_over_seeds_then_the_students_the
     fairness = {"teacher": {"pgd20": cell([0.9, 0.1, 0.5])},
                 "absld/seed0": {"pgd20": cell([0.2, 0.4, None])}, "absld/seed1": {"pgd20": cell([0.4, 0.0, None])},
                 "rslad/seed0": {"pgd20": cell([1.0, 1.0, 1.0])}}
-    scores, words = rep.class_ranking(fairness, ["clean", "pgd20", "aa", "worst"], "absld")
+    scores, words = class_ranking(fairness, ["clean", "pgd20", "aa", "worst"], "absld")
     assert scores[:2] == pytest.approx([0.3, 0.2]) and math.isnan(scores[2])  # null: no defined accuracy
     assert words == "ABSLD's PGD-20 class accuracy (mean over its 2 seeds)"
-    scores, words = rep.class_ranking(fairness, ["pgd20"], "ard")  # the reference not evaluated
+    scores, words = class_ranking(fairness, ["pgd20"], "ard")  # the reference not evaluated
     assert scores == pytest.approx([(0.2 + 0.4 + 1.0) / 3, (0.4 + 0.0 + 1.0) / 3, 1.0])
     assert words == "the mean PGD-20 class accuracy of the 3 evaluated students"
-    scores, words = rep.class_ranking({"teacher": fairness["teacher"]}, ["pgd20"], "absld")
+    scores, words = class_ranking({"teacher": fairness["teacher"]}, ["pgd20"], "absld")
     assert scores == pytest.approx([0.9, 0.1, 0.5]) and words == "the teacher's PGD-20 class accuracy"

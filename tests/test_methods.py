@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from absld.config import (
+from absld.data import Batch
+from absld.methods import METHODS, MethodBase, MethodContext, build_method
+from absld.params import (
     AbsldConfig,
     AdaadConfig,
     ArdConfig,
@@ -33,8 +35,6 @@ from absld.config import (
     SatConfig,
     TradesConfig,
 )
-from absld.data import Batch
-from absld.methods import METHODS, MethodBase, MethodContext, build_method
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases

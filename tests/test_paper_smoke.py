@@ -12,7 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from absld.config import flatten
+from absld.params import flatten
 from absld.io import sha256_file
 from absld.models import build_model, checkpoint_meta
 from pipeline.cli import main

@@ -1,11 +1,11 @@
-"""records.npz has one owner (absld.records): what evaluate saves is what the analysis loads."""
+"""records.npz has one owner (absld.evaluate.records): what evaluate saves is what the analysis loads."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from absld.records import Records, RecordsError
+from absld.evaluate.records import Records, RecordsError
 
 
 def make(model: str = "absld/seed0") -> Records:

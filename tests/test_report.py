@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from absld import report as rep
-from absld.config import AnalyzeConfig, EvaluateConfig
-from absld.evaluate import protocol
+from absld.analyze.analysis import Fairness, fairness_table, json_safe
+from absld.analyze.evaluations import ReportError, check_same_samples
+from absld.analyze.markdown import describe_configuration, seed_markdown
+from absld.analyze.published import published_numbers
+from absld.analyze.tables import ResultsTable, describe_checkpoints, results_table, row_specs, table_csv, table_latex, \
+    table_markdown
+from absld.analyze.wandb_report import build_wandb_report, report_outline
+from absld.evaluate.cascade import protocol
+from absld.evaluate.records import Records
+from absld.labels import attack_label, metric_name, model_label, order_attacks
+from absld.params import AnalyzeConfig, EvaluateConfig
 from pipeline.cli import main
 from tests.fixtures import CIFAR10_NAMES
 from tests.test_analyze import ATTACKS, FAST, labels, make_project, teacher_correct
@@ -29,58 +37,58 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "socket", NoSocket)
 
 
-def small_fairness() -> rep.Fairness:
+def small_fairness() -> Fairness:
     y = labels()
     correct = teacher_correct(y)
     worst = np.logical_and.reduce(list(correct.values()))
-    records = {m: rep.Records(m, np.arange(len(y)), y, {**correct, "worst": worst}, 8 / 255)
+    records = {m: Records(m, np.arange(len(y)), y, {**correct, "worst": worst}, 8 / 255)
                for m in ("teacher", "absld/seed0", "rslad/seed0")}
-    return rep.fairness_table(records, len(CIFAR10_NAMES), AnalyzeConfig(**FAST))
+    return fairness_table(records, len(CIFAR10_NAMES), AnalyzeConfig(**FAST))
 
 
 # --------------------------------------------------------------------------------------------------
 # vocabulary and checks
 def test_attacks_are_ordered_and_labelled_like_the_paper():
-    assert rep.order_attacks(["worst", "aa", "cw", "pgd20", "fgsm", "clean"]) == ALL_ATTACKS
-    assert [rep.attack_label(a) for a in ALL_ATTACKS] == ["Clean", "FGSM", "PGD-20", "CW∞", "AA", "Worst-case"]
-    assert rep.model_label("fair_rslad/seed2") == "Fair-RSLAD (seed 2)"
+    assert order_attacks(["worst", "aa", "cw", "pgd20", "fgsm", "clean"]) == ALL_ATTACKS
+    assert [attack_label(a) for a in ALL_ATTACKS] == ["Clean", "FGSM", "PGD-20", "CW∞", "AA", "Worst-case"]
+    assert model_label("fair_rslad/seed2") == "Fair-RSLAD (seed 2)"
 
 
 def test_records_with_different_eps_cannot_be_compared():
     y = labels()
     correct = {"clean": np.ones(len(y), dtype=bool), "worst": np.ones(len(y), dtype=bool)}
-    records = {"teacher": rep.Records("teacher", np.arange(len(y)), y, correct, 8 / 255),
-               "rslad/seed0": rep.Records("rslad/seed0", np.arange(len(y)), y, correct, 4 / 255)}
-    with pytest.raises(rep.ReportError, match="different eps"):
-        rep.check_same_samples(records)
+    records = {"teacher": Records("teacher", np.arange(len(y)), y, correct, 8 / 255),
+               "rslad/seed0": Records("rslad/seed0", np.arange(len(y)), y, correct, 4 / 255)}
+    with pytest.raises(ReportError, match="different eps"):
+        check_same_samples(records)
 
 
 def test_json_safe_turns_nan_into_null():
-    assert rep.json_safe({"a": [float("nan"), np.float64(0.5), np.int64(3)], "b": float("inf")}) == {
+    assert json_safe({"a": [float("nan"), np.float64(0.5), np.int64(3)], "b": float("inf")}) == {
         "a": [None, 0.5, 3], "b": None}
 
 
 def test_published_numbers_exist_only_for_their_dataset():
     raw = {"cifar10": {"teacher": {"source": "RobustBench", "clean": {"avg": 0.8492}}}}
-    assert rep.published_numbers(raw, "cifar10")["teacher"].values == {"clean": {"avg": 0.8492}}
-    assert rep.published_numbers(raw, "cifar100") == {}
-    with pytest.raises(rep.ReportError, match="fraction"):
-        rep.published_numbers({"cifar10": {"teacher": {"clean": {"avg": 84.92}}}}, "cifar10")
+    assert published_numbers(raw, "cifar10")["teacher"].values == {"clean": {"avg": 0.8492}}
+    assert published_numbers(raw, "cifar100") == {}
+    with pytest.raises(ReportError, match="fraction"):
+        published_numbers({"cifar10": {"teacher": {"clean": {"avg": 84.92}}}}, "cifar10")
 
 
 def test_selection_rule_is_stated_with_its_epochs():
     test_set = {"select": "test_fair_best", "selection_split": "test"}
-    text = rep.describe_selection({"absld/seed0": {**test_set, "selected_epoch": 212},
-                                   "rslad/seed0": {**test_set, "selected_epoch": 190}})
+    text = describe_checkpoints({"absld/seed0": {**test_set, "selected_epoch": 212},
+                                 "rslad/seed0": {**test_set, "selected_epoch": 190}})
     assert "on the test set" in text and "ABSLD 212" in text and "RSLAD 190" in text
-    assert "the last epoch's checkpoint" in rep.describe_selection({"absld/seed0": None}, fallback="last")
+    assert "the last epoch's checkpoint" in describe_checkpoints({"absld/seed0": None}, fallback="last")
 
 
 def test_latex_table_escapes_and_uses_booktabs():
     fairness = small_fairness()
-    table = rep.results_table(fairness, rep.row_specs([], [0]), ALL_ATTACKS,
-                              caption="100% of 8/255 & more")
-    tex = rep.table_latex(table)
+    table = results_table(fairness, row_specs([], [0]), ALL_ATTACKS,
+                          caption="100% of 8/255 & more")
+    tex = table_latex(table)
     assert r"\caption{100\% of 8/255 \& more}" in tex
     assert tex.count(r"\cmidrule") == len(ALL_ATTACKS) and r"\multicolumn{3}{c}{CW$_\infty$}" in tex
 
@@ -88,9 +96,9 @@ def test_latex_table_escapes_and_uses_booktabs():
 # --------------------------------------------------------------------------------------------------
 # the W&B report spec
 def test_wandb_report_has_the_expected_blocks_without_network(no_network):
-    report = rep.build_wandb_report("absld-repro", None, "absld-cifar10", small_fairness(), ALL_ATTACKS,
-                                    class_names=CIFAR10_NAMES, table_md="| a |\n|---|\n| 1 |",
-                                    tests_md="ABSLD is better.", configuration=[("eps", "8/255")])
+    report = build_wandb_report("absld-repro", None, "absld-cifar10", small_fairness(), ALL_ATTACKS,
+                                class_names=CIFAR10_NAMES, table_md="| a |\n|---|\n| 1 |",
+                                tests_md="ABSLD is better.", configuration=[("eps", "8/255")])
     kinds = [type(b).__name__ for b in report.blocks]
     headings = [b.text for b in report.blocks if type(b).__name__ == "H1"]
     assert headings == ["Class-wise robustness", "Statistical tests", "Per-attack accuracy of the evaluated models",
@@ -114,15 +122,15 @@ def test_wandb_report_can_keep_one_dvc_experiment(no_network):
     def filters(report):
         return [str(grid.runsets[0].filters) for grid in report.blocks if type(grid).__name__ == "PanelGrid"]
 
-    everything = rep.build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS)
-    one = rep.build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS, experiment="beta-half")
+    everything = build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS)
+    one = build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS, experiment="beta-half")
     assert all("beta-half" in f and "dvc_experiment" in f for f in filters(one))
     assert not any("dvc_experiment" in f for f in filters(everything))
 
 
 def test_report_outline_lists_every_block(no_network):
-    report = rep.build_wandb_report("proj", "me", "study", small_fairness(), ALL_ATTACKS)
-    outline = rep.report_outline(report)
+    report = build_wandb_report("proj", "me", "study", small_fairness(), ALL_ATTACKS)
+    outline = report_outline(report)
     assert outline.splitlines()[0] == f"W&B report '{report.title}' (me/proj)"
     for line in ("H1: Class-wise robustness", "H1: Summary table", "BarPlot 'PGD-20: Avg and worst-class accuracy'",
                  "LinePlot 'τ_adv per class", "WeaveBlockSummaryTable: fairness_table",
@@ -168,7 +176,7 @@ def test_report_before_analyze_says_what_to_run(tmp_path, monkeypatch):
 
 
 def test_caption_says_when_aa_is_not_the_standard_autoattack():
-    from absld.report import table_caption
+    from absld.analyze.tables import table_caption
 
     common = dict(dataset="cifar10", n_samples=100, eps=8 / 255, ddof=0, confidence=0.95, n_bootstrap=10,
                   selection="last epoch.")
@@ -190,16 +198,16 @@ def test_caption_says_when_aa_is_not_the_standard_autoattack():
 def test_every_label_of_a_non_standard_aa_says_so():
     custom = protocol(EvaluateConfig(aa={"version": "custom", "attacks": ["apgd-ce"]}))
     standard = protocol(EvaluateConfig())
-    assert rep.attack_label("aa", protocol=custom) == "AA*" and rep.attack_label("aa", protocol=standard) == "AA"
-    assert rep.attack_label("pgd20", protocol=custom) == "PGD-20"
-    assert rep.metric_name("aa", custom) == "aa_nonstandard" and rep.metric_name("aa", standard) == "aa"
-    assert rep.metric_name("cw", custom) == "cw"
-    table = rep.ResultsTable(attacks=["aa"], rows=[], caption="c", protocol=custom)
-    assert "AA* Avg" in rep.table_markdown(table) and "AA* Avg" in rep.table_csv(table)
-    assert "{AA*}" in rep.table_latex(table)
-    assert "| AA* |" in rep.seed_markdown({"absld": {}}, ["aa"], 0.95, custom)
-    lines = dict(rep.describe_configuration(EvaluateConfig(), AnalyzeConfig(), dataset="cifar10", n_samples=10,
-                                            eps=8 / 255, attacks=["aa"], seeds=[0], selection="last",
-                                            protocol=custom))
+    assert attack_label("aa", protocol=custom) == "AA*" and attack_label("aa", protocol=standard) == "AA"
+    assert attack_label("pgd20", protocol=custom) == "PGD-20"
+    assert metric_name("aa", custom) == "aa_nonstandard" and metric_name("aa", standard) == "aa"
+    assert metric_name("cw", custom) == "cw"
+    table = ResultsTable(attacks=["aa"], rows=[], caption="c", protocol=custom)
+    assert "AA* Avg" in table_markdown(table) and "AA* Avg" in table_csv(table)
+    assert "{AA*}" in table_latex(table)
+    assert "| AA* |" in seed_markdown({"absld": {}}, ["aa"], 0.95, custom)
+    lines = dict(describe_configuration(EvaluateConfig(), AnalyzeConfig(), dataset="cifar10", n_samples=10,
+                                        eps=8 / 255, attacks=["aa"], seeds=[0], selection="last",
+                                        protocol=custom))
     assert "not the standard AutoAttack" in lines["AutoAttack"] and lines["attacks"] == "AA*"
     assert lines["precision"] == "float32"

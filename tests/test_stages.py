@@ -11,7 +11,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from absld.config import read_yaml
+from absld.params import read_yaml
 from absld.io import sha256_file
 from absld.models import build_model, load_checkpoint
 from pipeline.cli import main
@@ -109,8 +109,9 @@ def test_bad_params_give_a_one_line_error(project):
 
 
 def test_check_validates_the_whole_file_and_writes_a_constant_stamp(project):
-    from pipeline.check import CHECKED
+    from pipeline.common import LAYOUT
 
+    CHECKED = LAYOUT.checked
     assert invoke("check").exit_code == 0
     stamp = (project / CHECKED).read_bytes()
     set_params(project, **{"distill.absld.beta": 0.3})  # another valid configuration: the same stamp
@@ -306,7 +307,7 @@ def test_a_wandb_mode_that_cannot_log_stops_the_stage_before_any_work(project, m
 
 
 def test_distill_logs_abslds_temperatures_to_wandb_by_class_name(project, monkeypatch):
-    import pipeline.distill as distill_stage
+    import absld.train.distill as distill_stage
 
     logged = []
     monkeypatch.setattr(distill_stage.Tracker, "log", lambda self, row, step=None: logged.append(row))
@@ -320,7 +321,7 @@ def test_distill_logs_abslds_temperatures_to_wandb_by_class_name(project, monkey
 
 def test_evaluate_logs_class_wise_accuracy_to_wandb_by_class_name(project, monkeypatch):
     """The keys the W&B report's class-wise panels read: <attack>/class/<class name>."""
-    import pipeline.evaluate as evaluate_stage
+    import absld.evaluate.run as evaluate_stage
 
     summaries = {}
     monkeypatch.setattr(evaluate_stage.Tracker, "summary", lambda self, values: summaries.update(values))
@@ -333,17 +334,17 @@ def test_evaluate_logs_class_wise_accuracy_to_wandb_by_class_name(project, monke
 
 def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback(project, monkeypatch):
     from absld.attacks import AttackError
-    from absld.config import ConfigError
+    from absld.params import ConfigError
     from absld.data import DataError
     from absld.errors import UserError
     from absld.io import OutputError
     from absld.models import ModelError
-    from absld.report import ReportError
+    from absld.analyze.evaluations import ReportError
     from absld.runtime import DeviceError
-    from absld.teacher import TeacherImportError
+    from absld.train.teacher import TeacherImportError
     from absld.tracking import TrackingError
-    from absld.train import TrainingError
-    from pipeline.common import StageError
+    from absld.train.loop import TrainingError
+    from absld.errors import StageError
 
     for error in (AttackError, ConfigError, DataError, ModelError, ReportError, DeviceError, TeacherImportError,
                   TrackingError, TrainingError, StageError, OutputError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from absld.config import Params
+from absld.params import Params
 from absld.tracking import Tracker, wandb_mode, wandb_settings
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from absld.config import AttackConfig, SatConfig, TradesConfig, TrainConfig
 from absld.data import TensorLoader
 from absld.methods import MethodBase, MethodContext, StepOutput, build_method
 from absld.models import build_model
+from absld.params import AttackConfig, SatConfig, TradesConfig, TrainConfig
 from absld.runtime import Runtime
-from absld.train import TrainingError, fit, learning_rate
+from absld.train.loop import TrainingError, fit, learning_rate
 
 CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False)
 
@@ -97,15 +97,17 @@ def test_selection_runs_only_after_its_epochs_and_they_show_in_the_log():
 
 def test_the_selection_attack_does_not_change_training():
     """select last vs a test-set PGD selection after every epoch: bit-identical final weights."""
-    from absld.evaluate import fair_score
+    from absld.attacks.accuracy import class_accuracy
 
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, milestones=[])
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (24, 3, 16, 16)).astype(np.uint8)
     labels = np.arange(24) % 4
 
-    def select(model):
-        return fair_score(model, images, labels, 4, CPU, eps=8 / 255, step=0.003, steps=2, batch_size=8, seed=0)
+    def select(model):  # the distill stage's selection score (the old fair_score)
+        acc = class_accuracy(model, images, labels, 4, CPU, eps=8 / 255, step=0.003, steps=2, batch_size=8, seed=0,
+                             stream="select")
+        return {"score": acc.score, "pgd_avg": acc.robust_total, "pgd_worst": float(acc.robust.min())}
 
     model, meth, loader = tiny_setup("sat")
     plain = fit(model, meth, loader, cfg, CPU)
@@ -195,7 +197,7 @@ def test_from_base_decay_is_the_released_ard_iad_function_that_never_lowers_its_
 
 
 def test_the_paper_configuration_uses_the_released_lr_function_for_ard_and_iad_only(paper_params):
-    from absld.config import load_params
+    from absld.params import load_params
 
     cfg = load_params(paper_params).distill
     decay = {m: cfg.method_config(m).train.apply(cfg.train).lr_decay for m in cfg.methods}
@@ -343,7 +345,7 @@ def test_a_corrupted_last_checkpoint_resumes_from_the_one_before_and_ends_the_sa
 def test_cpu_bf16_turns_on_bf16_autocast_and_channels_last_on_the_cpu_only_when_asked():
     import torch
 
-    from absld.config import RuntimeConfig
+    from absld.params import RuntimeConfig
     from absld.runtime import setup
 
     a = torch.rand(4, 4)

@@ -6,22 +6,29 @@ from typing import get_args
 
 import pytest
 
-from absld import config, data, methods, report, vocab
+from absld import data, labels, methods, vocab
 import sys
 
-import absld.attacks.autoattack  # noqa: F401 - the module (absld.attacks.autoattack is also a function's name)
+import absld.evaluate.autoattack  # noqa: F401 - the module (absld.evaluate.autoattack is also a function's name)
+from absld.params import AnalyzeConfig, AutoAttackConfig, DataConfig, DistillConfig
 from absld.vocab import ModelId
 
 
 def test_every_registry_and_choice_derives_from_the_vocabulary():
-    autoattack = sys.modules["absld.attacks.autoattack"]
+    autoattack = sys.modules["absld.evaluate.autoattack"]
     assert tuple(methods.METHODS) == vocab.METHOD_NAMES  # one class per method, in the vocabulary's order
-    assert get_args(config.DistillMethod) == vocab.METHOD_NAMES == config.DISTILL_METHODS
-    assert tuple(data.DATASETS) == vocab.DATASET_NAMES == get_args(config.Dataset)
-    assert get_args(autoattack.AutoAttackName) == vocab.AA_ATTACK_NAMES == config.AA_ATTACKS
+    # the params models' choices (config.DistillMethod / DISTILL_METHODS / Dataset / AA_ATTACKS were removed
+    # as duplicates): each Literal is the vocabulary's, so a list that drifts fails here
+    assert get_args(AnalyzeConfig.model_fields["reference"].annotation) == vocab.METHOD_NAMES
+    (distill_method,) = get_args(DistillConfig.model_fields["methods"].annotation)  # list[MethodName]
+    assert get_args(distill_method) == vocab.METHOD_NAMES
+    assert tuple(data.DATASETS) == vocab.DATASET_NAMES == get_args(DataConfig.model_fields["dataset"].annotation)
+    assert get_args(autoattack.AutoAttackName) == vocab.AA_ATTACK_NAMES
+    aa_attacks = [a for a in get_args(AutoAttackConfig.model_fields["attacks"].annotation) if a is not type(None)]
+    assert [get_args(get_args(a)[0]) for a in aa_attacks] == [vocab.AA_ATTACK_NAMES]  # list[AutoAttackName] | None
     assert set(autoattack.STANDARD_ATTACKS) <= set(vocab.AA_ATTACK_NAMES)
-    assert {m: report.method_label(m) for m in vocab.METHOD_NAMES} == vocab.METHOD_LABELS
-    assert all(report.dataset_label(d) == vocab.DATASET_LABELS[d] for d in vocab.DATASET_NAMES)
+    assert {m: labels.method_label(m) for m in vocab.METHOD_NAMES} == vocab.METHOD_LABELS
+    assert all(labels.dataset_label(d) == vocab.DATASET_LABELS[d] for d in vocab.DATASET_NAMES)
 
 
 @pytest.mark.parametrize("text, method, seed", [("teacher", None, None), ("absld/seed0", "absld", 0),
