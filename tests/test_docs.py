@@ -38,6 +38,7 @@ NUMBERED_HEADING = re.compile(r"^#{1,6}\s*§?\s*(\d+)[.):\s]", re.M)
 WRITTEN_BY_TESTS = {
     ("tests/test_io.py", "notes.md"):
         "a non-code file the test writes into a temporary package to show the code digest ignores it",
+    ("tests/test_io.py", "absld/notes.md"): "the same file, as the stage's file list would name it",
 }
 
 
