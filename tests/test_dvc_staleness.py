@@ -73,19 +73,16 @@ def test_a_killed_student_resumes_after_an_analysis_only_edit(project):
     for leftover in (project / "checkpoints/distill/sat/seed0").glob("*"):
         leftover.unlink()  # the finished run's last state
     run([*distill, "--stop-after", "1"], project, **env)  # killed after its first epoch
-    figures = project / "absld/analyze/plots.py"
-    original = figures.read_text()
-    figures.write_text(original + "\n# an analysis-only edit\n")
-    try:
-        resumed = run([*distill, "--stop-after", "1"], project, **env)
-    finally:
-        figures.write_text(original)
-    assert "resuming after epoch 1" in resumed.stdout + resumed.stderr
-    loop = project / "absld/train/loop.py"
-    original = loop.read_text()
-    loop.write_text(original + "\n# an edit of the training loop\n")
-    try:
-        afresh = run([*distill, "--stop-after", "1"], project, **env)
-    finally:
-        loop.write_text(original)
-    assert "starting afresh" in afresh.stdout + afresh.stderr
+
+    def after_an_edit_of(module: str) -> str:
+        path = project / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            done = run([*distill, "--stop-after", "1"], project, **env)
+        finally:
+            path.write_text(original)
+        return done.stdout + done.stderr
+
+    assert "resuming after epoch 1" in after_an_edit_of("absld/analyze/plots.py")
+    assert "starting afresh" in after_an_edit_of("absld/train/loop.py")  # its code made the saved state
