@@ -102,7 +102,10 @@ def test_two_processes_train_what_one_trains(tmp_path):
     assert torch.allclose(two["tau_adv"], one["tau_adv"], atol=1e-6)  # risks summed over both shares
     assert not torch.allclose(one["tau_adv"], torch.ones(N_CLASSES))  # the temperatures did move
     for row_one, row_two in zip(one["history"], two["history"], strict=True):
-        assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-5)
+        # the logged loss is a KL of ~1e-3 at temperatures that agree to ~1e-6 (above): its rounding is
+        # amplified ~10x through the temperatures (seen: 1.4e-5 relative at epoch 3), while a share's
+        # loss not re-weighted when the last batch splits 3/2 moves it by 2.3e-3 (and the weights by 1.6e-4)
+        assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
         assert row_two["train_acc_adv"] == pytest.approx(row_one["train_acc_adv"])  # counts over both shares
 
 
