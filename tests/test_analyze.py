@@ -566,11 +566,20 @@ def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
               "sat/seed0": base & (rng.random(200) < 0.9)}
     groups = {m.split("/")[0]: {0: m} for m in models}
     records = _records_of(models, y)
-    out = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))
+    out = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=["rslad", "sat"]))
+    paper = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))  # the paper's 11
+    only_rslad = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=["rslad"]))
     for stat in ("avg", "worst", "nsd"):
         raw = [out["attacks"]["pgd20"][m][stat]["p"] for m in ("rslad", "sat")]
         adjusted = [out["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")]
         assert adjusted == pytest.approx(holm(raw))
+        # the declared family, not what was trained: nine untrained baselines count as p = 1
+        assert [paper["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(
+            holm(raw + [1.0] * 9)[:2])
+        # sat outside the family: raw p, marked exploratory; rslad alone is not adjusted
+        assert only_rslad["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(raw[0])
+        assert only_rslad["attacks"]["pgd20"]["sat"][stat]["exploratory"]
+        assert math.isnan(only_rslad["attacks"]["pgd20"]["sat"][stat]["p_holm"])
     assert out["attacks"]["pgd20"]["rslad"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["rslad"]["avg"]["p"] or \
         out["attacks"]["pgd20"]["sat"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["sat"]["avg"]["p"]
     ddof1 = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
@@ -615,7 +624,8 @@ def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them()
               "sat": [(0.60, 0.45, 0.15), (0.62, 0.47, 0.16), (0.61, 0.44, 0.17)]}
     fairness = _seed_fairness(values)
     groups = {m: {s: f"{m}/seed{s}" for s in range(3)} for m in values}
-    out = seed_comparisons(fairness, groups, AnalyzeConfig())
+    two = AnalyzeConfig(baselines=["rslad", "sat"])
+    out = seed_comparisons(fairness, groups, two)
     worst = out["attacks"]["pgd20"]
     raw = [paired_seed_test([v[1] for v in values["absld"]], [v[1] for v in values[m]])["p"] for m in ("rslad", "sat")]
     assert [worst[m]["worst"]["p"] for m in ("rslad", "sat")] == pytest.approx(raw)
@@ -623,12 +633,18 @@ def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them()
     assert worst["rslad"]["worst"]["diff"] == pytest.approx(0.0967, abs=1e-3)
     stats = seed_summaries(fairness, groups, 0.95)
     text = verdict(out, stats, ["clean", "pgd20", "worst"], dataset="fashion-mnist")
-    assert text.startswith("**Verdict at this scale on Fashion-MNIST** (PGD-20, ABSLD against RSLAD, 3 seeds")
+    assert text.startswith("**Verdict at this scale on Fashion-MNIST** rests on 3 seeds each of ABSLD and RSLAD. "
+                           "With 3 seeds the exact sign-flip test cannot go below p = 0.25, so a significant result "
+                           "rests on the t-test's assumption that the seed differences are normal (2 degrees of freedom)")
+    assert "Holm-adjusted over the 2 declared baselines" in text
     assert "worst-class robustness up holds (51.0 % vs 41.3 %: +9.67 points" in text
-    assert "NSD down holds (0.100 vs 0.200: -0.100" in text
+    assert "sign-flip p = 0.500" in text  # Holm over two of 0.25: the exact test shows nothing at 3 seeds
+    # every seed's NSD differs by exactly -0.100: the spread is unknown, nothing is claimed
+    assert "NSD down is not shown (0.100 vs 0.200: -0.100 in each of the 3 seeds: they agree" in text
     assert "no significant Avg change" in text
     # the same numbers the other way round contradict the claims
-    flipped = seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad"))
+    flipped = seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad", baselines=["absld", "sat"],
+                                                              verdict_baseline="absld"))
     assert "worst-class robustness up is contradicted" in verdict(flipped, stats, ["pgd20"], baseline="absld")
     one_seed = {m: {0: f"{m}/seed0"} for m in values}
     assert "not tested" in verdict(seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd20"])
@@ -639,10 +655,11 @@ def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("analyze").exit_code == 0
     lines = [line for line in (tmp_path / "results" / "report.md").read_text().splitlines() if line.strip()]
-    assert lines[0].startswith("# ") and lines[1].startswith("**Verdict at this scale on CIFAR-10** (PGD-20")
+    assert lines[0].startswith("# ") and lines[1].startswith("**Verdict at this scale on CIFAR-10** rests on 2 seeds")
+    assert "cannot go below p = 0.5" in lines[1]
     extra = json.loads((tmp_path / "results" / "comparisons.json").read_text())
     assert extra["seed_comparisons"]["attacks"]["pgd20"]["rslad"]["worst"]["n"] == 2
-    assert "paired t-test over seeds" in (tmp_path / "results" / "report.md").read_text()
+    assert "paired t-test and exact sign-flip test over seeds" in (tmp_path / "results" / "report.md").read_text()
 
 
 def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():

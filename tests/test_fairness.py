@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
 import pytest
 
 from absld import fairness
@@ -132,15 +133,23 @@ def test_bootstrap_of_classes_all_wrong_or_all_right_gives_point_intervals_witho
         warnings.simplefilter("error")
         result = fairness.bootstrap_ci(correct, y, 3, n_resamples=200, seed=0, method=method)
         all_right = fairness.bootstrap_ci(np.ones(15, dtype=bool), y, 3, n_resamples=200, seed=0, method=method)
-    assert result["worst_ci"] == [0.0, 0.0]  # class 0 is never right in any resample
-    assert all_right == {"avg_ci": [1.0, 1.0], "worst_ci": [1.0, 1.0], "nsd_ci": [0.0, 0.0]}
+    # 0 of 5 right is not a worst class of exactly 0: the bootstrap's [0, 0] overclaimed. The inversion's
+    # upper end solves (1 - P(all classes >= 1 right)) / 2 = 0.025 (mid-p; t = 0 so nothing is below t),
+    # class 0 at theta, class 1 at 1 (always right), class 2 at max(theta, 0.6)
+    upper = brentq(lambda th: 0.5 * (1 - (1 - (1 - th) ** 5) * (1 - (1 - max(th, 0.6)) ** 5)) - 0.025, 1e-9, 1 - 1e-9)
+    assert result["worst_ci"] == pytest.approx([0.0, upper], abs=1e-9)
+    assert all_right["avg_ci"] == [1.0, 1.0] and all_right["nsd_ci"] == [0.0, 0.0]
+    # 5 of 5 in every class: the lower end solves (P(min > 1) + P(min = 1)) / 2 = theta^5 / 2 = 0.025
+    # (the other classes at 1: always 5 of 5)
+    assert all_right["worst_ci"] == pytest.approx([0.05 ** (1 / 5), 1.0], abs=1e-9)
 
 
 def test_bootstrap_holds_single_sample_classes_fixed() -> None:
     # scipy needs >= 2 observations per resampled sample; a one-sample class cannot vary anyway
     result = fairness.bootstrap_ci(np.array([True, False, True]), np.array([0, 1, 2]), 3, n_resamples=100, seed=0)
     assert result["avg_ci"] == pytest.approx([2 / 3, 2 / 3])
-    assert result["worst_ci"] == [0.0, 0.0]
+    # class 1 is 0 of 1: (1 - P(X1 >= 1) * 1 * 1) / 2 = (1 - theta) / 2 = 0.025 at the upper end
+    assert result["worst_ci"] == pytest.approx([0.0, 0.95], abs=1e-9)
 
 
 def test_summarize_with_ci_is_one_entry_of_the_fairness_json_contract() -> None:
@@ -332,7 +341,10 @@ def test_paired_seed_test_is_scipys_paired_t_test_on_the_per_seed_differences() 
     assert out["p"] == pytest.approx(stats.ttest_rel(ref, other).pvalue)
     half = stats.t.ppf(0.95, 3) * d.std(ddof=1) / 2
     assert out["ci"] == pytest.approx([d.mean() - half, d.mean() + half])
-    assert fairness.paired_seed_test([0.5, 0.6], [0.4, 0.5])["p"] == 0.0  # identical differences
+    assert out["p_sign"] == 2 / 16  # the signs of d: + + + +, only all-plus and all-minus are as extreme
+    assert out["p_sign_floor"] == 2 / 16 and not out["agree"]
+    same = fairness.paired_seed_test([0.5, 0.6], [0.4, 0.5])  # identical differences: spread unknown
+    assert math.isnan(same["p"]) and same["agree"] and same["p_sign"] == 0.5
     assert math.isnan(fairness.paired_seed_test([0.5], [0.4])["p"])
     with pytest.raises(ValueError, match="one value per seed"):
         fairness.paired_seed_test([0.5, 0.6], [0.4])
@@ -369,7 +381,8 @@ _C = np.array([True, False, True, True, True, False])
     (lambda: fairness.mcnemar_exact(_C, _C[:3]), "length mismatch: correct_a has 6 samples but correct_b has 3; paired tests need both models evaluated on the same samples"),
     (lambda: fairness.mcnemar_exact(_C[:0], _C[:0]), "no samples: correct_a and correct_b are empty"),
     (lambda: fairness.mcnemar_exact(_C.astype(int), _C), "correct_a must be a boolean array"),
-    (lambda: fairness.mcnemar_exact(_C, _C[None]), "correct_b must be a 1-D boolean array"),
+    (lambda: fairness.mcnemar_exact(_C, _C[None]), "paired tests over seeds need (seeds, samples) arrays of one shape, got (6,) and (1, 6)"),
+    (lambda: fairness.mcnemar_exact(_C[None], _C[None]), "mcnemar_exact compares one evaluation of each model"),
     (lambda: fairness.holm([[0.1]]), "pvalues must be a 1-D sequence, got shape (1, 1)"),
     (lambda: fairness.holm([0.1, 1.5]), "p-values must lie in [0, 1] (no NaN), got [0.1, 1.5]"),
     (lambda: fairness.holm([-0.1]), "p-values must lie in [0, 1] (no NaN), got [-0.1]"),
@@ -425,7 +438,10 @@ def test_a_class_of_two_samples_is_resampled() -> None:
     y = np.array([0, 0, 1, 1, 1, 1])
     correct = np.array([True, False, True, True, True, True])
     ci = fairness.bootstrap_ci(correct, y, 2, n_resamples=200, seed=0)
-    assert ci["worst_ci"][0] == 0.0 and ci["worst_ci"][1] == 1.0  # class 0 resampled: 0, 1/2 or 1
+    # Worst = class 0's 1 of 2 (class 1 is 4 of 4, certain at its estimate): mid-p bounds of one
+    # binomial, P(X0 >= 1) / 2 + P(X0 > 1) / 2 = theta = 0.025 and 1 - theta = 0.025
+    assert ci["worst_ci"] == pytest.approx([0.025, 0.975], abs=1e-9)
+    assert ci["avg_ci"][0] < ci["avg_ci"][1]  # class 0 resampled
 
 
 def test_summarize_with_ci_is_summarize_plus_bootstrap_with_the_same_arguments() -> None:
@@ -446,10 +462,14 @@ def test_seed_summary_of_equal_values_is_a_point_with_its_count() -> None:
                                                       "ci": [pytest.approx(0.4)] * 2, "n": 3}
 
 
-def test_paired_seed_test_of_identical_runs_has_p_one_and_of_a_constant_shift_p_zero() -> None:
-    assert fairness.paired_seed_test([0.3, 0.5, 0.7], [0.3, 0.5, 0.7])["p"] == 1.0
+def test_paired_seed_test_of_equal_differences_gives_no_t_test_p_and_the_sign_flip_floor() -> None:
+    """A constant shift over seeds is not 'p = 0': its spread is unknown (issue: a one-image
+    difference in each of two seeds was called significant at p < 0.001)."""
+    same = fairness.paired_seed_test([0.3, 0.5, 0.7], [0.3, 0.5, 0.7])
+    assert math.isnan(same["p"]) and same["p_sign"] == 1.0 and same["agree"]
     shift = fairness.paired_seed_test([0.31, 0.51, 0.71], [0.3, 0.5, 0.7])
-    assert shift["p"] == 0.0 and shift["diff"] == pytest.approx(0.01) and shift["ci"] == pytest.approx([0.01, 0.01])
+    assert math.isnan(shift["p"]) and all(math.isnan(v) for v in shift["ci"]) and shift["agree"]
+    assert shift["diff"] == pytest.approx(0.01) and shift["p_sign"] == 0.25 == shift["p_sign_floor"]
     with pytest.raises(ValueError, match="need one value per seed for both methods"):
         fairness.paired_seed_test([[0.1, 0.2]], [[0.1, 0.2]])
 

@@ -135,6 +135,7 @@ class SeedComparisons(TypedDict):
     reference: str
     alpha: float
     confidence: float
+    family: list[str]
     skipped: dict[str, str]
     attacks: dict[str, dict[str, dict[str, dict[str, Any]]]]  # attack -> baseline -> stat -> test
 
@@ -158,15 +159,23 @@ def _paired_seeds(groups: MethodSeeds, reference: str, minimum: int) -> tuple[di
     return pairs, skipped
 
 
-def _holm_across_baselines(by_baseline: Mapping[str, Mapping[str, Any]]) -> None:
-    """Add ``p_holm`` to every ``by_baseline[method][stat]`` test: Holm across the baselines within
-    each statistic, over the defined p-values (NaN stays NaN)."""
+def _holm_across_baselines(by_baseline: Mapping[str, Mapping[str, Any]], family: Sequence[str],
+                           key: str = "p") -> None:
+    """Add ``p_holm`` to every ``by_baseline[method][stat]`` test: Holm over the declared ``family``
+    (``analyze.baselines``) within each statistic, a member that was not tested (not trained, or its
+    ``key`` p undefined) counting with p = 1, so that the adjustment does not depend on what happens
+    to be trained. A tested method outside the family gets ``p_holm`` NaN and ``exploratory`` True."""
     for stat in STATISTICS:
-        family = [m for m in by_baseline if not math.isnan(by_baseline[m][stat]["p"])]
+        raw = []
+        for method in family:
+            p = by_baseline[method][stat][key] if method in by_baseline else math.nan
+            raw.append(1.0 if p is None or math.isnan(p) else p)
+        adjusted = dict(zip(family, holm(raw)))
         for method in by_baseline:
-            by_baseline[method][stat]["p_holm"] = math.nan
-        for method, p_adj in zip(family, holm([by_baseline[m][stat]["p"] for m in family])):
-            by_baseline[method][stat]["p_holm"] = p_adj
+            test = by_baseline[method][stat]
+            defined = test[key] is not None and not math.isnan(test[key])
+            test["p_holm" if key == "p" else f"{key}_holm"] = adjusted[method] if method in adjusted and defined else math.nan
+            test["exploratory"] = method not in adjusted
 
 
 def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: MethodSeeds,
@@ -189,14 +198,16 @@ def seed_comparisons(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], gr
                 mine = [_finite(fairness[ref[s]][attack][stat]) for s in seeds]
                 theirs = [_finite(fairness[groups[method][s]][attack][stat]) for s in seeds]
                 if None in mine or None in theirs:
-                    test: dict[str, Any] = {"n": len(seeds), "diff": math.nan, "ci": [math.nan, math.nan], "p": math.nan}
+                    test: dict[str, Any] = {"n": len(seeds), "diff": math.nan, "ci": [math.nan, math.nan], "p": math.nan,
+                                            "p_sign": math.nan, "p_sign_floor": math.nan, "agree": False}
                 else:
                     test = dict(paired_seed_test(mine, theirs, cfg.confidence))  # type: ignore[arg-type]
                 test["seeds"] = seeds
                 table[attack][method][stat] = test
-        _holm_across_baselines(table[attack])
+        _holm_across_baselines(table[attack], cfg.baselines)
+        _holm_across_baselines(table[attack], cfg.baselines, key="p_sign")
     return {"reference": reference, "alpha": round(1.0 - cfg.confidence, 12), "confidence": cfg.confidence,
-            "skipped": skipped, "attacks": table}
+            "family": list(cfg.baselines), "skipped": skipped, "attacks": table}
 
 
 def class_ranking(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attacks: Sequence[str], reference: str,
@@ -239,25 +250,58 @@ def worst_classes(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], attac
     return out
 
 
-def _seed_clause(stat: str, test: Mapping[str, Any], alpha: float) -> tuple[str, str]:
-    """("+2.10 points [−1.0, 5.2], p = 0.12", sign) with sign "+", "−" (significant) or "0"."""
+def _points(stat: str, value: float) -> str:
+    return f"{value:+.3f}" if stat == "nsd" else f"{100 * value:+.2f} points"
+
+
+def _seed_clause(stat: str, test: Mapping[str, Any], alpha: float,
+                 per_sample: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """("+2.10 points [−1.0, 5.2], t-test p = 0.12, sign-flip p = 0.25", sign) with sign "+", "−"
+    (significant by the Holm-adjusted t-test) or "0". When every seed's difference is the same the
+    spread is unknown: no t-test p, the clause says so and quotes ``per_sample``'s test instead."""
     diff, ci, p = _finite(test["diff"]), test["ci"], _finite(test.get("p_holm"))
     if diff is None:
         return "undefined", "0"
     scale, unit, digits = (1.0, "", 3) if stat == "nsd" else (100.0, " points", 2)
+    sign_p = _finite(test.get("p_sign_holm", test.get("p_sign")))
+    sign_text = "" if sign_p is None else f", sign-flip {format_p(sign_p)}"
+    if test.get("agree"):
+        other = ""
+        if per_sample is not None:
+            other = f"; the per-sample test on the same records gives {format_p(_finite(per_sample.get('p_holm')))}"
+        return (f"{scale * diff:+.{digits}f}{unit} in each of the {test['n']} seeds: they agree, so the spread over "
+                f"training runs is unknown and no t-test is possible{sign_text}{other}"), "0"
     low, high = _finite(ci[0]), _finite(ci[1])
     interval = "" if low is None or high is None else f" [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
     significant = p is not None and p < alpha
     sign = ("+" if diff > 0 else "−") if significant else "0"
-    return f"{scale * diff:+.{digits}f}{unit}{interval}, {format_p(p)}", sign
+    return f"{scale * diff:+.{digits}f}{unit}{interval}, t-test {format_p(p)}{sign_text}", sign
+
+
+def seeds_can_show(n: int, alpha: float) -> str:
+    """What a paired test over ``n`` seeds can show at ``alpha``, in one sentence."""
+    floor = 2.0 ** (1 - n) if n > 1 else 1.0
+    if n < 2:
+        return "One seed: no test over training runs is possible."
+    if floor > alpha:
+        return (f"With {n} seeds the exact sign-flip test cannot go below p = {floor:g}, so a significant result "
+                f"rests on the t-test's assumption that the seed differences are normal ({n - 1} degree"
+                f"{'s' if n > 2 else ''} of freedom), which {n} values cannot check; only large effects can be "
+                f"significant, and 'not shown' is not 'false'.")
+    return (f"With {n} seeds the exact sign-flip test (no normality assumed) can reach p = {floor:.3g}: where it "
+            f"agrees with the t-test the result does not rest on normality.")
 
 
 def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], attacks: Sequence[str], *,
-            baseline: str = "rslad", dataset: str = "", protocol: Protocol | None = None) -> str:
+            comparisons: Mapping[str, Any] | None = None, baseline: str = "rslad", dataset: str = "",
+            protocol: Protocol | None = None) -> str:
     """The report's first paragraph: do ABSLD's claims hold at this scale? Against ``baseline``
-    under the :func:`headline_attack`, by the paired t-tests over seeds (Holm-adjusted): worst-class
-    robustness up, NSD down, and the Avg cost — each 'holds' only when significant in the claimed
-    direction, 'contradicted' when significant the other way, else 'not shown'."""
+    (``analyze.verdict_baseline``) under the :func:`headline_attack`, by the paired t-tests over
+    seeds, Holm-adjusted over the declared family (``analyze.baselines``): worst-class robustness
+    up, NSD down, and the Avg cost — each 'holds' only when significant in the claimed direction,
+    'contradicted' when significant the other way, else 'not shown'. Its first sentence says how
+    many seeds it rests on and what that can show (:func:`seeds_can_show`); a statistic on which
+    every seed agrees is 'not shown' with the per-sample test of ``comparisons`` quoted."""
     if seed_cmp is None or baseline not in next(iter(seed_cmp["attacks"].values()), {}):
         reason = (seed_cmp or {}).get("skipped", {}).get(baseline, f"{method_label(baseline)} or the reference was not trained")
         return (f"**Verdict:** not tested: ABSLD's claims are judged against {method_label(baseline)} by paired "
@@ -268,6 +312,7 @@ def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], att
     tests = seed_cmp["attacks"][attack][baseline]
     alpha = seed_cmp["alpha"]
     n = tests["avg"]["n"]
+    per_sample = ((comparisons or {}).get("attacks", {}).get(attack, {}) or {}).get(baseline)
 
     def mean_of(method: str, stat: str) -> str:
         s = (seed_stats.get(method, {}).get(attack, {}) or {}).get(stat)
@@ -275,9 +320,10 @@ def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], att
             return "–"
         return f"{s['mean']:.3f}" if stat == "nsd" else f"{100 * s['mean']:.1f} %"
 
-    worst_text, worst_sign = _seed_clause("worst", tests["worst"], alpha)
-    nsd_text, nsd_sign = _seed_clause("nsd", tests["nsd"], alpha)
-    avg_text, avg_sign = _seed_clause("avg", tests["avg"], alpha)
+    clauses = {stat: _seed_clause(stat, tests[stat], alpha, (per_sample or {}).get(stat)) for stat in STATISTICS}
+    worst_text, worst_sign = clauses["worst"]
+    nsd_text, nsd_sign = clauses["nsd"]
+    avg_text, avg_sign = clauses["avg"]
     judge = {("worst", "+"): "holds", ("worst", "−"): "is contradicted", ("nsd", "−"): "holds",
              ("nsd", "+"): "is contradicted"}
     worst_verdict = judge.get(("worst", worst_sign), "is not shown")
@@ -285,37 +331,53 @@ def verdict(seed_cmp: SeedComparisons | None, seed_stats: Mapping[str, Any], att
     avg_verdict = {"−": "a significant Avg cost", "+": "a significant Avg gain", "0": "no significant Avg change"}[avg_sign]
     label = attack_label(attack, protocol=protocol)
     where = f" on {dataset_label(dataset)}" if dataset else ""
-    return (f"**Verdict at this scale{where}** ({label}, {ref} against {other}, {n} seeds each, paired t-tests over "
-            f"seeds, Holm-adjusted, α = {alpha:g}; differences {ref} − {other} with "
-            f"{int(round(100 * seed_cmp['confidence']))}% t-intervals): "
+    family = seed_cmp.get("family") or []
+    return (f"**Verdict at this scale{where}** rests on {n} seed{'s' if n != 1 else ''} each of {ref} and {other}. "
+            f"{seeds_can_show(n, alpha)} "
+            f"({label}; paired t-tests over seeds, Holm-adjusted over the {len(family)} declared baselines "
+            f"(analyze.baselines; untrained ones count as p = 1), α = {alpha:g}; differences {ref} − {other} "
+            f"with per-comparison {int(round(100 * seed_cmp['confidence']))}% t-intervals, not adjusted): "
             f"worst-class robustness up {worst_verdict} ({mean_of(seed_cmp['reference'], 'worst')} vs "
             f"{mean_of(baseline, 'worst')}: {worst_text}); NSD down {nsd_verdict} "
             f"({mean_of(seed_cmp['reference'], 'nsd')} vs {mean_of(baseline, 'nsd')}: {nsd_text}); and {avg_verdict} "
-            f"({mean_of(seed_cmp['reference'], 'avg')} vs {mean_of(baseline, 'avg')}: {avg_text}). "
-            f"With {n} seeds only large effects can be significant: 'not shown' is not 'false'.")
+            f"({mean_of(seed_cmp['reference'], 'avg')} vs {mean_of(baseline, 'avg')}: {avg_text}).")
 
 
 def seed_tests_markdown(seed_cmp: SeedComparisons | None, protocol: Protocol | None = None) -> str:
-    """Markdown table of the paired t-tests over seeds ('' when none were run)."""
+    """Markdown table of the paired tests over seeds ('' when none were run)."""
     if seed_cmp is None or not any(seed_cmp["attacks"].values()):
         return ""
     ref = method_label(seed_cmp["reference"])
-    lines = [f"{ref} − baseline per seed, averaged over the seeds both were trained with; paired t-test over "
-             f"seeds (training variation), Holm-adjusted across baselines; Avg and Worst in points, NSD as a ratio.", "",
+    family = seed_cmp.get("family") or []
+    lines = [f"{ref} − baseline per seed, averaged over the seeds both were trained with; paired t-test and exact "
+             f"sign-flip test over seeds (training variation), both Holm-adjusted over the {len(family)} declared "
+             f"baselines (analyze.baselines; an untrained one counts as p = 1); intervals are per-comparison "
+             f"t-intervals, not adjusted; Avg and Worst in points, NSD as a ratio. A baseline outside the family is "
+             f"marked (exploratory: raw p).", "",
              "| Attack | Baseline | ΔAvg | ΔWorst | ΔNSD |", "|:---|:---|---:|---:|---:|"]
     for attack, by_baseline in seed_cmp["attacks"].items():
         for method, tests in by_baseline.items():
-            cells = [_seed_clause(stat, tests[stat], seed_cmp["alpha"])[0] for stat in STATISTICS]
-            lines.append(f"| {attack_label(attack, protocol=protocol)} | {method_label(method)} | " + " | ".join(cells) + " |")
+            cells = [_seed_clause(stat, _raw_if_exploratory(tests[stat]), seed_cmp["alpha"])[0] for stat in STATISTICS]
+            mark = " (exploratory)" if tests["avg"].get("exploratory") else ""
+            lines.append(f"| {attack_label(attack, protocol=protocol)} | {method_label(method)}{mark} | "
+                         + " | ".join(cells) + " |")
     if seed_cmp["skipped"]:
         lines += [""] + [f"- {method_label(m)} was not tested over seeds: {r}." for m, r in seed_cmp["skipped"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _raw_if_exploratory(test: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A test outside the declared family shows its raw p where the family's show the adjusted one."""
+    if not test.get("exploratory"):
+        return test
+    return {**test, "p_holm": test.get("p"), "p_sign_holm": test.get("p_sign")}
 
 
 class PairedTest(TypedDict, total=False):
     test: str
     p: float
     p_holm: float
+    exploratory: bool
     diff: float
     n01: int
     n10: int
@@ -332,6 +394,7 @@ class PairComparison(TypedDict):
 class Comparisons(TypedDict):
     reference: str
     baselines: list[str]
+    family: list[str]
     pooling: str
     alpha: float
     n_permutations: int
@@ -341,9 +404,11 @@ class Comparisons(TypedDict):
     attacks: dict[str, dict[str, PairComparison]]
 
 
-POOLING = ("seed-matched pairs stacked: ref/seed<S> paired with baseline/seed<S> on the same samples for "
-           "every common seed S, pooled into one paired sample of N x #seeds; p-values are conditional on the "
-           "trained models (test-sample noise), the spread over seeds is in seed_summary")
+POOLING = ("seed-matched pairs: ref/seed<S> paired with baseline/seed<S> on the same samples for every common "
+           "seed S; a permutation swaps the two methods on an image in every seed together (an image's seeds are "
+           "not independent), and Avg's test is the exact sign-flip test of the per-image hit differences summed "
+           "over seeds (McNemar's with one seed); p-values are conditional on the trained models (test-sample "
+           "noise), the spread over training runs is in seed_comparisons")
 
 
 def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, num_classes: int,
@@ -370,15 +435,16 @@ def compare_to_reference(records: Mapping[str, Records], groups: MethodSeeds, nu
         y = next(iter(records.values())).column(attack)[1]  # the samples the column covers
         for method in baselines:
             seeds = pairs[method]
-            ref = np.concatenate([records[ref_seeds[s]].column(attack)[0] for s in seeds])  # (N * S,)
-            other = np.concatenate([records[groups[method][s]].column(attack)[0] for s in seeds])  # (N * S,)
-            labels = np.tile(y, len(seeds))  # (N * S,)
-            result = compare(ref, other, labels, num_classes, n_resamples=cfg.n_permutations, seed=cfg.seed,
+            ref = np.stack([records[ref_seeds[s]].column(attack)[0] for s in seeds])  # (S, N)
+            other = np.stack([records[groups[method][s]].column(attack)[0] for s in seeds])  # (S, N)
+            if len(seeds) == 1:
+                ref, other = ref[0], other[0]
+            result = compare(ref, other, y, num_classes, n_resamples=cfg.n_permutations, seed=cfg.seed,
                              ddof=cfg.nsd_ddof)
-            table[attack][method] = {"seeds": seeds, "n_pairs": int(ref.shape[0]),
+            table[attack][method] = {"seeds": seeds, "n_pairs": int(ref.size),
                                      "avg": dict(result["avg"]), "worst": dict(result["worst"]),
                                      "nsd": dict(result["nsd"])}  # type: ignore[typeddict-item]
-        _holm_across_baselines(table[attack])
-    return {"reference": reference, "baselines": baselines, "pooling": POOLING, "alpha": round(1.0 - cfg.confidence, 12),
+        _holm_across_baselines(table[attack], cfg.baselines)
+    return {"reference": reference, "baselines": baselines, "family": list(cfg.baselines), "pooling": POOLING, "alpha": round(1.0 - cfg.confidence, 12),
             "n_permutations": cfg.n_permutations, "seed": cfg.seed, "ddof": cfg.nsd_ddof, "skipped": skipped,
             "attacks": table}

@@ -29,9 +29,14 @@ def _significance(p: float | None, alpha: float) -> str:
 def _clause(stat: Statistic, result: Mapping[str, Any], alpha: float, other: str | None = None) -> str:
     """One statistic's clause of a finding, e.g. "worst-class accuracy is 3.10 points higher than
     RSLAD's (paired permutation test, Holm-adjusted p = 0.004: significant at α = 0.05)"."""
-    test = "McNemar exact test" if stat == "avg" else "paired permutation test"
-    p_holm = _finite(result.get("p_holm"))
-    stats_part = f"({test}, Holm-adjusted {format_p(p_holm)}: {_significance(p_holm, alpha)})"
+    test = {"mcnemar_exact": "McNemar exact test", "image_sign_flip_exact": "exact per-image sign-flip test"}.get(
+        str(result.get("test")), "paired permutation test")
+    if result.get("exploratory"):  # outside the declared family: raw p, said so
+        p_raw = _finite(result.get("p"))
+        stats_part = f"({test}, raw {format_p(p_raw)}, exploratory: not in analyze.baselines)"
+    else:
+        p_holm = _finite(result.get("p_holm"))
+        stats_part = f"({test}, Holm-adjusted {format_p(p_holm)}: {_significance(p_holm, alpha)})"
     what = {"avg": "Avg accuracy", "worst": "worst-class accuracy", "nsd": "NSD"}[stat]
     diff = _finite(result.get("diff"))
     if diff is None:
@@ -83,20 +88,27 @@ def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = N
             f"{ref} is the only method trained: there is nothing to compare it with.\n")
     any_cmp = next(iter(next(iter(comparisons["attacks"].values())).values()))
     seeds = any_cmp["seeds"]
+    family = comparisons.get("family") or comparisons["baselines"]
+    several = len(seeds) > 1
     lines = [
         f"{ref} (the reference) against every other method on the same test samples"
         + (f" ({n_samples} samples" if n_samples else " (")
-        + (f", seeds {', '.join(map(str, seeds))} stacked as seed-matched pairs)" if len(seeds) > 1 else ")")
-        + ": Avg by an exact McNemar test, worst-class accuracy and NSD by paired permutation tests "
-        f"({comparisons['n_permutations']} permutations); p-values Holm-adjusted across the "
-        f"{len(comparisons['baselines'])} baseline(s) within each attack and statistic; "
+        + (f", seeds {', '.join(map(str, seeds))} as seed-matched pairs)" if several else ")")
+        + (": Avg by an exact per-image sign-flip test (McNemar's, generalised to several seeds), "
+           if several else ": Avg by an exact McNemar test, ")
+        + "worst-class accuracy and NSD by paired permutation tests "
+        f"({comparisons['n_permutations']} permutations"
+        + ("; an image's outcomes in every seed are swapped together, since the same image recurs in every seed"
+           if several else "")
+        + f"); p-values Holm-adjusted over the {len(family)} declared baseline(s) (analyze.baselines; an untrained "
+        "one counts as p = 1) within each attack and statistic; "
         f"significance at α = {alpha:g}. Differences are {ref} minus the baseline "
         "(Avg and Worst in percentage points, NSD as a ratio: lower is fairer).",
         "",
     ]
-    if len(seeds) > 1:
+    if several:
         lines += ["With several seeds the p-values are conditional on the trained models (they measure "
-                  "test-sample noise); see the seed summary for the spread over training runs. Worst and NSD "
+                  "test-sample noise); the tests over seeds see the spread over training runs. Worst and NSD "
                   "here are those of the seed-pooled class accuracies (the mean over seeds of each class's "
                   "accuracy), which can differ slightly from the mean over seeds shown in the table.", ""]
     if comparisons["skipped"]:
@@ -115,9 +127,12 @@ def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = N
                 result = by_baseline[method][stat]
                 diff = _finite(result["diff"])
                 shown = "–" if diff is None else (f"{diff:+.3f}" if stat == "nsd" else f"{100 * diff:+.2f}")
+                if result.get("exploratory"):
+                    cells.append(f"{shown} (raw {format_p(_finite(result.get('p')))})")
+                    continue
                 p_holm = _finite(result.get("p_holm"))
                 mark = "*" if p_holm is not None and p_holm <= alpha else ""
                 cells.append(f"{shown}{mark} ({format_p(p_holm)})")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"\\* Holm-adjusted p ≤ {alpha:g}.", ""]
+    lines += ["", f"\\* Holm-adjusted p ≤ {alpha:g}; raw: a baseline outside analyze.baselines (exploratory).", ""]
     return "\n".join(lines)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
+    model_validator,
 )
 
 from ..vocab import MethodName
-from .common import NonNegInt, PosInt, Section
+from .common import NonNegInt, PosInt, Section, _distinct
+
+
+PAPER_BASELINES: tuple[str, ...] = ("rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
+                                     "reweighted_rslad", "frl_rw", "frl_rwrm", "cfa")
+"""The baselines of the paper's table (conf/config.yaml distill.methods without absld)."""
 
 
 class AnalyzeConfig(Section):
@@ -24,6 +31,14 @@ class AnalyzeConfig(Section):
     seed: NonNegInt = 0
     reference: MethodName = "absld"
     """The method compared against every other one (McNemar, permutation tests, Holm)."""
+    baselines: Annotated[list[MethodName], AfterValidator(lambda v: _distinct(v, "analyze.baselines"))] = Field(
+        default_factory=lambda: list(PAPER_BASELINES))
+    """The declared family of comparisons: Holm's correction runs over these baselines whether they
+    were trained or not (an untrained one counts with p = 1), so a verdict does not depend on how
+    many baselines happen to be trained. Default: every baseline of the paper's table. A trained
+    method outside the family is still compared, with raw p-values marked exploratory."""
+    verdict_baseline: MethodName = "rslad"
+    """The baseline the report's verdict on ABSLD's claims is judged against (one of baselines)."""
     classes_shown: PosInt = 10
     """How many worst and how many best classes the per-class figures and tables show when the
     dataset has more than 2 x classes_shown classes (CIFAR-100, Tiny-ImageNet): the classes are
@@ -31,3 +46,13 @@ class AnalyzeConfig(Section):
     mean over its seeds), and a marker says how many middle classes are omitted. With at most
     2 x classes_shown classes every class is shown. Display only: Avg, Worst, NSD, the intervals
     and the tests always cover every class, and results/classwise.csv holds every class."""
+
+    @model_validator(mode="after")
+    def _family(self) -> AnalyzeConfig:
+        if self.reference in self.baselines:
+            raise ValueError(f"analyze.baselines holds the reference {self.reference!r}: the family is what it is "
+                             f"compared against; remove it or change analyze.reference")
+        if self.verdict_baseline not in self.baselines:
+            raise ValueError(f"analyze.verdict_baseline {self.verdict_baseline!r} is not in analyze.baselines "
+                             f"{self.baselines}: the verdict's test must be in the declared family")
+        return self
