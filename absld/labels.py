@@ -68,9 +68,11 @@ def aa_description(protocol: Protocol | None) -> str:
 
 
 def metric_name(attack: str, protocol: Protocol | None = None) -> str:
-    """The attack's name in W&B metric keys: the record name, except a non-standard AA, which is
-    ``aa_nonstandard`` (so it is never plotted or compared as AutoAttack)."""
-    return "aa_nonstandard" if attack == "aa" and not aa_is_standard(protocol) else attack
+    """The attack's name in every key a user reads — W&B metrics, ``results/fairness.json`` and the
+    evaluation's ``metrics.json`` (what ``dvc exp show`` and ``dvc metrics show`` list), the file
+    names under ``plots/``: the record name, except a non-standard AA, which is ``aa_star`` (AA*),
+    so that it is never listed, plotted or compared as AutoAttack. The records keep ``aa``."""
+    return "aa_star" if attack == "aa" and not aa_is_standard(protocol) else attack
 
 
 def attack_label(attack: str, latex: bool = False, protocol: Protocol | None = None) -> str:

@@ -442,7 +442,6 @@ def test_records_without_a_protocol_are_refused(tmp_path, monkeypatch):
 def test_a_non_standard_aa_is_labelled_in_table_report_and_wandb_keys(tmp_path, monkeypatch):
     make_project(tmp_path)
     custom = protocol(EvaluateConfig(aa={"version": "custom", "attacks": ["apgd-ce"]}))
-    y = labels()
     for path in (tmp_path / "results" / "eval").rglob("records.npz"):
         with np.load(path) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -457,6 +456,82 @@ def test_a_non_standard_aa_is_labelled_in_table_report_and_wandb_keys(tmp_path, 
     assert "Under AA*" in report and "Under AA," not in report
     meta = json.loads((tmp_path / "results" / "comparisons.json").read_text())["meta"]
     assert meta["protocol"]["aa"]["standard"] is False
+    # the keys DVC and users read say AA* too (dvc exp show lists fairness.json's keys)
+    cells = fairness_of(tmp_path)
+    assert all("aa_star" in by_attack and "aa" not in by_attack for by_attack in cells.values())
+    csv_attacks = {line.split(",")[1] for line in (tmp_path / "results" / "classwise.csv").read_text().splitlines()[1:]}
+    assert "aa_star" in csv_attacks and "aa" not in csv_attacks
+    # and RSLAD's published AutoAttack number is not placed beside our AA*
+    assert "51.49" not in table and "The published AutoAttack number of RSLAD is not shown" in table
+
+
+def test_a_published_anchor_at_another_eps_is_not_shown(tmp_path, monkeypatch):
+    """-S evaluate.eps=4/255: RobustBench's 8/255 numbers must not sit in the same table."""
+    make_project(tmp_path)
+    for path in (tmp_path / "results" / "eval").rglob("records.npz"):
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["eps"] = np.asarray(4 / 255)
+        np.savez(path, **arrays)
+    monkeypatch.chdir(tmp_path)
+    assert invoke("analyze").exit_code == 0
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "(published)" not in table.replace("Published numbers of", "")
+    assert "Published numbers of RSLAD (Zi, Zhao, Ma, Jiang; ICCV 2021 (RSLAD), CIFAR-10 ResNet-18, AutoAttack) are " \
+           "not shown: eps 8/255, ours 4/255." in table
+
+
+def _two_class_records(per_seed: Mapping[str, Sequence[np.ndarray]], y: np.ndarray) -> tuple[dict, dict]:
+    records = {f"{m}/seed{s}": Records(model=f"{m}/seed{s}", index=np.arange(len(y)), y=y,
+                                       correct={"pgd20": c, "worst": c}, eps=8 / 255)
+               for m, seeds in per_seed.items() for s, c in enumerate(seeds)}
+    groups = {m: {s: f"{m}/seed{s}" for s in range(len(seeds))} for m, seeds in per_seed.items()}
+    return records, groups
+
+
+def test_a_one_image_difference_repeated_in_each_seed_is_not_called_significant():
+    """The issue's case: the worst class differs by the same one image in each of two seeds (1 vs 2
+    right of 100). Before: 'contradicted ... p < 0.001'. Now the spread is unknown and said so."""
+    y = np.repeat([0, 1], 100)
+    absld = np.zeros(200, dtype=bool)
+    absld[[0]] = True  # class 0: 1 of 100
+    absld[100:150] = True  # class 1: 50 of 100
+    rslad = absld.copy()
+    rslad[1] = True  # class 0: 2 of 100, the one extra image
+    records, groups = _two_class_records({"absld": [absld, absld], "rslad": [rslad, rslad]}, y)
+    cfg = AnalyzeConfig(n_permutations=500)
+    table = fairness_table(records, 2, cfg)
+    seeds = seed_comparisons(table, groups, cfg)
+    worst = seeds["attacks"]["pgd20"]["rslad"]["worst"]
+    assert worst["agree"] and math.isnan(worst["p"]) and worst["diff"] == pytest.approx(-0.01)
+    per_sample = compare_to_reference(records, groups, 2, cfg)
+    assert per_sample["attacks"]["pgd20"]["rslad"]["worst"]["p"] == 1.0  # one image, swapped in both seeds
+    text = verdict(seeds, seed_summaries(table, groups, 0.95), ["pgd20"], comparisons=per_sample)
+    assert "contradicted" not in text and "p < 0.001" not in text
+    assert ("worst-class robustness up is not shown (1.0 % vs 2.0 %: -1.00 points in each of the 2 seeds: they "
+            "agree, so the spread over training runs is unknown and no t-test is possible") in text
+    assert "the per-sample test on the same records gives p = 1" in text
+
+
+def test_the_holm_adjustment_does_not_depend_on_how_many_baselines_were_trained():
+    """The issue's case: the same ABSLD-vs-RSLAD numbers read 'holds' with 2 trained baselines and
+    'not shown' with 5. With the declared family the adjusted p is the same."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(4), 50)
+    absld = [rng.random(200) < 0.6 for _ in range(3)]
+    rslad = [a & (rng.random(200) < 0.8) for a in absld]
+    copies = {m: absld for m in ("sat", "ard", "iad", "trades")}  # baselines no different from ABSLD
+    cfg = AnalyzeConfig(n_permutations=300)
+    results = []
+    for extra in (["sat"], list(copies)):
+        records, groups = _two_class_records({"absld": absld, "rslad": rslad, **{m: copies[m] for m in extra}}, y)
+        table = fairness_table(records, 4, cfg)
+        results.append((seed_comparisons(table, groups, cfg), compare_to_reference(records, groups, 4, cfg)))
+    for stat in ("avg", "worst", "nsd"):
+        assert results[0][0]["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(
+            results[1][0]["attacks"]["pgd20"]["rslad"][stat]["p_holm"])
+        assert results[0][1]["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(
+            results[1][1]["attacks"]["pgd20"]["rslad"][stat]["p_holm"])
 
 
 def test_a_missing_evaluation_names_the_stage_to_run(tmp_path, monkeypatch):
@@ -500,14 +575,43 @@ def test_published_numbers_only_describe_matching_models():
     from absld.analyze.study import applicable
     from absld.params import Params
 
-    published = {"teacher": Published({"clean": {"avg": 0.8492}}, "RobustBench", arch="wrn34_10"),
-                 "rslad": Published({"aa": {"avg": 0.5149}}, "RSLAD", arch="resnet18")}
+    published = {"teacher": Published({"clean": {"avg": 0.8492}}, "RobustBench", arch="wrn34_10", eps=8 / 255,
+                                      norm="Linf"),
+                 "rslad": Published({"aa": {"avg": 0.5149}, "clean": {"avg": 0.83}}, "RSLAD", arch="resnet18",
+                                    eps=8 / 255, norm="Linf")}
     paper = Params()
-    assert set(applicable(published, paper)) == {"teacher", "rslad"}
+
+    def shown(params, eps=8 / 255, proto=PAPER_PROTOCOL):
+        return applicable(published, params, eps=eps, protocol=proto)
+
+    assert set(shown(paper)[0]) == {"teacher", "rslad"} and shown(paper)[1] == []
     trained_teacher = Params.model_validate({"teacher": {"source": "train"}})
-    assert set(applicable(published, trained_teacher)) == {"rslad"}
+    assert set(shown(trained_teacher)[0]) == {"rslad"}
     other_student = Params.model_validate({"distill": {"student": {"arch": "mobilenet_v2"}}})
-    assert set(applicable(published, other_student)) == {"teacher"}
+    kept, notes = shown(other_student)
+    assert set(kept) == {"teacher"} and notes == [
+        "Published numbers of RSLAD (RSLAD) are not shown: architecture resnet18, ours mobilenet_v2."]
+    # -S evaluate.eps=4/255: RobustBench's 8/255 figures are not ours
+    kept, notes = shown(paper, eps=4 / 255)
+    assert kept == {} and all("eps 8/255, ours 4/255" in n for n in notes) and len(notes) == 2
+    # a non-standard AutoAttack: the AA anchor goes, the clean one stays
+    custom = protocol(EvaluateConfig.model_validate({"aa": {"version": "custom", "attacks": ["apgd-ce"]}}))
+    kept, notes = shown(paper, proto=custom)
+    assert set(kept["rslad"].values) == {"clean"} and notes == [
+        "The published AutoAttack number of RSLAD is not shown: ours is AA*, not the standard AutoAttack it was "
+        "measured with."]
+    assert shown(paper, proto=custom)[0]["teacher"].values == {"clean": {"avg": 0.8492}}
+
+
+def test_a_published_entry_without_its_threat_model_is_an_error():
+    from absld.analyze.evaluations import ReportError
+    from absld.analyze.published import published_numbers
+
+    raw = {"cifar10": {"rslad": {"arch": "resnet18", "norm": "Linf", "aa": {"avg": 0.51}}}}
+    with pytest.raises(ReportError, match="cifar10.rslad has no eps"):
+        published_numbers(raw, "cifar10")
+    raw["cifar10"]["rslad"]["eps"] = "8/255"
+    assert published_numbers(raw, "cifar10")["rslad"].eps == pytest.approx(8 / 255)
 
 
 def test_bootstrap_method_param_reaches_the_intervals():

@@ -320,9 +320,12 @@ def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path
     assert set(times["seconds"]) == {"clean", "fgsm", "pgd3", "cw", "aa"}
     assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd3"])
     plots = evaluated_project / "plots/eval/teacher"
-    bars = json.loads((plots / "aa.json").read_text())
+    # this project's AutoAttack is APGD-CE alone: AA*, keyed aa_star in every file DVC shows
+    assert metrics["protocol"]["aa"]["standard"] is False
+    assert "aa" not in metrics and not (plots / "aa.json").exists()
+    bars = json.loads((plots / "aa_star.json").read_text())
     assert [bar["class"] for bar in bars][:2] == ["alfa", "bravo"]
-    assert [bar["accuracy"] for bar in bars] == metrics["aa"]["class_acc"]
+    assert [bar["accuracy"] for bar in bars] == metrics["aa_star"]["class_acc"]
     assert (plots / "classwise.png").stat().st_size > 0
 
 

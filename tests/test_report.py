@@ -69,11 +69,12 @@ def test_json_safe_turns_nan_into_null():
 
 
 def test_published_numbers_exist_only_for_their_dataset():
-    raw = {"cifar10": {"teacher": {"source": "RobustBench", "clean": {"avg": 0.8492}}}}
+    threat = {"arch": "wrn34_10", "eps": "8/255", "norm": "Linf"}
+    raw = {"cifar10": {"teacher": {"source": "RobustBench", **threat, "clean": {"avg": 0.8492}}}}
     assert published_numbers(raw, "cifar10")["teacher"].values == {"clean": {"avg": 0.8492}}
     assert published_numbers(raw, "cifar100") == {}
     with pytest.raises(ReportError, match="fraction"):
-        published_numbers({"cifar10": {"teacher": {"clean": {"avg": 84.92}}}}, "cifar10")
+        published_numbers({"cifar10": {"teacher": {**threat, "clean": {"avg": 84.92}}}}, "cifar10")
 
 
 def test_selection_rule_is_stated_with_its_epochs():
@@ -200,7 +201,7 @@ def test_every_label_of_a_non_standard_aa_says_so():
     standard = protocol(EvaluateConfig())
     assert attack_label("aa", protocol=custom) == "AA*" and attack_label("aa", protocol=standard) == "AA"
     assert attack_label("pgd20", protocol=custom) == "PGD-20"
-    assert metric_name("aa", custom) == "aa_nonstandard" and metric_name("aa", standard) == "aa"
+    assert metric_name("aa", custom) == "aa_star" and metric_name("aa", standard) == "aa"
     assert metric_name("cw", custom) == "cw"
     table = ResultsTable(attacks=["aa"], rows=[], caption="c", protocol=custom)
     assert "AA* Avg" in table_markdown(table) and "AA* Avg" in table_csv(table)

@@ -31,7 +31,7 @@ from .analysis import (Fairness, class_ranking, compare_to_reference, fairness_t
 from .evaluations import load_evaluations
 from .markdown import classes_markdown, describe_configuration, markdown_report, seed_markdown
 from .plots import plot_class_accuracy, plot_fairness_tradeoff
-from .published import Published, published_numbers
+from .published import Published, anchors_that_match, published_numbers
 from .tables import (describe_checkpoints, results_table, row_specs, table_caption, table_csv, table_latex,
                      table_markdown)
 from .words import findings_markdown
@@ -71,6 +71,7 @@ class Study:
     comparisons: dict
     seed_tests: dict
     published: dict[str, Published]
+    published_notes: list[str]  # the anchors left out, and why
     selections: dict[str, dict[str, Any] | None]
     selection: str  # the checkpoint choice in words
     configuration: list[tuple[str, str]]
@@ -126,11 +127,13 @@ class Study:
                                                eps=first.eps, attacks=first.names, seeds=seeds, selection=selection,
                                                protocol=first.protocol)
         ranking, ranked_by = class_ranking(fairness, first.names, cfg.reference, first.protocol)
+        published, published_notes = applicable(published_numbers(raw, params.data.dataset), params, eps=first.eps,
+                                                protocol=first.protocol)
         return cls(params=params, layout=layout, class_names=class_names, groups=groups, models=models,
                    records=records, fairness=fairness, seed_stats=seed_summaries(fairness, groups, cfg.confidence),
                    comparisons=compare_to_reference(records, groups, len(class_names), cfg),
                    seed_tests=seed_comparisons(fairness, groups, cfg),
-                   published=applicable(published_numbers(raw, params.data.dataset), params),
+                   published=published, published_notes=published_notes,
                    selections=selections, selection=selection, configuration=configuration, ranking=ranking,
                    ranked_by=ranked_by, shown=select_classes(ranking, cfg.classes_shown))
 
@@ -195,19 +198,15 @@ def _training_summary(method: str, seed: int, layout: Layout) -> dict[str, Any]:
     return {**{k: metrics[k] for k in keys if k in metrics}, "final": metrics.get("final", {})}
 
 
-def applicable(published: dict[str, Published], params: Params) -> dict[str, Published]:
-    """Published numbers that describe the models of this study: the teacher's only when it was
-    imported (not trained here), and any entry only for the architecture it was published for."""
-    ours = {"teacher": params.teacher.model.arch}
+def applicable(published: dict[str, Published], params: Params, *, eps: float,
+               protocol: Protocol | None) -> tuple[dict[str, Published], list[str]]:
+    """Published numbers that describe the models of this study, and a footnote for each one left
+    out (:func:`anchors_that_match`): the teacher's only when it was imported (not trained here),
+    any entry only where its architecture, eps and norm are ours, its AutoAttack only beside a
+    standard one."""
+    ours = {} if params.teacher.source == "train" else {"teacher": params.teacher.model.arch}
     ours.update({m: params.distill.student.arch for m in params.distill.methods})
-    keep = {}
-    for key, entry in published.items():
-        if key == "teacher" and params.teacher.source == "train":
-            continue
-        if entry.arch is not None and ours.get(key) != entry.arch:
-            continue
-        keep[key] = entry
-    return keep
+    return anchors_that_match(published, ours, eps=eps, protocol=protocol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +214,12 @@ def applicable(published: dict[str, Published], params: Params) -> dict[str, Pub
 def write_metrics(study: Study) -> None:
     """results/fairness.json (the contract), classwise.csv, training.json and comparisons.json."""
     params, layout, first, cfg = study.params, study.layout, study.first, study.params.analyze
-    write_text(layout.fairness_json, dumps_strict(study.fairness))
-    write_csv(layout.classwise_csv, [{"model": model, "attack": attack, "class": name, "accuracy": entry["class_acc"][k]}
+    protocol = study.protocol
+    write_text(layout.fairness_json, dumps_strict({model: {metric_name(attack, protocol): entry
+                                                           for attack, entry in by_attack.items()}
+                                                   for model, by_attack in study.fairness.items()}))
+    write_csv(layout.classwise_csv, [{"model": model, "attack": metric_name(attack, protocol), "class": name,
+                                      "accuracy": entry["class_acc"][k]}
                                      for model in study.models for attack, entry in study.fairness[model].items()
                                      for k, name in enumerate(study.class_names)],
               columns=["model", "attack", "class", "accuracy"])
@@ -241,7 +244,8 @@ def write_tables(study: Study) -> str:
                             bootstrap_method=cfg.bootstrap_method, num_classes=study.num_classes,
                             classes_shown=cfg.classes_shown)
     table = results_table(study.fairness, row_specs(list(params.distill.methods), seeds), first.names,
-                          caption=caption, published=study.published, protocol=first.protocol)
+                          caption=caption, published=study.published, protocol=first.protocol,
+                          notes=study.published_notes)
     table_md = table_markdown(table)
     write_text(study.layout.table("md"), table_md)
     write_text(study.layout.table("tex"), table_latex(table))

@@ -87,13 +87,14 @@ def _cell(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Seque
 
 def results_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], specs: Sequence[RowSpec],
                   attacks: Sequence[str], *, caption: str, published: Mapping[str, Published] | None = None,
-                  protocol: Protocol | None = None) -> ResultsTable:
+                  protocol: Protocol | None = None, notes: Sequence[str] = ()) -> ResultsTable:
     """The paper's layout: one row per spec (plus an "… (published)" row right after it where
-    published numbers exist for any of the table's attacks), one (Avg, Worst, NSD) group per attack."""
+    published numbers exist for any of the table's attacks), one (Avg, Worst, NSD) group per attack.
+    ``notes``: footnotes to keep (the published anchors left out, and why)."""
     published = published or {}
     attacks = order_attacks(list(attacks))
     rows: list[Row] = []
-    notes: list[str] = []
+    notes = list(notes)
     for spec in specs:
         cells = {(a, s): _cell(fairness, spec.models, a, s) for a in attacks for s in STATISTICS}
         rows.append(Row(spec.label, cells))

@@ -57,7 +57,7 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     tests" (the tests in words); "Per-attack accuracy of the evaluated models": a panel grid over the
     runs of ``job_type`` evaluate in group ``study``, one bar panel per attack (``eval_metric`` with
     stats avg and worst, e.g. ``aa/avg``; ``attack`` is :func:`metric_name`, so a non-standard AA of
-    ``protocol`` reads ``aa_nonstandard/avg``) and one of NSD per attack; "Class-wise accuracy per
+    ``protocol`` reads ``aa_star/avg``) and one of NSD per attack; "Class-wise accuracy per
     attack": one bar panel per attack over the same runs with ``<attack>/class/<class name>`` (what
     the evaluate stage logs); "<reference> temperatures": a panel grid over the reference's distill
     runs with line plots of ``tau_adv/<class name>`` and ``tau_nat/<class name>`` against epoch;

@@ -11,13 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..figures import CLASSES_SHOWN, save, select_classes, short_label, _label_groups, _mark_gap, describe_selection  # noqa: E402
-from ..labels import headline_attack  # noqa: E402
+from ..labels import Protocol, attack_label, headline_attack  # noqa: E402
 
 
 def plot_classwise(class_acc: dict[str, Sequence[float]], class_names: Sequence[str], path: str | Path,
                    title: str, *, classes_shown: int = CLASSES_SHOWN, ranking: Sequence[float] | None = None,
-                   ranked_by: str | None = None) -> None:
-    """Grouped bars of class-wise accuracy: one group per class, one bar per attack (dict order).
+                   ranked_by: str | None = None, protocol: Protocol | None = None) -> None:
+    """Grouped bars of class-wise accuracy: one group per class, one bar per attack (dict order),
+    labelled by :func:`absld.labels.attack_label` of ``protocol`` (a non-standard AutoAttack: AA*).
 
     With more than ``2 * classes_shown`` classes only the :func:`select_classes` of ``ranking`` are
     drawn (default: the model's own accuracy in its :func:`absld.labels.headline_attack`, the PGD column), worst
@@ -41,7 +42,7 @@ def plot_classwise(class_acc: dict[str, Sequence[float]], class_names: Sequence[
     for a, name in enumerate(names):
         offsets = drawn - 0.4 + width * (a + 0.5)  # (S,) bar a of every group
         ax.bar(offsets, np.asarray(class_acc[name], dtype=float)[shown], width=width, color=cmap(a % cmap.N),
-               label=name)
+               label=attack_label(name, protocol=protocol))
     ax.set_xticks(positions)
     if selection.gap is None:
         rotate = len(class_names) > 6

@@ -71,7 +71,7 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
         write_json(layout.logs / "eval" / f"{model_id}.json",  # untracked: times differ on every run
                    {"seconds": {name: round(t, 3) for name, t in records.seconds.items()}})
         class_acc = {name: s["class_acc"] for name, s in summaries.items()}
-        _write_figures(layout.eval_plots(model_id), class_acc, prepared.class_names,
+        _write_figures(layout.eval_plots(model_id), class_acc, prepared.class_names, records.protocol,
                        title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
                              f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
         _track(tracker, model_id, records, summaries, class_acc, prepared.class_names, layout.eval_plots(model_id))
@@ -107,7 +107,8 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
              meta: dict[str, Any], checkpoint: Path, checkpoint_sha: str, ddof: int) -> dict[str, Any]:
     """metrics.json: one entry per attack (avg, worst, nsd, class_acc) and the run's context."""
     out: dict[str, Any] = {
-        name: {"avg": s["avg"], "worst": s["worst"], "nsd": s["nsd"], "class_acc": s["class_acc"]}
+        metric_name(name, records.protocol): {"avg": s["avg"], "worst": s["worst"], "nsd": s["nsd"],
+                                              "class_acc": s["class_acc"]}
         for name, s in summaries.items()
     }
     out.update({
@@ -155,19 +156,23 @@ def _load_model(checkpoint: Path, num_classes: int, dataset: str, rt: Runtime) -
     return rt.to_device(model).eval().requires_grad_(False)
 
 
-def _write_figures(folder: Path, class_acc: dict[str, list[float]], class_names: list[str], title: str) -> None:
-    """plots/eval/<model>/: one JSON of class accuracies per attack and the grouped-bar PNG."""
+def _write_figures(folder: Path, class_acc: dict[str, list[float]], class_names: list[str], protocol: Any,
+                   title: str) -> None:
+    """plots/eval/<model>/: one JSON of class accuracies per attack (named by :func:`metric_name`:
+    a non-standard AutoAttack is ``aa_star.json``) and the grouped-bar PNG (legend: AA*)."""
     with atomic_dir(folder) as out:
         for name, accs in class_acc.items():
-            write_json(out / f"{name}.json", [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
-        plot_classwise(class_acc, class_names, out / "classwise.png", title=title)
+            write_json(out / f"{metric_name(name, protocol)}.json",
+                       [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
+        plot_classwise(class_acc, class_names, out / "classwise.png", title=title, protocol=protocol)
 
 
 def _track(tracker: Tracker, model_id: str, records: Records, summaries: dict[str, Summary],
            class_acc: dict[str, list[float]], class_names: list[str], plots: Path) -> None:
     """The class x attack table, a bar chart per attack, the figure and the summaries in W&B."""
     names = records.names
-    tracker.log_table("classwise", ["class", *names], [[c, *(class_acc[n][k] for n in names)]
+    tracker.log_table("classwise", ["class", *(metric_name(n, records.protocol) for n in names)],
+                      [[c, *(class_acc[n][k] for n in names)]
                                                        for k, c in enumerate(class_names)])
     for name in names:
         tracker.log_bar(f"classwise/{metric_name(name, records.protocol)}", class_names, class_acc[name],
@@ -189,7 +194,7 @@ def _echo(echo: Callable[[str], None], model_id: str, records: Records, summarie
     for name, s in summaries.items():
         worst_class = class_names[int(np.argmin(s["class_acc"]))]
         seconds = f"{records.seconds[name]:8.1f}s" if name in records.seconds else ""
-        echo(f"  {name:<7} avg {s['avg']:7.2%}  worst {s['worst']:7.2%} ({worst_class})  "
+        echo(f"  {attack_label(name, protocol=records.protocol):<10} avg {s['avg']:7.2%}  worst {s['worst']:7.2%} ({worst_class})  "
                    f"nsd {s['nsd']:.3f}{seconds}")
     if test_selected:
         echo("note: this checkpoint was selected on the test set (distill.select test_fair_best), "
