@@ -243,10 +243,14 @@ def table_caption(*, dataset: str, n_samples: int, eps: float, ddof: int, confid
     ``num_classes`` classes (figures then show some classes only) it says that Worst and NSD are
     over all of them."""
     protocol = protocol or {}
-    spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {int(round(confidence * 100))}% "
-              f"stratified {bootstrap_method} bootstrap interval, {n_bootstrap} resamples)" if several_seeds else
-              f"Brackets: {int(round(confidence * 100))}% stratified {bootstrap_method} bootstrap intervals "
-              f"({n_bootstrap} resamples)")
+    level = int(round(confidence * 100))
+    spread = (f"Students: mean ± std over {n_seeds} seeds (teacher: {level}% intervals, Avg and NSD by a stratified "
+              f"{bootstrap_method} bootstrap of {n_bootstrap} resamples, Worst by inverting the exact binomial law "
+              f"of the smallest class accuracy)" if several_seeds else
+              f"Brackets: {level}% intervals, Avg and NSD by a stratified {bootstrap_method} bootstrap "
+              f"({n_bootstrap} resamples), Worst by inverting the exact (mid-p) binomial law of the smallest class "
+              f"accuracy, the other classes at their estimates (the bootstrap of a minimum under-covers when "
+              f"classes are close)")
     many = num_classes is not None and classes_shown is not None and num_classes > 2 * classes_shown
     worst, spread_of = ((f"worst-class accuracy over all {num_classes} classes", f"the {num_classes} class accuracies")
                         if many else ("worst-class accuracy", "the class accuracies"))
