@@ -773,3 +773,35 @@ def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():
             "nsd": 1.0, "nsd_ci": [0.2, 0.9999999999999998]}
     assert 0.1 + 0.2 > 0.3  # the float sum lies just above the estimate
     assert intervals_excluding_the_estimate({"m": {"pgd20": cell}}) == [("m", "pgd20", "worst")]
+
+
+def test_the_verdict_reads_the_holm_adjusted_p_of_the_declared_family():
+    """A t-test p of ~0.01 holds alone, and is 'not shown' once adjusted over the paper's 11 baselines."""
+    values = {"absld": [(0.70, 0.50, 0.10), (0.70, 0.52, 0.11), (0.70, 0.49, 0.09), (0.70, 0.51, 0.12)],
+              "rslad": [(0.70, 0.47, 0.10), (0.70, 0.48, 0.11), (0.70, 0.47, 0.09), (0.70, 0.49, 0.12)]}
+    fairness = _seed_fairness(values)
+    groups = {m: {s: f"{m}/seed{s}" for s in range(4)} for m in values}
+    stats = seed_summaries(fairness, groups, 0.95)
+    alone = seed_comparisons(fairness, groups, AnalyzeConfig(baselines=["rslad"]))
+    paper = seed_comparisons(fairness, groups, AnalyzeConfig())
+    raw = alone["attacks"]["pgd20"]["rslad"]["worst"]["p"]
+    assert raw < 0.05 < 11 * raw  # significant alone, not over eleven
+    assert paper["attacks"]["pgd20"]["rslad"]["worst"]["p_holm"] == pytest.approx(min(1.0, 11 * raw))
+    assert "worst-class robustness up holds" in verdict(alone, stats, ["pgd20"])
+    assert "worst-class robustness up is not shown" in verdict(paper, stats, ["pgd20"])
+    assert "Holm-adjusted over the 11 declared baselines" in verdict(paper, stats, ["pgd20"])
+
+
+def test_stacked_seeds_pair_each_seed_with_the_same_seed():
+    """Seed-matched: ABSLD seed s equals RSLAD seed s exactly, the seeds differ from each other. Paired
+    by seed there is nothing to test; paired across seeds there would be."""
+    rng = np.random.default_rng(8)
+    y = np.repeat(np.arange(4), 50)
+    runs = [rng.random(200) < p for p in (0.3, 0.8)]
+    records, groups = _two_class_records({"absld": runs, "rslad": runs}, y)
+    cfg = AnalyzeConfig(n_permutations=200)
+    per_sample = compare_to_reference(records, groups, 4, cfg)["attacks"]["pgd20"]["rslad"]
+    assert per_sample["seeds"] == [0, 1] and per_sample["n_pairs"] == 400
+    assert per_sample["avg"]["n01"] == per_sample["avg"]["n10"] == 0 and per_sample["avg"]["p"] == 1.0
+    seeds = seed_comparisons(fairness_table(records, 4, cfg), groups, cfg)["attacks"]["pgd20"]["rslad"]
+    assert seeds["avg"]["diff"] == 0.0 and seeds["avg"]["agree"]
