@@ -805,3 +805,50 @@ def test_stacked_seeds_pair_each_seed_with_the_same_seed():
     assert per_sample["avg"]["n01"] == per_sample["avg"]["n10"] == 0 and per_sample["avg"]["p"] == 1.0
     seeds = seed_comparisons(fairness_table(records, 4, cfg), groups, cfg)["attacks"]["pgd20"]["rslad"]
     assert seeds["avg"]["diff"] == 0.0 and seeds["avg"]["agree"]
+
+
+KNOB_CHANGES = {  # one changed value per AnalyzeConfig field
+    "nsd_ddof": 1, "confidence": 0.8, "n_bootstrap": 150, "bootstrap_method": "basic", "n_permutations": 150,
+    "seed": 3, "reference": "rslad", "baselines": ["rslad"], "verdict_baseline": "sat", "classes_shown": 1,
+}
+
+
+def _knob_outputs(cfg: AnalyzeConfig) -> dict:
+    """Everything the analysis computes from one small two-seed study of three methods."""
+    from absld.analyze.analysis import class_ranking
+
+    rng = np.random.default_rng(21)
+    y = np.repeat(np.arange(4), 30)
+    runs = {m: [rng.random(120) < p for _ in range(2)] for m, p in (("absld", 0.6), ("rslad", 0.5), ("sat", 0.55))}
+    records, groups = _two_class_records(runs, y)
+    table = fairness_table(records, 4, cfg)
+    seeds = seed_comparisons(table, groups, cfg)
+    per_sample = compare_to_reference(records, groups, 4, cfg)
+    text = verdict(seeds, seed_summaries(table, groups, cfg.confidence), ["pgd20"], comparisons=per_sample,
+                   baseline=cfg.verdict_baseline)
+    return {"table": table, "seeds": seeds, "per_sample": per_sample, "verdict": text,
+            "ranking": class_ranking(table, ["pgd20"], cfg.reference)}
+
+
+@pytest.mark.parametrize("field", list(KNOB_CHANGES))
+def test_every_analyze_knob_reaches_what_it_drives(field):
+    """Each AnalyzeConfig field, changed alone, changes the analysis (classes_shown: the figures'
+    selection, tested where the figures are drawn, tests/test_many_classes.py)."""
+    assert set(KNOB_CHANGES) == set(AnalyzeConfig.model_fields), "a new analyze field needs its probe here"
+    fast = {"n_permutations": 300, "n_bootstrap": 200}
+    base = AnalyzeConfig(**fast, **({"baselines": ["sat"], "verdict_baseline": "sat"} if field == "reference" else {}))
+    changes = {field: KNOB_CHANGES[field]}
+    if field == "verdict_baseline":
+        changes["baselines"] = ["rslad", "sat"]
+        base = AnalyzeConfig(**fast, baselines=["rslad", "sat"])
+    if field == "baselines":
+        changes["verdict_baseline"] = "rslad"
+    changed = base.model_copy(update=changes)
+    AnalyzeConfig.model_validate(changed.model_dump())  # a valid combination
+    if field == "classes_shown":
+        from absld.figures import select_classes
+
+        assert select_classes([0.1, 0.5, 0.9, 0.3], base.classes_shown).gap is None
+        assert select_classes([0.1, 0.5, 0.9, 0.3], changed.classes_shown).gap is not None
+        return
+    assert _knob_outputs(changed) != _knob_outputs(base)
