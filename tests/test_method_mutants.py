@@ -481,7 +481,7 @@ def test_cfa_gate_admits_an_epoch_whose_worst_class_equals_the_threshold():
 
 
 def test_cfa_average_without_a_student_says_what_it_needs():
-    with pytest.raises(ValueError, match="CFA averages the student's weights: give MethodContext the student"):
+    with pytest.raises(ValueError, match="^CFA averages the student's weights: give MethodContext the student$"):
         cfa(average="ema").on_epoch_end(1)
 
 
@@ -683,6 +683,26 @@ def test_cfa_state_follows_the_batch_to_its_device(monkeypatch, device):
     out = method.loss(student, batch, x_adv, None)
     assert out.loss.device.type == device
     assert {t.device.type for t in (method.eps, method.beta, method.correct, method.count)} == {device}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cfa_loss_alone_moves_the_hit_counts_to_the_batchs_device(device):
+    """``loss`` may come without a ``perturb`` before it (a batch of clean inputs scored again)."""
+    method = cfa()
+    batch, x_adv = on(device, *hand_batch())
+    out = method.loss(FixedAffine(STUDENT_W, STUDENT_B).to(device), batch, x_adv, None)
+    assert out.loss.device.type == device
+    assert {t.device.type for t in (method.beta, method.correct, method.count)} == {device}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cfa_average_is_kept_on_the_cpu_for_a_cuda_student():
+    student = nn.Linear(2, C).cuda()
+    method = cfa(student=student, average="ema")
+    method.on_epoch_end(1)
+    average = method.output_state()
+    assert {v.device.type for v in average.values()} == {"cpu"}
+    assert torch.equal(average["weight"], student.weight.detach().cpu())
 
 
 @pytest.mark.parametrize("device", DEVICES)
