@@ -3,9 +3,10 @@
 Every expected value is re-derived here from the formula in the method's docstring
 (absld/methods/<name>.py, docs/methods.md), with ``math`` on the 2-sample, 3-class affine case of
 tests/test_methods.py, a plain re-computation with autograd, or numbers worked out in the comments;
-none is read back from the code under test. The slips each test is named after (a per-epoch cache
-kept, a gradient cut, the wrong hits counted, a KL reversed, an off-by-one, a log key renamed, state
-left on the wrong device) were each applied to the source by hand and seen to fail here.
+none is read back from the code under test. Four slips were applied to the source by hand and seen
+to fail here: FRL's per-device weight cache kept across an update, FRL's S(x) target detached, CFA
+calibrated from clean hits, AdaAD's attack KL reversed; the other tests kill mutmut's mutants (an
+off-by-one, a log key renamed, state left on the wrong device, ...).
 
 Devices: the class-wise state must follow the batch's device. The tests move it to ``meta`` (a
 device with shapes but no data, on every machine) and to CUDA where there is one.
