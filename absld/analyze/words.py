@@ -90,10 +90,11 @@ def findings_markdown(comparisons: Comparisons | None, n_samples: int | None = N
     seeds = any_cmp["seeds"]
     family = comparisons.get("family") or comparisons["baselines"]
     several = len(seeds) > 1
+    where = ([f"{n_samples} samples"] if n_samples else []) + (
+        [f"seeds {', '.join(map(str, seeds))} as seed-matched pairs"] if several else [])
     lines = [
         f"{ref} (the reference) against every other method on the same test samples"
-        + (f" ({n_samples} samples" if n_samples else " (")
-        + (f", seeds {', '.join(map(str, seeds))} as seed-matched pairs)" if several else ")")
+        + (f" ({', '.join(where)})" if where else "")
         + (": Avg by an exact per-image sign-flip test (McNemar's, generalised to several seeds), "
            if several else ": Avg by an exact McNemar test, ")
         + "worst-class accuracy and NSD by paired permutation tests "
