@@ -465,7 +465,7 @@ def test_progress_gets_a_snapshot_after_every_due_batch_and_the_finished_column(
     assert [c.seconds for c in clean] == [1.0, 2.0, 3.0, 4.0]
     assert [ids(c.robust) for c in clean] == [{0, 2, 3}, {0, 2, 3, 4, 5, 6}, CLEAN_OK, CLEAN_OK]
     fgsm = [column for name, column in progress.updates if name == "fgsm"]
-    assert [c.done for c in fgsm] == [4, 8, 10, 10]
+    assert [c.done for c in fgsm] == [4, 8, 10, 10] and [c.seconds for c in fgsm] == [1.0, 2.0, 3.0, 4.0]
     assert [ids(c.robust) for c in fgsm] == [{3, 4}, {3, 4, 5, 6, 8, 9}, {3, 4, 5, 6, 8, 9, 10, 11},
                                              {3, 4, 5, 6, 8, 9, 10, 11}]
     assert records.seconds == {"clean": 4.0, "fgsm": 4.0}
@@ -891,7 +891,7 @@ def _load_error(path, model: str = "m") -> str:
     return str(error.value)
 
 
-def test_an_unreadable_records_file_names_the_stage_to_rerun(tmp_path) -> None:
+def test_an_unreadable_records_file_says_what_to_rerun(tmp_path) -> None:
     path = tmp_path / "r.npz"
     path.write_bytes(b"not an npz")
     message = _load_error(path, "absld/seed0")
@@ -958,7 +958,7 @@ def test_eps_must_be_a_scalar(tmp_path) -> None:
     assert _load_error(tmp_path / "r.npz") == f"{tmp_path / 'r.npz'}: eps must be a scalar, got shape (2,)"
 
 
-def test_records_without_a_protocol_name_the_stage_to_rerun(tmp_path) -> None:
+def test_records_without_a_protocol_say_what_to_rerun(tmp_path) -> None:
     arrays = make_records().arrays()
     del arrays["protocol"]
     _write(tmp_path / "r.npz", arrays)
@@ -981,3 +981,10 @@ def test_arrays_other_than_columns_and_masks_are_ignored(tmp_path) -> None:
     _write(tmp_path / "r.npz", arrays)
     loaded = read_records("m", tmp_path / "r.npz")
     assert loaded.names == ["clean", "aa", "worst"] and set(loaded.evaluated) == {"aa", "worst"}
+
+
+def test_a_records_file_holding_a_pickle_is_refused_unread(tmp_path) -> None:
+    arrays = {**make_records().arrays(), "note": np.array([{"made": "by hand"}], dtype=object)}
+    _write(tmp_path / "r.npz", arrays)  # np.savez pickles object arrays
+    message = _load_error(tmp_path / "r.npz")
+    assert message.startswith(f"{tmp_path / 'r.npz'}: not a readable records.npz (") and "allow_pickle" in message
