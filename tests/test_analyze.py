@@ -481,7 +481,8 @@ def test_a_published_anchor_at_another_eps_is_not_shown(tmp_path, monkeypatch):
            "not shown: eps 8/255, ours 4/255." in table
 
 
-def _two_class_records(per_seed: Mapping[str, Sequence[np.ndarray]], y: np.ndarray) -> tuple[dict, dict]:
+def _seed_records(per_seed: Mapping[str, Sequence[np.ndarray]], y: np.ndarray) -> tuple[dict, dict]:
+    """``(records, groups)`` of ``{method: [correct of seed 0, seed 1, ...]}`` under one attack, pgd20."""
     records = {f"{m}/seed{s}": Records(model=f"{m}/seed{s}", index=np.arange(len(y)), y=y,
                                        correct={"pgd20": c, "worst": c}, eps=8 / 255)
                for m, seeds in per_seed.items() for s, c in enumerate(seeds)}
@@ -498,7 +499,7 @@ def test_a_one_image_difference_repeated_in_each_seed_is_not_called_significant(
     absld[100:150] = True  # class 1: 50 of 100
     rslad = absld.copy()
     rslad[1] = True  # class 0: 2 of 100, the one extra image
-    records, groups = _two_class_records({"absld": [absld, absld], "rslad": [rslad, rslad]}, y)
+    records, groups = _seed_records({"absld": [absld, absld], "rslad": [rslad, rslad]}, y)
     cfg = AnalyzeConfig(n_permutations=500)
     table = fairness_table(records, 2, cfg)
     seeds = seed_comparisons(table, groups, cfg)
@@ -524,7 +525,7 @@ def test_the_holm_adjustment_does_not_depend_on_how_many_baselines_were_trained(
     cfg = AnalyzeConfig(n_permutations=300)
     results = []
     for extra in (["sat"], list(copies)):
-        records, groups = _two_class_records({"absld": absld, "rslad": rslad, **{m: copies[m] for m in extra}}, y)
+        records, groups = _seed_records({"absld": absld, "rslad": rslad, **{m: copies[m] for m in extra}}, y)
         table = fairness_table(records, 4, cfg)
         results.append((seed_comparisons(table, groups, cfg), compare_to_reference(records, groups, 4, cfg)))
     for stat in ("avg", "worst", "nsd"):
@@ -800,7 +801,7 @@ def test_stacked_seeds_pair_each_seed_with_the_same_seed():
     rng = np.random.default_rng(8)
     y = np.repeat(np.arange(4), 50)
     runs = [rng.random(200) < p for p in (0.3, 0.8)]
-    records, groups = _two_class_records({"absld": runs, "rslad": runs}, y)
+    records, groups = _seed_records({"absld": runs, "rslad": runs}, y)
     cfg = AnalyzeConfig(n_permutations=200)
     per_sample = compare_to_reference(records, groups, 4, cfg)["attacks"]["pgd20"]["rslad"]
     assert per_sample["seeds"] == [0, 1] and per_sample["n_pairs"] == 400
@@ -822,7 +823,7 @@ def _knob_outputs(cfg: AnalyzeConfig) -> dict:
     rng = np.random.default_rng(21)
     y = np.repeat(np.arange(4), 30)
     runs = {m: [rng.random(120) < p for _ in range(2)] for m, p in (("absld", 0.6), ("rslad", 0.5), ("sat", 0.55))}
-    records, groups = _two_class_records(runs, y)
+    records, groups = _seed_records(runs, y)
     table = fairness_table(records, 4, cfg)
     seeds = seed_comparisons(table, groups, cfg)
     per_sample = compare_to_reference(records, groups, 4, cfg)
@@ -854,3 +855,15 @@ def test_every_analyze_knob_reaches_what_it_drives(field):
         assert select_classes([0.1, 0.5, 0.9, 0.3], changed.classes_shown).gap is not None
         return
     assert _knob_outputs(changed) != _knob_outputs(base)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"baselines": ["absld", "rslad"]}, "analyze.baselines holds the reference 'absld'"),
+    ({"baselines": ["sat"]}, "analyze.verdict_baseline 'rslad' is not in analyze.baselines ['sat']"),
+    ({"baselines": ["rslad", "rslad"]}, "analyze.baselines"),
+])
+def test_a_bad_comparison_family_is_refused_with_the_value(changes, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        AnalyzeConfig(**changes)

@@ -17,6 +17,7 @@ from scipy import stats
 from absld import fairness
 from absld.analyze import analysis, words
 from absld.params import AnalyzeConfig
+from tests.test_analyze import _seed_records as _records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -821,16 +822,6 @@ def test_sign_flip_test_draws_with_seed_zero_by_default():
 
 # --------------------------------------------------------------------------------------------------
 # analysis.py: what compare_to_reference and seed_comparisons return
-def _records(per_seed: dict[str, list[np.ndarray]], y: np.ndarray) -> tuple[dict, dict]:
-    from absld.evaluate.records import Records
-
-    records = {f"{m}/seed{s}": Records(model=f"{m}/seed{s}", index=np.arange(len(y)), y=y,
-                                       correct={"pgd20": c, "worst": c}, eps=8 / 255)
-               for m, seeds in per_seed.items() for s, c in enumerate(seeds)}
-    groups = {m: {s: f"{m}/seed{s}" for s in range(len(seeds))} for m, seeds in per_seed.items()}
-    return records, groups
-
-
 def test_compare_to_reference_returns_its_settings_and_each_pairs_tests():
     rng = np.random.default_rng(9)
     y = np.repeat(np.arange(3), 10)
