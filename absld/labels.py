@@ -14,7 +14,7 @@ from .vocab import WORST
 
 """The pointwise worst case over every attack run (``correct_worst``)."""
 
-_PGD = re.compile(r"^pgd(\d+)$")
+_PGD = re.compile(r"^pgd(\d*)$")  # pgd (records since 2026-12-01) or pgd<steps> (earlier records)
 
 METHOD_LABELS: dict[str, str] = {"teacher": "Teacher", **VOCAB_METHOD_LABELS}
 
@@ -32,10 +32,10 @@ SELECTION_RULES: dict[str, str] = {
 
 
 def attack_sort_key(attack: str) -> tuple[int, int, str]:
-    """Paper order: clean, fgsm, pgd<steps> (by steps), cw, aa, anything else, worst."""
+    """Paper order: clean, fgsm, pgd, cw, aa, anything else, worst."""
     match = _PGD.match(attack)
     if match:
-        return (2, int(match.group(1)), attack)
+        return (2, int(match.group(1) or 0), attack)
     rank = {"clean": 0, "fgsm": 1, "cw": 3, "aa": 4, WORST: 6}.get(attack, 5)
     return (rank, 0, attack)
 
@@ -72,16 +72,19 @@ def metric_name(attack: str, protocol: Protocol | None = None) -> str:
     evaluation's ``metrics.json`` (what ``dvc exp show`` and ``dvc metrics show`` list), the file
     names under ``plots/``: the record name, except a non-standard AA, which is ``aa_star`` (AA*),
     so that it is never listed, plotted or compared as AutoAttack. The records keep ``aa``."""
+    if _PGD.match(attack):
+        return "pgd"  # one key whatever the steps (records before 2026-12-01 said pgd<steps>)
     return "aa_star" if attack == "aa" and not aa_is_standard(protocol) else attack
 
 
 def attack_label(attack: str, latex: bool = False, protocol: Protocol | None = None) -> str:
-    """Column label of an attack: ``pgd20`` -> ``PGD-20``, ``cw`` -> ``CW∞``, ``worst`` -> ``Worst-case``;
-    ``aa`` -> ``AA``, or ``AA*`` when ``protocol``'s AutoAttack is not the standard one
-    (:func:`aa_description` says what it is)."""
+    """Column label of an attack: ``pgd`` -> ``PGD-20`` (the steps from ``protocol``; ``PGD`` when it
+    does not say), ``cw`` -> ``CW∞``, ``worst`` -> ``Worst-case``; ``aa`` -> ``AA``, or ``AA*`` when
+    ``protocol``'s AutoAttack is not the standard one (:func:`aa_description` says what it is)."""
     match = _PGD.match(attack)
     if match:
-        return f"PGD-{match.group(1)}"
+        steps = match.group(1) or ((protocol or {}).get("pgd") or {}).get("steps")
+        return f"PGD-{steps}" if steps else "PGD"
     if attack == "cw":
         return r"CW$_\infty$" if latex else "CW∞"
     if attack == "aa" and not aa_is_standard(protocol):

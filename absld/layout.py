@@ -103,6 +103,11 @@ class Layout:
         return self.analysis_dir / "fairness.json"
 
     @property
+    def headline_json(self) -> Path:
+        """The study's few numbers per model, the only metrics DVC lists (``dvc exp show``/``diff``)."""
+        return self.analysis_dir / "headline.json"
+
+    @property
     def comparisons_json(self) -> Path:
         """Seed summaries, paired tests and the analysis meta (fairness.json keeps exactly its contract)."""
         return self.analysis_dir / "comparisons.json"

@@ -29,8 +29,8 @@ def evaluate(params_path: str, model_id: str) -> None:
 
     ID is `teacher` (models/teacher.pt) or `<method>/seed<S>` (models/students/<method>/seed<S>.pt).
     Every model is evaluated on the same first evaluate.n_samples test images (null: all), at eps =
-    evaluate.eps, in eval mode: clean, then evaluate.attacks in order -- fgsm, pgd (recorded as
-    pgd<steps>), cw (PGD on the CW margin) and aa (AutoAttack through evaluate.aa.backend; a custom
+    evaluate.eps, in eval mode: clean, then evaluate.attacks in order -- fgsm, pgd (recorded as pgd
+    whatever its steps; labelled PGD-<steps>), cw (PGD on the CW margin) and aa (AutoAttack through evaluate.aa.backend; a custom
     or rand version, or torchattacks' port, is labelled AA*). An attack runs on clean-correct
     samples only (evaluate.cascade true: only on those robust to every earlier attack). Random
     starts are drawn per sample from evaluate.seed; float32 unless evaluate.amp. A killed run

@@ -23,7 +23,7 @@ from pipeline.cli import main
 from tests.conftest import REPO
 from tests.fixtures import CIFAR10_NAMES
 
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+ATTACKS = ("clean", "fgsm", "pgd", "cw", "aa")
 PER_CLASS = 20
 NUM_CLASSES = len(CIFAR10_NAMES)
 FAST = {"n_bootstrap": 200, "n_permutations": 500}
@@ -197,7 +197,7 @@ def test_fairness_json_has_exactly_the_contract_shape(analyzed):
     fairness = fairness_of(root)
     assert list(fairness) == ["teacher", "absld/seed0", "rslad/seed0"]
     for by_attack in fairness.values():
-        assert list(by_attack) == ["clean", "fgsm", "pgd20", "cw", "aa", "worst"]
+        assert list(by_attack) == ["clean", "fgsm", "pgd", "cw", "aa", "worst"]
         for entry in by_attack.values():
             assert set(entry) == {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
             assert len(entry["class_acc"]) == NUM_CLASSES
@@ -215,13 +215,13 @@ def test_dvc_plot_data_puts_every_model_in_one_chart(analyzed):
     read = lambda path: list(csv.DictReader(open(path, newline="")))  # noqa: E731
     fairness = fairness_of(root)
     assert sorted(p.stem for p in (folder / "classwise").glob("*.csv")) == sorted(
-        ["clean", "fgsm", "pgd20", "cw", "aa", "worst"])
-    rows = read(folder / "classwise" / "pgd20.csv")
+        ["clean", "fgsm", "pgd", "cw", "aa", "worst"])
+    rows = read(folder / "classwise" / "pgd.csv")
     assert [r["model"] for r in rows[::NUM_CLASSES]] == ["Teacher", "ABSLD", "RSLAD"]
     assert [r["class"] for r in rows[:NUM_CLASSES]] == list(CIFAR10_NAMES)
     for label, model in (("Teacher", "teacher"), ("ABSLD", "absld/seed0"), ("RSLAD", "rslad/seed0")):
         got = [float(r["accuracy"]) for r in rows if r["model"] == label]
-        assert got == pytest.approx(fairness[model]["pgd20"]["class_acc"])
+        assert got == pytest.approx(fairness[model]["pgd"]["class_acc"])
     curves = read(folder / "training.csv")
     assert {(r["model"], int(r["epoch"])) for r in curves} == {(f"{m} seed 0", e) for m in ("ABSLD", "RSLAD")
                                                               for e in (1, 2, 3)}
@@ -232,8 +232,8 @@ def test_dvc_plot_data_puts_every_model_in_one_chart(analyzed):
     last_dog = next(r for r in temperatures if r["epoch"] == "4" and r["class"] == "dog")
     assert float(last_dog["tau_adv"]) == pytest.approx(1.0 + 0.2 * 0.5 / 4.5, abs=1e-4)
     tradeoff = {(r["model"], r["attack"]): r for r in read(folder / "tradeoff.csv")}
-    assert float(tradeoff[("RSLAD", "PGD-20")]["avg"]) == pytest.approx(fairness["rslad/seed0"]["pgd20"]["avg"])
-    assert float(tradeoff[("RSLAD", "PGD-20")]["nsd"]) == pytest.approx(fairness["rslad/seed0"]["pgd20"]["nsd"])
+    assert float(tradeoff[("RSLAD", "PGD-20")]["avg"]) == pytest.approx(fairness["rslad/seed0"]["pgd"]["avg"])
+    assert float(tradeoff[("RSLAD", "PGD-20")]["nsd"]) == pytest.approx(fairness["rslad/seed0"]["pgd"]["nsd"])
 
 
 def test_bootstrap_interval_contains_the_point_estimate(analyzed):
@@ -482,9 +482,9 @@ def test_a_published_anchor_at_another_eps_is_not_shown(tmp_path, monkeypatch):
 
 
 def _seed_records(per_seed: Mapping[str, Sequence[np.ndarray]], y: np.ndarray) -> tuple[dict, dict]:
-    """``(records, groups)`` of ``{method: [correct of seed 0, seed 1, ...]}`` under one attack, pgd20."""
+    """``(records, groups)`` of ``{method: [correct of seed 0, seed 1, ...]}`` under one attack, pgd."""
     records = {f"{m}/seed{s}": Records(model=f"{m}/seed{s}", index=np.arange(len(y)), y=y,
-                                       correct={"pgd20": c, "worst": c}, eps=8 / 255)
+                                       correct={"pgd": c, "worst": c}, eps=8 / 255)
                for m, seeds in per_seed.items() for s, c in enumerate(seeds)}
     groups = {m: {s: f"{m}/seed{s}" for s in range(len(seeds))} for m, seeds in per_seed.items()}
     return records, groups
@@ -503,11 +503,11 @@ def test_a_one_image_difference_repeated_in_each_seed_is_not_called_significant(
     cfg = AnalyzeConfig(n_permutations=500)
     table = fairness_table(records, 2, cfg)
     seeds = seed_comparisons(table, groups, cfg)
-    worst = seeds["attacks"]["pgd20"]["rslad"]["worst"]
+    worst = seeds["attacks"]["pgd"]["rslad"]["worst"]
     assert worst["agree"] and math.isnan(worst["p"]) and worst["diff"] == pytest.approx(-0.01)
     per_sample = compare_to_reference(records, groups, 2, cfg)
-    assert per_sample["attacks"]["pgd20"]["rslad"]["worst"]["p"] == 1.0  # one image, swapped in both seeds
-    text = verdict(seeds, seed_summaries(table, groups, 0.95), ["pgd20"], comparisons=per_sample)
+    assert per_sample["attacks"]["pgd"]["rslad"]["worst"]["p"] == 1.0  # one image, swapped in both seeds
+    text = verdict(seeds, seed_summaries(table, groups, 0.95), ["pgd"], comparisons=per_sample)
     assert "contradicted" not in text and "p < 0.001" not in text
     assert ("worst-class robustness up is not shown (1.0 % vs 2.0 %: -1.00 points in each of the 2 seeds: they "
             "agree, so the spread over training runs is unknown and no t-test is possible") in text
@@ -529,10 +529,10 @@ def test_the_holm_adjustment_does_not_depend_on_how_many_baselines_were_trained(
         table = fairness_table(records, 4, cfg)
         results.append((seed_comparisons(table, groups, cfg), compare_to_reference(records, groups, 4, cfg)))
     for stat in ("avg", "worst", "nsd"):
-        assert results[0][0]["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(
-            results[1][0]["attacks"]["pgd20"]["rslad"][stat]["p_holm"])
-        assert results[0][1]["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(
-            results[1][1]["attacks"]["pgd20"]["rslad"][stat]["p_holm"])
+        assert results[0][0]["attacks"]["pgd"]["rslad"][stat]["p_holm"] == pytest.approx(
+            results[1][0]["attacks"]["pgd"]["rslad"][stat]["p_holm"])
+        assert results[0][1]["attacks"]["pgd"]["rslad"][stat]["p_holm"] == pytest.approx(
+            results[1][1]["attacks"]["pgd"]["rslad"][stat]["p_holm"])
 
 
 def test_a_missing_evaluation_names_the_stage_to_run(tmp_path, monkeypatch):
@@ -635,7 +635,7 @@ def test_bootstrap_method_param_reaches_the_intervals():
 # --------------------------------------------------------------------------------------------------
 # the analyze params reach the statistics
 def _records_of(correct_by_model: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, Records]:
-    return {m: Records(model=m, index=np.arange(len(y)), y=y, correct={"pgd20": c, "worst": c}, eps=8 / 255)
+    return {m: Records(model=m, index=np.arange(len(y)), y=y, correct={"pgd": c, "worst": c}, eps=8 / 255)
             for m, c in correct_by_model.items()}
 
 
@@ -644,7 +644,7 @@ def test_the_bootstrap_is_stratified_by_class():
     cannot move Avg; one that resamples the pooled set would change the class mix and so Avg."""
     y = np.repeat(np.arange(3), [10, 30, 60])
     correct = y != 2  # classes 0, 1 always right, class 2 always wrong: Avg 0.4
-    cell = fairness_table(_records_of({"m": correct}, y), 3, AnalyzeConfig(n_bootstrap=300))["m"]["pgd20"]
+    cell = fairness_table(_records_of({"m": correct}, y), 3, AnalyzeConfig(n_bootstrap=300))["m"]["pgd"]
     assert cell["avg"] == pytest.approx(0.4) and cell["avg_ci"] == pytest.approx([0.4, 0.4])
 
 
@@ -652,11 +652,11 @@ def test_confidence_and_nsd_ddof_reach_the_fairness_cells():
     y = np.repeat(np.arange(4), 40)
     correct = np.random.default_rng(1).random(160) < np.repeat([0.3, 0.5, 0.7, 0.9], 40)
     records = _records_of({"m": correct}, y)
-    wide = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.95))["m"]["pgd20"]
-    narrow = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.5))["m"]["pgd20"]
+    wide = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.95))["m"]["pgd"]
+    narrow = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=400, confidence=0.5))["m"]["pgd"]
     assert wide["avg_ci"][0] < narrow["avg_ci"][0] <= narrow["avg_ci"][1] < wide["avg_ci"][1]
     acc = np.array([correct[y == k].mean() for k in range(4)])
-    ddof1 = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=50, nsd_ddof=1))["m"]["pgd20"]
+    ddof1 = fairness_table(records, 4, AnalyzeConfig(n_bootstrap=50, nsd_ddof=1))["m"]["pgd"]
     assert ddof1["nsd"] == pytest.approx(acc.std(ddof=1) / acc.mean())
     assert wide["nsd"] == pytest.approx(acc.std(ddof=0) / acc.mean())
 
@@ -675,21 +675,21 @@ def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
     paper = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))  # the paper's 11
     only_rslad = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=["rslad"]))
     for stat in ("avg", "worst", "nsd"):
-        raw = [out["attacks"]["pgd20"][m][stat]["p"] for m in ("rslad", "sat")]
-        adjusted = [out["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")]
+        raw = [out["attacks"]["pgd"][m][stat]["p"] for m in ("rslad", "sat")]
+        adjusted = [out["attacks"]["pgd"][m][stat]["p_holm"] for m in ("rslad", "sat")]
         assert adjusted == pytest.approx(holm(raw))
         # the declared family, not what was trained: nine untrained baselines count as p = 1
-        assert [paper["attacks"]["pgd20"][m][stat]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(
+        assert [paper["attacks"]["pgd"][m][stat]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(
             holm(raw + [1.0] * 9)[:2])
         # sat outside the family: raw p, marked exploratory; rslad alone is not adjusted
-        assert only_rslad["attacks"]["pgd20"]["rslad"][stat]["p_holm"] == pytest.approx(raw[0])
-        assert only_rslad["attacks"]["pgd20"]["sat"][stat]["exploratory"]
-        assert math.isnan(only_rslad["attacks"]["pgd20"]["sat"][stat]["p_holm"])
-    assert out["attacks"]["pgd20"]["rslad"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["rslad"]["avg"]["p"] or \
-        out["attacks"]["pgd20"]["sat"]["avg"]["p_holm"] > out["attacks"]["pgd20"]["sat"]["avg"]["p"]
+        assert only_rslad["attacks"]["pgd"]["rslad"][stat]["p_holm"] == pytest.approx(raw[0])
+        assert only_rslad["attacks"]["pgd"]["sat"][stat]["exploratory"]
+        assert math.isnan(only_rslad["attacks"]["pgd"]["sat"][stat]["p_holm"])
+    assert out["attacks"]["pgd"]["rslad"]["avg"]["p_holm"] > out["attacks"]["pgd"]["rslad"]["avg"]["p"] or \
+        out["attacks"]["pgd"]["sat"]["avg"]["p_holm"] > out["attacks"]["pgd"]["sat"]["avg"]["p"]
     ddof1 = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, nsd_ddof=1))
     assert ddof1["ddof"] == 1
-    assert ddof1["attacks"]["pgd20"]["rslad"]["nsd"]["diff"] != pytest.approx(out["attacks"]["pgd20"]["rslad"]["nsd"]["diff"])
+    assert ddof1["attacks"]["pgd"]["rslad"]["nsd"]["diff"] != pytest.approx(out["attacks"]["pgd"]["rslad"]["nsd"]["diff"])
 
 
 def test_columns_on_a_subset_are_analysed_on_their_samples_only(tmp_path, monkeypatch):
@@ -716,8 +716,8 @@ def test_columns_on_a_subset_are_analysed_on_their_samples_only(tmp_path, monkey
 
 
 def _seed_fairness(values: Mapping[str, Sequence[tuple[float, float, float]]]) -> dict:
-    """fairness.json-like cells {method/seedS: {pgd20: {avg, worst, nsd}}} from per-seed triples."""
-    return {f"{m}/seed{s}": {"pgd20": {"avg": a, "worst": w, "nsd": n}}
+    """fairness.json-like cells {method/seedS: {pgd: {avg, worst, nsd}}} from per-seed triples."""
+    return {f"{m}/seed{s}": {"pgd": {"avg": a, "worst": w, "nsd": n}}
             for m, triples in values.items() for s, (a, w, n) in enumerate(triples)}
 
 
@@ -731,13 +731,13 @@ def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them()
     groups = {m: {s: f"{m}/seed{s}" for s in range(3)} for m in values}
     two = AnalyzeConfig(baselines=["rslad", "sat"])
     out = seed_comparisons(fairness, groups, two)
-    worst = out["attacks"]["pgd20"]
+    worst = out["attacks"]["pgd"]
     raw = [paired_seed_test([v[1] for v in values["absld"]], [v[1] for v in values[m]])["p"] for m in ("rslad", "sat")]
     assert [worst[m]["worst"]["p"] for m in ("rslad", "sat")] == pytest.approx(raw)
     assert [worst[m]["worst"]["p_holm"] for m in ("rslad", "sat")] == pytest.approx(holm(raw))
     assert worst["rslad"]["worst"]["diff"] == pytest.approx(0.0967, abs=1e-3)
     stats = seed_summaries(fairness, groups, 0.95)
-    text = verdict(out, stats, ["clean", "pgd20", "worst"], dataset="fashion-mnist")
+    text = verdict(out, stats, ["clean", "pgd", "worst"], dataset="fashion-mnist")
     assert text.startswith("**Verdict at this scale on Fashion-MNIST** rests on 3 seeds each of ABSLD and RSLAD. "
                            "With 3 seeds the exact sign-flip test cannot go below p = 0.25, so a significant result "
                            "rests on the t-test's assumption that the seed differences are normal (2 degrees of freedom)")
@@ -750,9 +750,9 @@ def test_seed_comparisons_test_over_seeds_with_holm_and_the_verdict_reads_them()
     # the same numbers the other way round contradict the claims
     flipped = seed_comparisons(fairness, groups, AnalyzeConfig(reference="rslad", baselines=["absld", "sat"],
                                                               verdict_baseline="absld"))
-    assert "worst-class robustness up is contradicted" in verdict(flipped, stats, ["pgd20"], baseline="absld")
+    assert "worst-class robustness up is contradicted" in verdict(flipped, stats, ["pgd"], baseline="absld")
     one_seed = {m: {0: f"{m}/seed0"} for m in values}
-    assert "not tested" in verdict(seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd20"])
+    assert "not tested" in verdict(seed_comparisons(fairness, one_seed, AnalyzeConfig()), stats, ["pgd"])
 
 
 def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
@@ -763,7 +763,7 @@ def test_the_reports_first_paragraph_is_the_verdict(tmp_path, monkeypatch):
     assert lines[0].startswith("# ") and lines[1].startswith("**Verdict at this scale on CIFAR-10** rests on 2 seeds")
     assert "cannot go below p = 0.5" in lines[1]
     extra = json.loads((tmp_path / "results" / "comparisons.json").read_text())
-    assert extra["seed_comparisons"]["attacks"]["pgd20"]["rslad"]["worst"]["n"] == 2
+    assert extra["seed_comparisons"]["attacks"]["pgd"]["rslad"]["worst"]["n"] == 2
     assert "paired t-test and exact sign-flip test over seeds" in (tmp_path / "results" / "report.md").read_text()
 
 
@@ -773,7 +773,7 @@ def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():
     cell = {"avg": 0.3, "avg_ci": [0.1 + 0.2, 0.5], "worst": 0.2, "worst_ci": [0.25, 0.3],
             "nsd": 1.0, "nsd_ci": [0.2, 0.9999999999999998]}
     assert 0.1 + 0.2 > 0.3  # the float sum lies just above the estimate
-    assert intervals_excluding_the_estimate({"m": {"pgd20": cell}}) == [("m", "pgd20", "worst")]
+    assert intervals_excluding_the_estimate({"m": {"pgd": cell}}) == [("m", "pgd", "worst")]
 
 
 def test_the_verdict_reads_the_holm_adjusted_p_of_the_declared_family():
@@ -785,12 +785,12 @@ def test_the_verdict_reads_the_holm_adjusted_p_of_the_declared_family():
     stats = seed_summaries(fairness, groups, 0.95)
     alone = seed_comparisons(fairness, groups, AnalyzeConfig(baselines=["rslad"]))
     paper = seed_comparisons(fairness, groups, AnalyzeConfig())
-    raw = alone["attacks"]["pgd20"]["rslad"]["worst"]["p"]
+    raw = alone["attacks"]["pgd"]["rslad"]["worst"]["p"]
     assert raw < 0.05 < 11 * raw  # significant alone, not over eleven
-    assert paper["attacks"]["pgd20"]["rslad"]["worst"]["p_holm"] == pytest.approx(min(1.0, 11 * raw))
-    assert "worst-class robustness up holds" in verdict(alone, stats, ["pgd20"])
-    assert "worst-class robustness up is not shown" in verdict(paper, stats, ["pgd20"])
-    assert "Holm-adjusted over the 11 declared baselines" in verdict(paper, stats, ["pgd20"])
+    assert paper["attacks"]["pgd"]["rslad"]["worst"]["p_holm"] == pytest.approx(min(1.0, 11 * raw))
+    assert "worst-class robustness up holds" in verdict(alone, stats, ["pgd"])
+    assert "worst-class robustness up is not shown" in verdict(paper, stats, ["pgd"])
+    assert "Holm-adjusted over the 11 declared baselines" in verdict(paper, stats, ["pgd"])
 
 
 def test_stacked_seeds_pair_each_seed_with_the_same_seed():
@@ -803,10 +803,10 @@ def test_stacked_seeds_pair_each_seed_with_the_same_seed():
     runs = [rng.random(200) < p for p in (0.3, 0.8)]
     records, groups = _seed_records({"absld": runs, "rslad": runs}, y)
     cfg = AnalyzeConfig(n_permutations=200)
-    per_sample = compare_to_reference(records, groups, 4, cfg)["attacks"]["pgd20"]["rslad"]
+    per_sample = compare_to_reference(records, groups, 4, cfg)["attacks"]["pgd"]["rslad"]
     assert per_sample["seeds"] == [0, 1] and per_sample["n_pairs"] == 400
     assert per_sample["avg"]["n01"] == per_sample["avg"]["n10"] == 0 and per_sample["avg"]["p"] == 1.0
-    seeds = seed_comparisons(fairness_table(records, 4, cfg), groups, cfg)["attacks"]["pgd20"]["rslad"]
+    seeds = seed_comparisons(fairness_table(records, 4, cfg), groups, cfg)["attacks"]["pgd"]["rslad"]
     assert seeds["avg"]["diff"] == 0.0 and seeds["avg"]["agree"]
 
 
@@ -827,10 +827,10 @@ def _knob_outputs(cfg: AnalyzeConfig) -> dict:
     table = fairness_table(records, 4, cfg)
     seeds = seed_comparisons(table, groups, cfg)
     per_sample = compare_to_reference(records, groups, 4, cfg)
-    text = verdict(seeds, seed_summaries(table, groups, cfg.confidence), ["pgd20"], comparisons=per_sample,
+    text = verdict(seeds, seed_summaries(table, groups, cfg.confidence), ["pgd"], comparisons=per_sample,
                    baseline=cfg.verdict_baseline)
     return {"table": table, "seeds": seeds, "per_sample": per_sample, "verdict": text,
-            "ranking": class_ranking(table, ["pgd20"], cfg.reference)}
+            "ranking": class_ranking(table, ["pgd"], cfg.reference)}
 
 
 @pytest.mark.parametrize("field", list(KNOB_CHANGES))

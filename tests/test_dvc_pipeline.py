@@ -85,7 +85,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert lines[0] == "epoch,class,tau_adv,tau_nat,risk_adv,risk_nat,beta" and len(lines) == 1 + 3 * 10
     assert (project / "plots" / "distill" / "absld" / "seed0" / "temperatures.png").is_file()
     records = np.load(project / "results" / "eval" / "absld" / "seed0" / "records.npz")
-    assert {"index", "y", "eps", "protocol", "correct_clean", "correct_fgsm", "correct_pgd3", "correct_cw", "correct_aa",
+    assert {"index", "y", "eps", "protocol", "correct_clean", "correct_fgsm", "correct_pgd", "correct_cw", "correct_aa",
             "correct_worst"} <= set(records.files)
     assert records["index"].tolist() == list(range(40))
     fairness = json.loads((project / "results" / "fairness.json").read_text())
@@ -146,18 +146,18 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     fairness_metrics = {name: data for name, exp in experiments.items() if (data := fairness_of(exp))}
     assert {"beta-half"} <= set(fairness_metrics) and len(fairness_metrics) >= 2, list(experiments)
     for data in fairness_metrics.values():
-        assert {"avg", "worst", "nsd"} <= set(data["absld/seed0"]["pgd3"])
+        assert {"avg", "worst", "nsd"} <= set(data["absld/seed0"]["pgd"])
     shown = experiments["beta-half"]["data"]["params"]["params.yaml"]["data"]
     assert shown["profile"] == "tiny" and shown["distill"]["absld"]["beta"] == 0.5  # dvc exp show: which profile
     assert "absld/seed0" in run(["dvc", "metrics", "diff", "HEAD"], project).stdout
 
     # dvc plots diff overlays the two experiments: per attack one chart with every model and both revisions
     plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "beta-half", "--json"], project).stdout)["data"]
-    for name in ("plots/analyze/classwise/pgd3.csv", "plots/analyze/training.csv", "plots/analyze/temperatures.csv",
+    for name in ("plots/analyze/classwise/pgd.csv", "plots/analyze/training.csv", "plots/analyze/temperatures.csv",
                  "plots/analyze/tradeoff.csv"):
         (chart,) = plots[name]
         values = chart["content"]["data"]["values"]
         assert {v["rev"] for v in values} == {"HEAD", "beta-half"}, name
-    classwise = plots["plots/analyze/classwise/pgd3.csv"][0]["content"]
+    classwise = plots["plots/analyze/classwise/pgd.csv"][0]["content"]
     assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"}
     assert classwise["spec"]["encoding"]["yOffset"]["field"] == "model"  # side by side, not stacked

@@ -98,7 +98,7 @@ def run(task: Task, rt: Runtime, cfg: EvaluateConfig, **kwargs: object) -> Recor
 
 @pytest.fixture(scope="module")
 def full_run(task: Task, rt: Runtime) -> Records:
-    """Every attack on every clean-correct sample (fgsm, pgd20, cw)."""
+    """Every attack on every clean-correct sample (fgsm, pgd, cw)."""
     return run(task, rt, config(cascade=False))
 
 
@@ -148,9 +148,9 @@ def test_pgd_rejects_noise_it_cannot_use(start: str, shape: tuple[int, ...]) -> 
 
 def test_start_noise_is_a_pure_function_of_seed_and_attack() -> None:
     shape = (5, *IMAGE_SHAPE)
-    uniform = start_noise("uniform", shape, seed=0, name="pgd20")
-    assert torch.equal(uniform, start_noise("uniform", shape, seed=0, name="pgd20"))
-    assert not torch.equal(uniform, start_noise("uniform", shape, seed=1, name="pgd20"))
+    uniform = start_noise("uniform", shape, seed=0, name="pgd")
+    assert torch.equal(uniform, start_noise("uniform", shape, seed=0, name="pgd"))
+    assert not torch.equal(uniform, start_noise("uniform", shape, seed=1, name="pgd"))
     assert not torch.equal(uniform, start_noise("uniform", shape, seed=0, name="cw"))
     assert uniform.min() >= -1 and uniform.max() <= 1
 
@@ -169,14 +169,14 @@ def test_every_attack_stays_in_the_eps_ball_and_the_unit_box(task: Task, rt: Run
 
     records = run(task, rt, config(attacks=["fgsm", "pgd", "cw", "aa"]), on_adversarial=check)
     n_clean = int(records.correct["clean"].sum())
-    assert seen == {"clean": len(task.labels), "fgsm": n_clean, "pgd20": n_clean, "cw": n_clean, "aa": n_clean}
+    assert seen == {"clean": len(task.labels), "fgsm": n_clean, "pgd": n_clean, "cw": n_clean, "aa": n_clean}
 
 
 def test_records_have_one_column_per_attack_in_order_and_time_each(full_run: Records) -> None:
-    assert list(full_run.correct) == ["clean", "fgsm", "pgd20", "cw", "worst"]
+    assert list(full_run.correct) == ["clean", "fgsm", "pgd", "cw", "worst"]
     cfg = config()  # record_names(cfg) was removed: clean, each attack's record_name, worst
     assert list(full_run.correct) == [CLEAN, *(record_name(a, cfg) for a in cfg.attacks), WORST]
-    assert set(full_run.seconds) == {"clean", "fgsm", "pgd20", "cw"}
+    assert set(full_run.seconds) == {"clean", "fgsm", "pgd", "cw"}
     assert all(t >= 0 for t in full_run.seconds.values())
 
 
@@ -195,9 +195,9 @@ def test_robust_accuracy_never_exceeds_clean_accuracy_sample_wise(full_run: Reco
 
 
 def test_pgd20_is_at_least_as_strong_as_fgsm(full_run: Records) -> None:
-    fgsm, pgd20 = full_run.correct["fgsm"].mean(), full_run.correct["pgd20"].mean()
-    assert 0.1 < pgd20 < full_run.correct["clean"].mean(), "robust accuracy should sit mid-range"
-    assert pgd20 <= fgsm + 0.01
+    fgsm, pgd = full_run.correct["fgsm"].mean(), full_run.correct["pgd"].mean()
+    assert 0.1 < pgd < full_run.correct["clean"].mean(), "robust accuracy should sit mid-range"
+    assert pgd <= fgsm + 0.01
 
 
 def test_cascade_gives_the_same_worst_case_and_running_intersections(task: Task, rt: Runtime,
@@ -205,7 +205,7 @@ def test_cascade_gives_the_same_worst_case_and_running_intersections(task: Task,
     cascade = run(task, rt, config(cascade=True))
     assert np.array_equal(cascade.correct["worst"], full_run.correct["worst"])
     running = full_run.correct["clean"].copy()
-    for name in ("fgsm", "pgd20", "cw"):
+    for name in ("fgsm", "pgd", "cw"):
         running &= full_run.correct[name]
         assert np.array_equal(cascade.correct[name], running), name
 
@@ -229,7 +229,7 @@ def test_same_seed_gives_identical_records(task: Task, rt: Runtime) -> None:
 
 def test_records_arrays_follow_the_contract(full_run: Records) -> None:
     arrays = full_run.arrays()
-    assert list(arrays) == ["index", "y", "correct_clean", "correct_fgsm", "correct_pgd20", "correct_cw",
+    assert list(arrays) == ["index", "y", "correct_clean", "correct_fgsm", "correct_pgd", "correct_cw",
                             "correct_worst", "eps", "protocol"]
     assert json.loads(str(arrays["protocol"])) == full_run.protocol
     assert arrays["protocol"].dtype.kind == "U"  # a plain string: loads with allow_pickle=False
@@ -240,10 +240,10 @@ def test_records_arrays_follow_the_contract(full_run: Records) -> None:
 
 def test_summaries_give_avg_worst_nsd_and_class_accuracies(full_run: Records) -> None:
     summaries = summarize_records(full_run, N_CLASSES)
-    pgd20 = summaries["pgd20"]
-    assert pgd20["avg"] == pytest.approx(full_run.correct["pgd20"].mean())
-    assert pgd20["worst"] == pytest.approx(min(pgd20["class_acc"])) and len(pgd20["class_acc"]) == N_CLASSES
-    assert pgd20["ddof"] == 0
+    pgd = summaries["pgd"]
+    assert pgd["avg"] == pytest.approx(full_run.correct["pgd"].mean())
+    assert pgd["worst"] == pytest.approx(min(pgd["class_acc"])) and len(pgd["class_acc"]) == N_CLASSES
+    assert pgd["ddof"] == 0
 
 
 def test_model_in_training_mode_is_rejected(task: Task, rt: Runtime) -> None:
@@ -283,7 +283,7 @@ def test_evaluate_stage_writes_records_as_the_contract(evaluated_project: Path) 
     params = read_yaml(evaluated_project / "params.yaml")
     n = params["evaluate"]["n_samples"]
     with np.load(evaluated_project / "results/eval/teacher/records.npz") as records:
-        names = ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
+        names = ["clean", "fgsm", "pgd", "cw", "aa", "worst"]
         assert sorted(records.files) == sorted(["index", "y", "eps", "protocol", *(f"correct_{a}" for a in names)])
         assert records["index"].dtype.kind == "i" and np.array_equal(records["index"], np.arange(n))
         test_labels = np.load(evaluated_project / "data/synthetic/test_labels.npy")
@@ -317,8 +317,8 @@ def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path
     assert metrics["n"] == 40 and metrics["cascade"] is False and metrics["eps"] == pytest.approx(EPS)
     assert "seconds" not in metrics  # DVC-tracked: no wall-clock times (they differ on every run)
     times = json.loads((evaluated_project / "logs/eval/teacher.json").read_text())
-    assert set(times["seconds"]) == {"clean", "fgsm", "pgd3", "cw", "aa"}
-    assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd3"])
+    assert set(times["seconds"]) == {"clean", "fgsm", "pgd", "cw", "aa"}
+    assert {"avg", "worst", "nsd", "class_acc"} <= set(metrics["pgd"])
     plots = evaluated_project / "plots/eval/teacher"
     # this project's AutoAttack is APGD-CE alone: AA*, keyed aa_star in every file DVC shows
     assert metrics["protocol"]["aa"]["standard"] is False
@@ -394,7 +394,7 @@ def test_worst_is_the_pointwise_and_of_every_column(full_run: Records) -> None:
     in this run different attacks break different samples, so the two differ."""
     columns = [c for name, c in full_run.correct.items() if name != "worst"]
     assert np.array_equal(full_run.correct["worst"], np.logical_and.reduce(columns))
-    lowest = min(full_run.correct[name].mean() for name in ("fgsm", "pgd20", "cw"))
+    lowest = min(full_run.correct[name].mean() for name in ("fgsm", "pgd", "cw"))
     assert full_run.correct["worst"].mean() < lowest  # the samples broken by one attack only count
 
 
@@ -437,16 +437,16 @@ def test_the_configured_settings_reach_the_attacks_that_fill_each_column(task: T
                  aa={"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "batch_size": 9})
     records = run(task, rt, cfg)
     by_steps = {call["steps"]: call for call in pgd_calls}
-    fgsm, pgd7, cw4 = by_steps[1], by_steps[7], by_steps[4]
+    fgsm, pgd, cw4 = by_steps[1], by_steps[7], by_steps[4]
     assert fgsm["eps"] == fgsm["step"] == pytest.approx(6 / 255) and fgsm["start"] == "gaussian"
     assert fgsm["gauss_std"] == 0.002
-    assert pgd7["eps"] == pytest.approx(6 / 255) and pgd7["step"] == pytest.approx(1 / 255) and pgd7["start"] == "uniform"
+    assert pgd["eps"] == pytest.approx(6 / 255) and pgd["step"] == pytest.approx(1 / 255) and pgd["start"] == "uniform"
     assert cw4["eps"] == pytest.approx(6 / 255) and cw4["step"] == pytest.approx(3 / 255)
     assert set(kappas) == {12.5}
     assert aa_calls and all(c["eps"] == pytest.approx(6 / 255) and c["norm"] == "Linf" and c["seed"] == 3
                             and c["version"] == "custom" and list(c["attacks"]) == ["apgd-ce", "apgd-t"]
                             and c["batch_size"] == 9 for c in aa_calls)
-    assert "pgd7" in records.correct and records.eps == pytest.approx(6 / 255)
+    assert "pgd" in records.correct and records.eps == pytest.approx(6 / 255)
 
 
 def test_metrics_json_nsd_follows_analyze_nsd_ddof(evaluated_project: Path, monkeypatch) -> None:
@@ -462,8 +462,8 @@ def test_metrics_json_nsd_follows_analyze_nsd_ddof(evaluated_project: Path, monk
         assert invoke("evaluate", "--model", "teacher").exit_code == 0
         metrics = json.loads((evaluated_project / "results/eval/teacher/metrics.json").read_text())
         with np.load(evaluated_project / "results/eval/teacher/records.npz") as records:
-            expected = summarize(records["correct_pgd3"], records["y"], 10, 1)["nsd"]
-        assert metrics["nsd_ddof"] == 1 and metrics["pgd3"]["nsd"] == pytest.approx(expected)
+            expected = summarize(records["correct_pgd"], records["y"], 10, 1)["nsd"]
+        assert metrics["nsd_ddof"] == 1 and metrics["pgd"]["nsd"] == pytest.approx(expected)
     finally:
         (evaluated_project / "params.yaml").write_text(original)
         assert invoke("evaluate", "--model", "teacher").exit_code == 0
@@ -478,10 +478,10 @@ def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runt
     mask = np.arange(n) < 30
     assert np.array_equal(records.evaluated["aa"], mask) and np.array_equal(records.evaluated["worst"], mask)
     assert not records.correct["aa"][~mask].any()
-    others = np.logical_and.reduce([records.correct[c] for c in ("clean", "fgsm", "pgd20", "cw")])
+    others = np.logical_and.reduce([records.correct[c] for c in ("clean", "fgsm", "pgd", "cw")])
     assert np.array_equal(records.correct["worst"][mask], (others & records.correct["aa"])[mask])
     assert np.array_equal(records.correct["worst"][~mask], others[~mask])
-    for name in ("clean", "fgsm", "pgd20", "cw"):  # the other attacks still cover every sample
+    for name in ("clean", "fgsm", "pgd", "cw"):  # the other attacks still cover every sample
         assert np.array_equal(records.correct[name], full_run.correct[name]), name
     arrays = records.arrays()
     assert np.array_equal(arrays["evaluated_aa"], mask) and records.protocol["aa"]["n_samples"] == 30
@@ -489,7 +489,7 @@ def test_autoattack_on_a_subset_marks_the_columns_it_covers(task: Task, rt: Runt
     summaries = summarize_records(records, N_CLASSES)  # metrics.json, W&B: each column on its samples
     assert summaries["aa"]["avg"] == pytest.approx(records.correct["aa"][mask].mean())
     assert summaries["worst"]["avg"] == pytest.approx(records.correct["worst"][mask].mean())
-    assert summaries["pgd20"]["avg"] == pytest.approx(records.correct["pgd20"].mean())
+    assert summaries["pgd"]["avg"] == pytest.approx(records.correct["pgd"].mean())
 
 
 def test_the_selection_score_is_pgd_avg_plus_pgd_worst_not_clean(task: Task, rt: Runtime, full_run: Records) -> None:
@@ -565,7 +565,7 @@ def kill_at(record: str, batch: int):
     return hook
 
 
-@pytest.mark.parametrize("record, batch", [("pgd20", 1), ("aa", 1), ("cw", 0)])
+@pytest.mark.parametrize("record, batch", [("pgd", 1), ("aa", 1), ("cw", 0)])
 def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_identical_records(task: Task, rt: Runtime,
                                                                                   tmp_path: Path, record, batch) -> None:
     """Killed within an attack (PGD, AutoAttack, CW), then run again with the same progress file:
@@ -585,9 +585,9 @@ def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_identical_record
     progress.load()
     resumed = run(task, rt, cfg, progress=progress, on_adversarial=counter(attacked))
     assert notes and notes[0].startswith(f"resuming the evaluation from {path}")
-    order = ["clean", "fgsm", "pgd20", "aa", "cw"]
+    order = ["clean", "fgsm", "pgd", "aa", "cw"]
     assert all(name not in attacked for name in order[:order.index(record)])  # finished columns not rerun
-    size = {"pgd20": 32, "aa": 16, "cw": 32}[record]
+    size = {"pgd": 32, "aa": 16, "cw": 32}[record]
     assert attacked[record] == counts[record] - batch * size  # resumed after its finished batches
     assert all(attacked[name] == counts[name] for name in order[order.index(record) + 1:] if name in counts)
     assert {k: v.tolist() for k, v in resumed.arrays().items()} == {k: v.tolist() for k, v in whole.arrays().items()}

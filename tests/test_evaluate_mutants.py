@@ -195,9 +195,9 @@ def test_without_cascade_every_attack_runs_on_every_clean_correct_sample(fakes: 
         assert sorted(fakes.attacked(attack)) == sorted(CLEAN_OK), attack
     # by hand: clean-correct minus the attack's broken ids
     expected = {"clean": {0, 2, 3, 4, 5, 6, 8, 9, 10, 11}, "fgsm": {3, 4, 5, 6, 8, 9, 10, 11},
-                "pgd3": {0, 4, 6, 8, 9, 10, 11}, "cw": {0, 2, 3, 4, 8, 10, 11}, "aa": {0, 2, 4, 5, 6, 9, 11},
+                "pgd": {0, 4, 6, 8, 9, 10, 11}, "cw": {0, 2, 3, 4, 8, 10, 11}, "aa": {0, 2, 4, 5, 6, 9, 11},
                 "worst": {4, 11}}
-    assert records.names == ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
+    assert records.names == ["clean", "fgsm", "pgd", "cw", "aa", "worst"]
     assert {name: ids(c) for name, c in records.correct.items()} == expected
     assert all(c.dtype == np.bool_ and c.shape == (N,) for c in records.correct.values())
     assert records.evaluated == {} and records.cascade is False
@@ -210,7 +210,7 @@ def test_the_cascade_runs_each_attack_only_on_the_samples_robust_to_every_earlie
     assert sorted(fakes.attacked("cw")) == [4, 6, 8, 9, 10, 11]
     assert sorted(fakes.attacked("aa")) == [4, 8, 10, 11]
     expected = {"clean": {0, 2, 3, 4, 5, 6, 8, 9, 10, 11}, "fgsm": {3, 4, 5, 6, 8, 9, 10, 11},
-                "pgd3": {4, 6, 8, 9, 10, 11}, "cw": {4, 8, 10, 11}, "aa": {4, 11}, "worst": {4, 11}}
+                "pgd": {4, 6, 8, 9, 10, 11}, "cw": {4, 8, 10, 11}, "aa": {4, 11}, "worst": {4, 11}}
     assert {name: ids(c) for name, c in records.correct.items()} == expected
     assert records.cascade is True and records.protocol["cascade"] is True
 
@@ -314,7 +314,7 @@ def test_labels_of_any_integer_dtype_are_judged_as_int64(fakes: Fakes) -> None:
 
 def test_an_empty_evaluated_set_gives_empty_columns(fakes: Fakes) -> None:
     records = cascade.evaluate_model(Lookup(), lookup_images(0), LABELS[:0], RT, cfg_of(), num_classes=C)
-    assert records.n == 0 and records.names == ["clean", "fgsm", "pgd3", "cw", "aa", "worst"]
+    assert records.n == 0 and records.names == ["clean", "fgsm", "pgd", "cw", "aa", "worst"]
     assert all(c.shape == (0,) for c in records.correct.values()) and fakes.calls == []
 
 
@@ -324,7 +324,7 @@ def test_records_carry_the_model_eps_protocol_and_one_second_per_column(fakes: F
     cfg = cfg_of(eps="6/255", amp=True)
     records = evaluate(cfg, desc="teacher")
     assert records.model == "teacher" and records.eps == pytest.approx(6 / 255) and isinstance(records.eps, float)
-    assert records.seconds == {"clean": 1.0, "fgsm": 1.0, "pgd3": 1.0, "cw": 1.0, "aa": 1.0}  # two clock reads each
+    assert records.seconds == {"clean": 1.0, "fgsm": 1.0, "pgd": 1.0, "cw": 1.0, "aa": 1.0}  # two clock reads each
     assert records.protocol == cascade.protocol(cfg, False)  # the runtime has no autocast
     assert records.protocol["precision"] == "float32"
     rt_amp = Runtime(device=CPU, amp=True, channels_last=False, progress=False)
@@ -376,7 +376,7 @@ def test_amp_puts_clean_fgsm_pgd_and_cw_under_autocast_never_autoattack(fakes: F
         for phase, on in model.seen:
             by_phase.setdefault(phase, set()).add(on)
         assert by_phase["check"] == {False}
-        for name in ("clean", "fgsm", "pgd3", "cw"):
+        for name in ("clean", "fgsm", "pgd", "cw"):
             assert by_phase[name] == {amp}, name
         assert by_phase["aa"] == {False}
 
@@ -396,7 +396,7 @@ def test_each_attack_gets_its_samples_rows_of_the_seeded_start_noise(fakes: Fake
     for seed in (0, 5):
         fakes.calls.clear()
         evaluate(cfg_of(seed=seed, pgd={"step": "2/255", "steps": 4}))
-        for attack, kind, name in (("fgsm", "gaussian", "fgsm"), ("pgd", "uniform", "pgd4"), ("cw", "uniform", "cw")):
+        for attack, kind, name in (("fgsm", "gaussian", "fgsm"), ("pgd", "uniform", "pgd"), ("cw", "uniform", "cw")):
             draws = expected_noise(kind, shape, seed, name)
             for call in fakes.of(attack):
                 assert torch.equal(call.kwargs["noise"], draws[call.ids]), (seed, attack)
@@ -425,8 +425,8 @@ def test_start_noise_is_drawn_only_for_attacks_with_a_start_and_samples_to_attac
 
 def test_start_noise_uniform_and_gaussian_are_the_seeded_standard_draws() -> None:
     shape = (64, 2, 3, 3)
-    uniform = cascade.start_noise("uniform", shape, seed=3, name="pgd20")
-    assert torch.equal(uniform, expected_noise("uniform", shape, 3, "pgd20"))
+    uniform = cascade.start_noise("uniform", shape, seed=3, name="pgd")
+    assert torch.equal(uniform, expected_noise("uniform", shape, 3, "pgd"))
     assert uniform.min() >= -1 and uniform.max() < 1 and uniform.min() < -0.99 and uniform.max() > 0.99
     gaussian = cascade.start_noise("gaussian", shape, seed=3, name="fgsm")
     assert torch.equal(gaussian, expected_noise("gaussian", shape, 3, "fgsm"))
@@ -578,7 +578,7 @@ def test_the_clean_attack_is_the_input_itself() -> None:
 
 def test_record_names() -> None:
     cfg = cfg_of(pgd={"step": "2/255", "steps": 7})
-    assert [cascade.record_name(a, cfg) for a in ("fgsm", "pgd", "cw", "aa")] == ["fgsm", "pgd7", "cw", "aa"]
+    assert [cascade.record_name(a, cfg) for a in ("fgsm", "pgd", "cw", "aa")] == ["fgsm", "pgd", "cw", "aa"]
 
 
 def test_package_version_is_the_installed_distributions_or_none() -> None:
@@ -592,7 +592,7 @@ def test_build_attacks_gives_one_spec_per_attack_with_its_batching_noise_and_pre
         cfg = cfg_of(amp=amp, batch_size=6, attacks=["pgd", "aa", "fgsm", "cw"])
         specs = cascade.build_attacks(cfg, CPU)
         assert [(s.name, s.batch_size, s.noise_kind, s.autocast) for s in specs] == [
-            ("pgd3", 6, "uniform", amp), ("aa", 3, None, False), ("fgsm", 6, "gaussian", amp), ("cw", 6, "uniform", amp)]
+            ("pgd", 6, "uniform", amp), ("aa", 3, None, False), ("fgsm", 6, "gaussian", amp), ("cw", 6, "uniform", amp)]
     assert [s.name for s in cascade.build_attacks(cfg_of(attacks=["cw"]))] == ["cw"]
 
 
@@ -808,7 +808,7 @@ def test_the_linear_set_up_has_both_classes_and_attacks_that_break_some_samples(
                                                                                 linear_base) -> None:
     records, _ = linear_base
     assert set(linear.labels.tolist()) == {0, 1}
-    for name in ("fgsm", "pgd2", "cw"):
+    for name in ("fgsm", "pgd", "cw"):
         assert 0 < records.correct[name].sum() < LIN_N, name
 
 

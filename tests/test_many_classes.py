@@ -39,7 +39,7 @@ turtle wardrobe whale willow_tree wolf woman worm""".split()
 C = len(CIFAR100_NAMES)
 PER_CLASS = 20
 SHOWN = 8  # the project's analyze.classes_shown (the functions' default, 10, is tested directly)
-ATTACKS = ("clean", "pgd20", "aa")
+ATTACKS = ("clean", "pgd", "aa")
 
 # ABSLD's PGD-20 class accuracy, by construction free of ties at the ends: the classes of WORST
 # are right on 0, 1, ..., 7 of their 20 samples, those of BEST on 13, ..., 20, every other class
@@ -85,12 +85,12 @@ def analyzed100(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_manifest(root, "cifar100", CIFAR100_NAMES)
     y = labels(PER_CLASS, C)
     rng = np.random.default_rng(1)
-    write_records(root, "teacher", y, {"clean": np.ones(len(y), bool), "pgd20": first_correct(y, teacher_counts()),
+    write_records(root, "teacher", y, {"clean": np.ones(len(y), bool), "pgd": first_correct(y, teacher_counts()),
                                        "aa": first_correct(y, teacher_counts())})
     absld = first_correct(y, absld_counts())
-    write_records(root, "absld/seed0", y, {"clean": np.ones(len(y), bool), "pgd20": absld, "aa": absld})
+    write_records(root, "absld/seed0", y, {"clean": np.ones(len(y), bool), "pgd": absld, "aa": absld})
     rslad = rng.random(len(y)) < 0.6
-    write_records(root, "rslad/seed0", y, {"clean": np.ones(len(y), bool), "pgd20": rslad, "aa": rslad})
+    write_records(root, "rslad/seed0", y, {"clean": np.ones(len(y), bool), "pgd": rslad, "aa": rslad})
     write_temperatures_100(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -167,7 +167,7 @@ def test_the_param_has_a_default_of_10_is_validated_and_is_in_params_yaml():
 def accuracies_100() -> tuple[dict, list[float]]:
     rng = np.random.default_rng(5)
     acc = {m: {a: list(rng.random(C)) for a in ATTACKS} for m in ("Teacher", "ABSLD", "RSLAD")}
-    return acc, acc["ABSLD"]["pgd20"]
+    return acc, acc["ABSLD"]["pgd"]
 
 
 def test_class_accuracy_figure_shows_the_worst_and_best_of_the_ranking(captured):
@@ -187,7 +187,7 @@ def test_ten_class_figures_show_every_class_in_order(captured):
     rng = np.random.default_rng(2)
     acc = {m: {a: list(rng.random(10)) for a in ATTACKS} for m in ("Teacher", "ABSLD")}
     plot_class_accuracy(CIFAR10_NAMES, acc, [(a, a.upper()) for a in ATTACKS], "unused.png",
-                        ranking=acc["ABSLD"]["pgd20"])
+                        ranking=acc["ABSLD"]["pgd"])
     plot_classwise(acc["ABSLD"], CIFAR10_NAMES, "unused.png", title="t")
     assert tick_labels(captured[0].axes[len(ATTACKS) - 1]) == CIFAR10_NAMES
     assert tick_labels(captured[1].axes[0]) == CIFAR10_NAMES
@@ -198,7 +198,7 @@ def test_classwise_figure_of_one_model_ranks_by_its_pgd_column(captured):
     acc, _ = accuracies_100()
     by_attack = acc["RSLAD"]
     plot_classwise(by_attack, CIFAR100_NAMES, "unused.png", title="rslad/seed0")
-    ascending = [int(k) for k in np.argsort(by_attack["pgd20"])]
+    ascending = [int(k) for k in np.argsort(by_attack["pgd"])]
     assert tick_labels(captured[0].axes[0]) == ([CIFAR100_NAMES[k] for k in ascending[:10]] + ["⋯"]
                                                 + [CIFAR100_NAMES[k] for k in ascending[-10:]])
 
@@ -236,14 +236,14 @@ def test_many_class_figures_render_to_valid_pngs(tmp_path):
 # the analyze stage on 100 classes
 def test_statistics_are_over_all_classes_with_the_planted_worst_class_omitted_from_the_figures(analyzed100):
     fairness = json.loads((analyzed100 / "results" / "fairness.json").read_text())
-    teacher = fairness["teacher"]["pgd20"]
+    teacher = fairness["teacher"]["pgd"]
     assert len(teacher["class_acc"]) == C
     assert teacher["worst"] == pytest.approx(1 / 20)  # the planted class, omitted from every per-class view
     acc = np.array(teacher["class_acc"])
     assert teacher["nsd"] == pytest.approx(acc.std() / acc.mean())
-    absld = np.array(fairness["absld/seed0"]["pgd20"]["class_acc"])
-    assert fairness["absld/seed0"]["pgd20"]["worst"] == pytest.approx(absld.min()) == 0.0
-    assert fairness["absld/seed0"]["pgd20"]["avg"] == pytest.approx(absld.mean())
+    absld = np.array(fairness["absld/seed0"]["pgd"]["class_acc"])
+    assert fairness["absld/seed0"]["pgd"]["worst"] == pytest.approx(absld.min()) == 0.0
+    assert fairness["absld/seed0"]["pgd"]["avg"] == pytest.approx(absld.mean())
     table = (analyzed100 / "results" / "table.md").read_text()
     assert "Worst: worst-class accuracy over all 100 classes (%)" in table
     teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher "))
@@ -315,14 +315,14 @@ def test_wandb_report_panels_show_the_worst_and_best_classes():
     pytest.importorskip("wandb_workspaces")
     y = labels(PER_CLASS, C)
     absld = first_correct(y, absld_counts())
-    records = {m: Records(m, np.arange(len(y)), y, {"pgd20": absld, "worst": absld}, 8 / 255)
+    records = {m: Records(m, np.arange(len(y)), y, {"pgd": absld, "worst": absld}, 8 / 255)
                for m in ("teacher", "absld/seed0")}
     fairness = fairness_table(records, C, AnalyzeConfig(**FAST))
-    report = build_wandb_report("proj", "me", "study", fairness, ["pgd20", "worst"], class_names=CIFAR100_NAMES,
+    report = build_wandb_report("proj", "me", "study", fairness, ["pgd", "worst"], class_names=CIFAR100_NAMES,
                                 classes_shown=SHOWN)
     _, classwise, taus = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
     shown = [CIFAR100_NAMES[k] for k in WORST + BEST]
-    assert classwise.panels[0].metrics == [f"pgd20/class/{name}" for name in shown]
+    assert classwise.panels[0].metrics == [f"pgd/class/{name}" for name in shown]
     assert "84 classes omitted" in classwise.panels[0].title
     assert taus.panels[0].y == [f"tau_adv/{name}" for name in shown]
     assert taus.panels[2].y == ["tau_adv_classes/min", "tau_adv_classes/median", "tau_adv_classes/max"]
@@ -332,14 +332,14 @@ def test_the_ranking_rule_is_the_reference_mean_over_seeds_then_the_students_the
     def cell(values):
         return {"class_acc": list(values)}
 
-    fairness = {"teacher": {"pgd20": cell([0.9, 0.1, 0.5])},
-                "absld/seed0": {"pgd20": cell([0.2, 0.4, None])}, "absld/seed1": {"pgd20": cell([0.4, 0.0, None])},
-                "rslad/seed0": {"pgd20": cell([1.0, 1.0, 1.0])}}
-    scores, words = class_ranking(fairness, ["clean", "pgd20", "aa", "worst"], "absld")
+    fairness = {"teacher": {"pgd": cell([0.9, 0.1, 0.5])},
+                "absld/seed0": {"pgd": cell([0.2, 0.4, None])}, "absld/seed1": {"pgd": cell([0.4, 0.0, None])},
+                "rslad/seed0": {"pgd": cell([1.0, 1.0, 1.0])}}
+    scores, words = class_ranking(fairness, ["clean", "pgd", "aa", "worst"], "absld")
     assert scores[:2] == pytest.approx([0.3, 0.2]) and math.isnan(scores[2])  # null: no defined accuracy
     assert words == "ABSLD's PGD-20 class accuracy (mean over its 2 seeds)"
-    scores, words = class_ranking(fairness, ["pgd20"], "ard")  # the reference not evaluated
+    scores, words = class_ranking(fairness, ["pgd"], "ard")  # the reference not evaluated
     assert scores == pytest.approx([(0.2 + 0.4 + 1.0) / 3, (0.4 + 0.0 + 1.0) / 3, 1.0])
     assert words == "the mean PGD-20 class accuracy of the 3 evaluated students"
-    scores, words = class_ranking({"teacher": fairness["teacher"]}, ["pgd20"], "absld")
+    scores, words = class_ranking({"teacher": fairness["teacher"]}, ["pgd"], "absld")
     assert scores == pytest.approx([0.9, 0.1, 0.5]) and words == "the teacher's PGD-20 class accuracy"

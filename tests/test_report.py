@@ -49,8 +49,13 @@ def small_fairness() -> Fairness:
 # --------------------------------------------------------------------------------------------------
 # vocabulary and checks
 def test_attacks_are_ordered_and_labelled_like_the_paper():
-    assert order_attacks(["worst", "aa", "cw", "pgd20", "fgsm", "clean"]) == ALL_ATTACKS
-    assert [attack_label(a) for a in ALL_ATTACKS] == ["Clean", "FGSM", "PGD-20", "CW∞", "AA", "Worst-case"]
+    assert order_attacks(["worst", "aa", "cw", "pgd", "fgsm", "clean"]) == ALL_ATTACKS
+    assert [attack_label(a, protocol={"pgd": {"steps": 20}}) for a in ALL_ATTACKS] == [
+        "Clean", "FGSM", "PGD-20", "CW∞", "AA", "Worst-case"]
+    # the steps come from the protocol, never from the key (one key for a steps sweep)
+    assert attack_label("pgd", protocol={"pgd": {"steps": 7}}) == "PGD-7" and attack_label("pgd") == "PGD"
+    assert attack_label("pgd20") == "PGD-20"  # records written before the key was made stable
+    assert metric_name("pgd20") == metric_name("pgd") == "pgd"
     assert model_label("fair_rslad/seed2") == "Fair-RSLAD (seed 2)"
 
 
@@ -110,7 +115,7 @@ def test_wandb_report_has_the_expected_blocks_without_network(no_network):
     assert bars.panels[4].metrics == ["aa/avg", "aa/worst"] and bars.panels[4].title.startswith("AA")
     # class-wise bars per attack, keyed by class name as the evaluate stage logs them
     assert [type(p).__name__ for p in classwise.panels] == ["BarPlot"] * len(ALL_ATTACKS)
-    assert classwise.panels[2].metrics == [f"pgd20/class/{name}" for name in CIFAR10_NAMES]
+    assert classwise.panels[2].metrics == [f"pgd/class/{name}" for name in CIFAR10_NAMES]
     # temperatures by class name against epoch (the distill stage's keys), tau_adv and tau_nat
     assert [type(p).__name__ for p in taus.panels] == ["LinePlot", "LinePlot"]
     assert taus.panels[0].y == [f"tau_adv/{name}" for name in CIFAR10_NAMES] and taus.panels[0].x == "epoch"
@@ -130,7 +135,7 @@ def test_wandb_report_can_keep_one_dvc_experiment(no_network):
 
 
 def test_report_outline_lists_every_block(no_network):
-    report = build_wandb_report("proj", "me", "study", small_fairness(), ALL_ATTACKS)
+    report = build_wandb_report("proj", "me", "study", small_fairness(), ALL_ATTACKS, protocol={"pgd": {"steps": 20}})
     outline = report_outline(report)
     assert outline.splitlines()[0] == f"W&B report '{report.title}' (me/proj)"
     for line in ("H1: Class-wise robustness", "H1: Summary table", "BarPlot 'PGD-20: Avg and worst-class accuracy'",

@@ -329,7 +329,7 @@ def test_evaluate_logs_class_wise_accuracy_to_wandb_by_class_name(project, monke
     assert invoke("evaluate", "--model", "teacher").exit_code == 0
     metrics = json.loads((project / "results" / "eval" / "teacher" / "metrics.json").read_text())
     names = json.loads((project / "data" / "synthetic" / "manifest.json").read_text())["class_names"]
-    assert [summaries[f"pgd3/class/{name}"] for name in names] == pytest.approx(metrics["pgd3"]["class_acc"])
+    assert [summaries[f"pgd/class/{name}"] for name in names] == pytest.approx(metrics["pgd"]["class_acc"])
 
 
 def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback(project, monkeypatch):

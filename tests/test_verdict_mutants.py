@@ -105,7 +105,7 @@ def _comparisons(seeds: list[int], skipped: dict[str, str] | None = None) -> dic
         "reference": "absld", "baselines": ["rslad", "cfa"], "family": ["rslad", "sat", "ard"],
         "pooling": "", "alpha": 0.05, "n_permutations": 500, "seed": 0, "ddof": 0, "skipped": skipped or {},
         "attacks": {
-            "pgd20": {
+            "pgd": {
                 "rslad": {"seeds": seeds, "n_pairs": 100 * len(seeds),
                           "avg": test(avg_test, 0.01, 0.03, 0.02),
                           "worst": test("paired_permutation", 0.02, 0.05, 0.1),
@@ -131,14 +131,14 @@ def _comparisons(seeds: list[int], skipped: dict[str, str] | None = None) -> dic
 
 def test_findings_are_one_sentence_per_attack_and_baseline():
     out = words.findings(_comparisons([0]))
-    assert list(out) == ["pgd20", "aa"] and [len(v) for v in out.values()] == [2, 2]
-    assert out["pgd20"][0] == (
-        "Under PGD-20, ABSLD's Avg accuracy is 2.00 points higher than RSLAD's (McNemar exact test, Holm-adjusted "
+    assert list(out) == ["pgd", "aa"] and [len(v) for v in out.values()] == [2, 2]
+    assert out["pgd"][0] == (
+        "Under PGD, ABSLD's Avg accuracy is 2.00 points higher than RSLAD's (McNemar exact test, Holm-adjusted "
         "p = 0.030: significant at α = 0.05); its worst-class accuracy is 10.00 points higher than RSLAD's (paired "
         "permutation test, Holm-adjusted p = 0.050: significant at α = 0.05); its NSD is 0.050 lower (fairer) than "
         "RSLAD's (paired permutation test, Holm-adjusted p = 0.900: not significant).")
-    assert out["pgd20"][1] == (
-        "Under PGD-20, ABSLD's Avg accuracy is 1.00 points lower than CFA's (McNemar exact test, raw p = 0.500, "
+    assert out["pgd"][1] == (
+        "Under PGD, ABSLD's Avg accuracy is 1.00 points lower than CFA's (McNemar exact test, raw p = 0.500, "
         "exploratory: not in analyze.baselines); its worst-class accuracy is the same as CFA's (paired permutation "
         "test, raw p < 0.001, exploratory: not in analyze.baselines); its NSD difference is undefined (paired "
         "permutation test, raw p undefined, exploratory: not in analyze.baselines).")
@@ -161,11 +161,11 @@ def test_findings_markdown_with_one_seed():
     assert lines[1] == ""
     # one seed: no paragraph on several seeds; the skipped baseline comes next
     assert lines[2] == "- IAD was not compared: no seed in common with absld ([1] vs [0])."
-    assert lines[3:6] == ["", "**PGD-20**", ""]
-    assert lines[6] == "- " + words.findings(_comparisons([0]))["pgd20"][0]
-    assert lines[7] == "- " + words.findings(_comparisons([0]))["pgd20"][1]
+    assert lines[3:6] == ["", "**PGD**", ""]
+    assert lines[6] == "- " + words.findings(_comparisons([0]))["pgd"][0]
+    assert lines[7] == "- " + words.findings(_comparisons([0]))["pgd"][1]
     assert lines[8:11] == ["", "**AA**", ""]
-    table = lines[lines.index("| Baseline | PGD-20 ΔAvg | PGD-20 ΔWorst | PGD-20 ΔNSD | AA ΔAvg | AA ΔWorst "
+    table = lines[lines.index("| Baseline | PGD ΔAvg | PGD ΔWorst | PGD ΔNSD | AA ΔAvg | AA ΔWorst "
                               "| AA ΔNSD |"):]
     assert table[1] == "|---|---|---|---|---|---|---|"
     # Holm p <= alpha gets a star (0.05 included, 0.051 not); differences in points (NSD: a ratio)
@@ -194,7 +194,7 @@ def test_findings_markdown_with_several_seeds():
         "the tests over seeds see the spread over training runs. Worst and NSD here are those of the seed-pooled "
         "class accuracies (the mean over seeds of each class's accuracy), which can differ slightly from the mean "
         "over seeds shown in the table."), ""]
-    assert lines[4] == "**PGD-20**"  # nothing skipped
+    assert lines[4] == "**PGD**"  # nothing skipped
     assert "(exact per-image sign-flip test, Holm-adjusted p = 0.030" in lines[6]
     with_samples = words.findings_markdown(_comparisons([3]), n_samples=10)
     assert with_samples.startswith("ABSLD (the reference) against every other method on the same test samples "
@@ -306,21 +306,21 @@ def _seed_cmp(tests: dict[str, dict], family=("rslad", "sat"), skipped=None, con
     return {"reference": "absld", "alpha": round(1 - confidence, 12), "confidence": confidence,
             "family": list(family), "skipped": skipped or {},
             "attacks": {"clean": {"rslad": {s: _seed_test(0.0, 1.0) for s in ("avg", "worst", "nsd")}},
-                        "pgd20": {"rslad": tests}}}
+                        "pgd": {"rslad": tests}}}
 
 
-SEED_STATS = {"absld": {"pgd20": {"avg": {"mean": 0.70}, "worst": {"mean": 0.512}, "nsd": {"mean": 0.1}}},
-              "rslad": {"pgd20": {"avg": {"mean": 0.71}, "worst": {"mean": 0.4133}, "nsd": {"mean": 0.2}}}}
+SEED_STATS = {"absld": {"pgd": {"avg": {"mean": 0.70}, "worst": {"mean": 0.512}, "nsd": {"mean": 0.1}}},
+              "rslad": {"pgd": {"avg": {"mean": 0.71}, "worst": {"mean": 0.4133}, "nsd": {"mean": 0.2}}}}
 
 
 def test_the_verdict_in_full_when_every_claim_is_significant():
     tests = {"worst": _seed_test(0.0967, 0.01), "nsd": _seed_test(0.05, 0.02), "avg": _seed_test(-0.01, 0.001)}
-    text = analysis.verdict(_seed_cmp(tests), SEED_STATS, ["clean", "pgd20", "aa", "worst"], dataset="cifar10")
+    text = analysis.verdict(_seed_cmp(tests), SEED_STATS, ["clean", "pgd", "aa", "worst"], dataset="cifar10")
     assert text == (
         "**Verdict at this scale on CIFAR-10** rests on 3 seeds each of ABSLD and RSLAD. With 3 seeds the exact "
         "sign-flip test cannot go below p = 0.25, so a significant result rests on the t-test's assumption that "
         "the seed differences are normal (2 degrees of freedom), which 3 values cannot check; only large effects "
-        "can be significant, and 'not shown' is not 'false'. (PGD-20; paired t-tests over seeds, Holm-adjusted "
+        "can be significant, and 'not shown' is not 'false'. (PGD; paired t-tests over seeds, Holm-adjusted "
         "over the 2 declared baselines (analyze.baselines; untrained ones count as p = 1), α = 0.05; differences "
         "ABSLD − RSLAD with per-comparison 95% t-intervals, not adjusted): worst-class robustness up holds "
         "(51.2 % vs 41.3 %: +9.67 points [+8.67, +10.67], t-test p = 0.010, sign-flip p = 0.500); NSD down is "
@@ -331,63 +331,63 @@ def test_the_verdict_in_full_when_every_claim_is_significant():
 
 def test_the_verdict_reads_each_direction_and_the_per_sample_test():
     tests = {"worst": _seed_test(-0.05, 0.01), "nsd": _seed_test(-0.05, 0.02), "avg": _seed_test(0.02, 0.001)}
-    text = analysis.verdict(_seed_cmp(tests, confidence=0.9), {}, ["pgd20"])
+    text = analysis.verdict(_seed_cmp(tests, confidence=0.9), {}, ["pgd"])
     assert text.startswith("**Verdict at this scale** rests on 3 seeds each of ABSLD and RSLAD. ")
     assert "α = 0.1;" in text and "per-comparison 90% t-intervals" in text
     assert "worst-class robustness up is contradicted (– vs –: -5.00 points" in text
     assert "NSD down holds (– vs –: -0.050" in text
     assert "and a significant Avg gain (– vs –: +2.00 points" in text
     none = {"worst": _seed_test(0.05, 0.2), "nsd": _seed_test(-0.05, 0.2), "avg": _seed_test(-0.02, 0.2)}
-    text = analysis.verdict(_seed_cmp(none, family=()), SEED_STATS, ["pgd20"])
+    text = analysis.verdict(_seed_cmp(none, family=()), SEED_STATS, ["pgd"])
     assert "worst-class robustness up is not shown (51.2 % vs 41.3 %" in text
     assert "NSD down is not shown (0.100 vs 0.200" in text
     assert "and no significant Avg change (70.0 % vs 71.0 %" in text
     assert "Holm-adjusted over the 0 declared baselines" in text
     # the per-sample p quoted where the seeds agree, from `comparisons` under the headline attack
     agree = {**none, "worst": _seed_test(-0.01, 0.2, agree=True)}
-    per_sample = {"attacks": {"pgd20": {"rslad": {"worst": {"p_holm": 0.002}, "avg": {"p_holm": 0.9},
+    per_sample = {"attacks": {"pgd": {"rslad": {"worst": {"p_holm": 0.002}, "avg": {"p_holm": 0.9},
                                                   "nsd": {"p_holm": 0.9}}},
                               "clean": {"rslad": {"worst": {"p_holm": 0.7}}}}}
-    text = analysis.verdict(_seed_cmp(agree), SEED_STATS, ["clean", "pgd20"], comparisons=per_sample)
+    text = analysis.verdict(_seed_cmp(agree), SEED_STATS, ["clean", "pgd"], comparisons=per_sample)
     assert ("-1.00 points in each of the 3 seeds: they agree, so the spread over training runs is unknown and no "
             "t-test is possible, sign-flip p = 0.500; the per-sample test on the same records gives p = 0.002)") in text
-    assert "the per-sample test" not in analysis.verdict(_seed_cmp(agree), SEED_STATS, ["pgd20"])
-    assert "the per-sample test" not in analysis.verdict(_seed_cmp(agree), SEED_STATS, ["pgd20"],
-                                                         comparisons={"attacks": {"pgd20": None}})
+    assert "the per-sample test" not in analysis.verdict(_seed_cmp(agree), SEED_STATS, ["pgd"])
+    assert "the per-sample test" not in analysis.verdict(_seed_cmp(agree), SEED_STATS, ["pgd"],
+                                                         comparisons={"attacks": {"pgd": None}})
 
 
 def test_the_verdict_counts_its_seeds_and_its_protocol():
     one = {s: _seed_test(0.01, 0.5, n=1) for s in ("avg", "worst", "nsd")}
-    text = analysis.verdict(_seed_cmp(one), SEED_STATS, ["pgd20"])
+    text = analysis.verdict(_seed_cmp(one), SEED_STATS, ["pgd"])
     assert text.startswith("**Verdict at this scale** rests on 1 seed each of ABSLD and RSLAD. One seed: no test "
-                           "over training runs is possible. (PGD-20;")
+                           "over training runs is possible. (PGD;")
     aa = _seed_cmp({s: _seed_test(0.01, 0.5) for s in ("avg", "worst", "nsd")})
-    aa["attacks"] = {"aa": aa["attacks"]["pgd20"]}
+    aa["attacks"] = {"aa": aa["attacks"]["pgd"]}
     assert "(AA*; paired" in analysis.verdict(aa, {}, ["clean", "aa"], protocol={"aa": {"standard": False}})
     assert "(AA; paired" in analysis.verdict(aa, {}, ["clean", "aa"])
 
 
 def test_the_verdict_is_not_tested_without_the_baseline_and_says_why():
-    assert analysis.verdict(None, {}, ["pgd20"]) == (
+    assert analysis.verdict(None, {}, ["pgd"]) == (
         "**Verdict:** not tested: ABSLD's claims are judged against RSLAD by paired tests over training seeds, "
         "and RSLAD or the reference was not trained.")
     skipped = {"reference": "absld", "alpha": 0.05, "confidence": 0.95, "family": ["rslad", "sat"],
                "skipped": {"sat": "1 seed(s) in common with absld; a test over seeds needs 2"},
-               "attacks": {"pgd20": {}}}
-    assert analysis.verdict(skipped, {}, ["pgd20"], baseline="sat") == (
+               "attacks": {"pgd": {}}}
+    assert analysis.verdict(skipped, {}, ["pgd"], baseline="sat") == (
         "**Verdict:** not tested: ABSLD's claims are judged against SAT by paired tests over training seeds, "
         "and 1 seed(s) in common with absld; a test over seeds needs 2.")
-    assert analysis.verdict({**skipped, "attacks": {}}, {}, ["pgd20"], baseline="sat").endswith(
+    assert analysis.verdict({**skipped, "attacks": {}}, {}, ["pgd"], baseline="sat").endswith(
         "and 1 seed(s) in common with absld; a test over seeds needs 2.")
-    assert analysis.verdict(skipped, {}, ["pgd20"]).endswith("and RSLAD or the reference was not trained.")
+    assert analysis.verdict(skipped, {}, ["pgd"]).endswith("and RSLAD or the reference was not trained.")
 
 
 def test_seed_tests_markdown_rows_mark_the_exploratory_baselines_with_raw_ps():
     assert analysis.seed_tests_markdown(None) == ""
-    assert analysis.seed_tests_markdown({"reference": "absld", "attacks": {"pgd20": {}}, "skipped": {}}) == ""
+    assert analysis.seed_tests_markdown({"reference": "absld", "attacks": {"pgd": {}}, "skipped": {}}) == ""
     cmp = _seed_cmp({s: _seed_test(0.02, 0.04) for s in ("avg", "worst", "nsd")}, family=["rslad", "sat", "ard"],
                     skipped={"iad": "no seed in common with absld ([5] vs [0, 1, 2])"})
-    cmp["attacks"]["pgd20"]["cfa"] = {s: _seed_test(-0.03, math.nan, p=0.004, p_sign=0.25, p_sign_holm=math.nan,
+    cmp["attacks"]["pgd"]["cfa"] = {s: _seed_test(-0.03, math.nan, p=0.004, p_sign=0.25, p_sign_holm=math.nan,
                                                     exploratory=True) for s in ("avg", "worst", "nsd")}
     lines = analysis.seed_tests_markdown(cmp).split("\n")
     assert lines[0] == (
@@ -398,16 +398,16 @@ def test_seed_tests_markdown_rows_mark_the_exploratory_baselines_with_raw_ps():
         "raw p).")
     assert lines[1:4] == ["", "| Attack | Baseline | ΔAvg | ΔWorst | ΔNSD |", "|:---|:---|---:|---:|---:|"]
     assert lines[4].startswith("| Clean | RSLAD | +0.00 points [-1.00, +1.00], t-test p = 1, sign-flip p = 0.500 |")
-    assert lines[5] == ("| PGD-20 | RSLAD | +2.00 points [+1.00, +3.00], t-test p = 0.040, sign-flip p = 0.500 | "
+    assert lines[5] == ("| PGD | RSLAD | +2.00 points [+1.00, +3.00], t-test p = 0.040, sign-flip p = 0.500 | "
                         "+2.00 points [+1.00, +3.00], t-test p = 0.040, sign-flip p = 0.500 | "
                         "+0.020 [+0.010, +0.030], t-test p = 0.040, sign-flip p = 0.500 |")
     # outside the family: the raw t-test p 0.004 and the raw sign-flip p 0.25
-    assert lines[6] == ("| PGD-20 | CFA (exploratory) | -3.00 points [-4.00, -2.00], t-test p = 0.004, sign-flip "
+    assert lines[6] == ("| PGD | CFA (exploratory) | -3.00 points [-4.00, -2.00], t-test p = 0.004, sign-flip "
                         "p = 0.250 | -3.00 points [-4.00, -2.00], t-test p = 0.004, sign-flip p = 0.250 | "
                         "-0.030 [-0.040, -0.020], t-test p = 0.004, sign-flip p = 0.250 |")
     assert lines[7:] == ["", "- IAD was not tested over seeds: no seed in common with absld ([5] vs [0, 1, 2]).", ""]
     assert "| AA* | RSLAD |" in analysis.seed_tests_markdown(
-        {**cmp, "attacks": {"aa": cmp["attacks"]["pgd20"]}}, protocol={"aa": {"standard": False}})
+        {**cmp, "attacks": {"aa": cmp["attacks"]["pgd"]}}, protocol={"aa": {"standard": False}})
     no_family = {k: v for k, v in cmp.items() if k != "family"}
     assert "Holm-adjusted over the 0 declared baselines" in analysis.seed_tests_markdown(no_family)
     assert analysis.seed_tests_markdown({**cmp, "skipped": {}}).endswith("sign-flip p = 0.250 |\n")
@@ -436,8 +436,8 @@ def test_class_ranking_prefers_the_reference_then_the_students_then_the_teacher(
     one = {k: v for k, v in fair.items() if k != "absld/seed0"}
     scores, rule = analysis.class_ranking(one, ["clean", "aa"], "absld", protocol={"aa": {"standard": False}})
     assert rule == "ABSLD's AA* class accuracy (seed 1)"
-    scores, rule = analysis.class_ranking({m: {"pgd10": v["aa"]} for m, v in one.items()}, ["pgd10"], "absld")
-    assert rule == "ABSLD's PGD-10 class accuracy (seed 1)"
+    scores, rule = analysis.class_ranking({m: {"pgd": v["aa"]} for m, v in one.items()}, ["pgd"], "absld")
+    assert rule == "ABSLD's PGD class accuracy (seed 1)"
     assert scores[0] == pytest.approx(0.4) and math.isnan(scores[1]) and math.isnan(scores[2])
     # no ABSLD: the mean over the three students, never the teacher
     scores, rule = analysis.class_ranking(fair, ["aa"], "cfa")
@@ -456,15 +456,15 @@ def test_worst_classes_is_the_lowest_defined_class_the_first_on_ties():
 
 def test_interval_note_names_four_cells_and_counts_the_rest():
     assert analysis.interval_note([], 20) == ""
-    flagged = [("teacher", "pgd20", "worst"), ("absld/seed0", "aa", "nsd"), ("absld/seed1", "clean", "avg"),
+    flagged = [("teacher", "pgd", "worst"), ("absld/seed0", "aa", "nsd"), ("absld/seed1", "clean", "avg"),
                ("rslad/seed0", "worst", "worst"), ("sat/seed2", "fgsm", "nsd")]
     assert analysis.interval_note(flagged, 20) == (
-        "Note: in 5 cell(s) (Teacher PGD-20 Worst, ABSLD (seed 0) AA NSD, ABSLD (seed 1) Clean Avg, RSLAD (seed 0) "
+        "Note: in 5 cell(s) (Teacher PGD Worst, ABSLD (seed 0) AA NSD, ABSLD (seed 1) Clean Avg, RSLAD (seed 0) "
         "Worst-case Worst and 1 more) the bootstrap interval does not contain the point estimate. Worst and NSD are "
         "biased under resampling when classes have few samples (here at least 20 per class): read those intervals "
         "with care, or evaluate on more test samples.")
     assert analysis.interval_note(flagged[:4], 3).startswith(
-        "Note: in 4 cell(s) (Teacher PGD-20 Worst, ABSLD (seed 0) AA NSD, ABSLD (seed 1) Clean Avg, RSLAD (seed 0) "
+        "Note: in 4 cell(s) (Teacher PGD Worst, ABSLD (seed 0) AA NSD, ABSLD (seed 1) Clean Avg, RSLAD (seed 0) "
         "Worst-case Worst) the bootstrap")
     assert "(seed 0) AA* NSD" in analysis.interval_note(flagged[1:2], 3, protocol={"aa": {"standard": False}})
 
@@ -503,17 +503,17 @@ def test_paired_seeds_keep_the_baselines_with_enough_common_seeds_and_say_why_no
 
 
 def test_seed_summaries_cover_methods_with_two_seeds_and_null_undefined_statistics():
-    fair = {"absld/seed0": {"pgd20": {"avg": 0.5, "worst": 0.2, "nsd": None}},
-            "absld/seed1": {"pgd20": {"avg": 0.7, "worst": 0.4, "nsd": 0.3}},
-            "rslad/seed0": {"pgd20": {"avg": 0.6, "worst": 0.1, "nsd": 0.3}}}
+    fair = {"absld/seed0": {"pgd": {"avg": 0.5, "worst": 0.2, "nsd": None}},
+            "absld/seed1": {"pgd": {"avg": 0.7, "worst": 0.4, "nsd": 0.3}},
+            "rslad/seed0": {"pgd": {"avg": 0.6, "worst": 0.1, "nsd": 0.3}}}
     groups = {"absld": {0: "absld/seed0", 1: "absld/seed1"}, "rslad": {0: "rslad/seed0"}}
     out = analysis.seed_summaries(fair, groups, 0.9)
-    assert list(out) == ["absld"] and out["absld"]["pgd20"]["nsd"] is None
-    avg = out["absld"]["pgd20"]["avg"]
+    assert list(out) == ["absld"] and out["absld"]["pgd"]["nsd"] is None
+    avg = out["absld"]["pgd"]["avg"]
     # mean 0.6, std (ddof 1) = sqrt(2 * 0.1^2) = 0.1414; 90 % t-interval with 1 df: 0.6 -+ 6.314 * 0.1414 / sqrt 2
     assert avg["mean"] == pytest.approx(0.6) and avg["std"] == pytest.approx(math.sqrt(0.02))
     assert avg["ci"] == pytest.approx([0.6 - 6.3138 * 0.1, 0.6 + 6.3138 * 0.1], abs=1e-4)
-    assert out["absld"]["pgd20"]["worst"]["mean"] == pytest.approx(0.3) and avg["n"] == 2
+    assert out["absld"]["pgd"]["worst"]["mean"] == pytest.approx(0.3) and avg["n"] == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -835,35 +835,35 @@ def test_compare_to_reference_returns_its_settings_and_each_pairs_tests():
         "reference": "absld", "baselines": ["rslad", "sat"], "family": ["rslad", "sat", "ard"],
         "pooling": analysis.POOLING, "alpha": 0.1, "n_permutations": 200, "seed": 3, "ddof": 1,
         "skipped": {"ard": "no seed in common with absld ([7] vs [0, 1])"}}
-    pair = out["attacks"]["pgd20"]["rslad"]
+    pair = out["attacks"]["pgd"]["rslad"]
     assert pair["seeds"] == [0, 1] and pair["n_pairs"] == 60
     direct = fairness.compare(np.stack(runs["absld"]), np.stack(runs["rslad"]), y, 3, n_resamples=200, seed=3, ddof=1)
     for stat in ("avg", "worst", "nsd"):
         assert {k: pair[stat][k] for k in direct[stat]} == direct[stat]
     assert pair["avg"]["test"] == "image_sign_flip_exact"
-    one = out["attacks"]["pgd20"]["sat"]
+    one = out["attacks"]["pgd"]["sat"]
     assert one["seeds"] == [0] and one["n_pairs"] == 30 and one["avg"]["test"] == "mcnemar_exact"
     assert one["avg"]["p"] == fairness.mcnemar_exact(runs["absld"][0], runs["sat"][0])["p"]
     assert analysis.compare_to_reference(records, {"rslad": groups["rslad"]}, 3, cfg) is None
 
 
 def test_seed_comparisons_leave_a_statistic_undefined_on_either_side_untested():
-    fair = {f"{m}/seed{s}": {"pgd20": {"avg": 0.5 + 0.01 * s + (0.05 if m == "absld" else 0),
+    fair = {f"{m}/seed{s}": {"pgd": {"avg": 0.5 + 0.01 * s + (0.05 if m == "absld" else 0),
                                        "worst": 0.2 + 0.02 * s * s, "nsd": None if (m, s) == (side, 1) else 0.3}}
             for side in ["absld"] for m in ("absld", "rslad") for s in range(3)}
     groups = {m: {s: f"{m}/seed{s}" for s in range(3)} for m in ("absld", "rslad")}
     cfg = AnalyzeConfig(baselines=["rslad", "sat"], confidence=0.9)
     out = analysis.seed_comparisons(fair, groups, cfg)
-    nsd = out["attacks"]["pgd20"]["rslad"]["nsd"]
+    nsd = out["attacks"]["pgd"]["rslad"]["nsd"]
     assert nsd["n"] == 3 and math.isnan(nsd["diff"]) and math.isnan(nsd["p"]) and math.isnan(nsd["p_sign"])
     assert math.isnan(nsd["p_holm"]) and math.isnan(nsd["p_sign_holm"]) and nsd["agree"] is False
     assert nsd["seeds"] == [0, 1, 2]
     # the baseline's side undefined: the same
     swapped = {k: v for k, v in fair.items()}
-    swapped["absld/seed1"] = {"pgd20": {**fair["absld/seed1"]["pgd20"], "nsd": 0.3}}
-    swapped["rslad/seed2"] = {"pgd20": {**fair["rslad/seed2"]["pgd20"], "nsd": None}}
-    assert math.isnan(analysis.seed_comparisons(swapped, groups, cfg)["attacks"]["pgd20"]["rslad"]["nsd"]["diff"])
-    avg = out["attacks"]["pgd20"]["rslad"]["avg"]  # +0.05 in every seed: they agree
+    swapped["absld/seed1"] = {"pgd": {**fair["absld/seed1"]["pgd"], "nsd": 0.3}}
+    swapped["rslad/seed2"] = {"pgd": {**fair["rslad/seed2"]["pgd"], "nsd": None}}
+    assert math.isnan(analysis.seed_comparisons(swapped, groups, cfg)["attacks"]["pgd"]["rslad"]["nsd"]["diff"])
+    avg = out["attacks"]["pgd"]["rslad"]["avg"]  # +0.05 in every seed: they agree
     assert avg["agree"] is True and avg["diff"] == pytest.approx(0.05) and avg["p_sign"] == 0.25
     # Holm over the family of two, sat untrained at p = 1: the sign-flip p 0.25 -> 0.5
     assert avg["p_sign_holm"] == pytest.approx(0.5) and avg["exploratory"] is False

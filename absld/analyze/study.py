@@ -21,7 +21,7 @@ from ..evaluate.records import Records
 from ..fairness import STATISTICS
 from ..figures import ClassSelection, describe_selection as describe_shown, plot_temperatures, select_classes
 from ..io import atomic_dir, write_csv, write_text
-from ..labels import Protocol, attack_label, dataset_label, headline_attack, method_label, metric_name
+from ..labels import Protocol, _finite, attack_label, dataset_label, headline_attack, method_label, metric_name
 from ..layout import Layout
 from ..tracking import Tracker
 from ..vocab import ModelId
@@ -209,12 +209,43 @@ def applicable(published: dict[str, Published], params: Params, *, eps: float,
     return anchors_that_match(published, ours, eps=eps, protocol=protocol)
 
 
+HEADLINE_ATTACKS = ("clean", "pgd", "aa")
+"""The attacks of ``results/headline.json`` (those the study ran): the paper's clean and PGD columns
+and AutoAttack (``aa_star`` when it is not the standard one)."""
+
+
+def headline(study: Study) -> dict[str, dict[str, float | None]]:
+    """``results/headline.json``: per model -- ``teacher`` and each method, its seeds averaged (the
+    mean of each seed's statistic; one seed: that seed's) -- ``clean_avg`` and, for PGD and AA,
+    ``<attack>_avg``, ``<attack>_worst``, ``<attack>_nsd`` (``<attack>`` from :func:`metric_name`:
+    ``pgd`` whatever its steps, ``aa`` or ``aa_star``). Few enough columns for ``dvc exp show
+    --only-changed`` in a normal terminal; every other number is in fairness.json (not listed by
+    DVC, read with ``dvc metrics show results/fairness.json``)."""
+    protocol = study.protocol
+    attacks = [a for a in study.attacks if metric_name(a, protocol) in (*HEADLINE_ATTACKS, "aa_star")]
+    by_model: dict[str, list[str]] = {"teacher": ["teacher"]} if "teacher" in study.fairness else {}
+    by_model.update({method: list(seeds.values()) for method, seeds in study.groups.items()})
+    out: dict[str, dict[str, float | None]] = {}
+    for key, models in by_model.items():
+        row: dict[str, float | None] = {}
+        for attack in attacks:
+            name = metric_name(attack, protocol)
+            for stat in (("avg",) if name == "clean" else STATISTICS):
+                values = [_finite(study.fairness[m][attack][stat]) for m in models]
+                row[f"{name}_{stat}"] = (None if any(v is None for v in values)
+                                         else float(sum(values) / len(values)))  # type: ignore[arg-type]
+        out[key] = row
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # renderers: each reads the study
 def write_metrics(study: Study) -> None:
-    """results/fairness.json (the contract), classwise.csv, training.json and comparisons.json."""
+    """results/headline.json (DVC's metrics), fairness.json (the contract), classwise.csv,
+    training.json and comparisons.json."""
     params, layout, first, cfg = study.params, study.layout, study.first, study.params.analyze
     protocol = study.protocol
+    write_text(layout.headline_json, dumps_strict(headline(study)))
     write_text(layout.fairness_json, dumps_strict({model: {metric_name(attack, protocol): entry
                                                            for attack, entry in by_attack.items()}
                                                    for model, by_attack in study.fairness.items()}))

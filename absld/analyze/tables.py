@@ -85,6 +85,13 @@ def _cell(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Seque
     return Cell(summary["mean"], std=summary["std"])
 
 
+def published_key(attack: str, protocol: Protocol | None) -> str:
+    """The key of ``attack`` in references/published.yaml: PGD's is ``pgd<steps>`` (``pgd20``), so a
+    published PGD-20 number is only ever shown beside our PGD with 20 steps; the others are theirs."""
+    steps = ((protocol or {}).get("pgd") or {}).get("steps")
+    return f"pgd{steps}" if attack == "pgd" and steps else attack
+
+
 def results_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], specs: Sequence[RowSpec],
                   attacks: Sequence[str], *, caption: str, published: Mapping[str, Published] | None = None,
                   protocol: Protocol | None = None, notes: Sequence[str] = ()) -> ResultsTable:
@@ -101,8 +108,8 @@ def results_table(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]], specs
         anchor = published.get(spec.key)
         if anchor is None:
             continue
-        pub_cells = {(a, s): Cell(anchor.values[a][s]) for a in attacks for s in STATISTICS
-                     if s in anchor.values.get(a, {})}
+        pub_cells = {(a, s): Cell(anchor.values[published_key(a, protocol)][s]) for a in attacks for s in STATISTICS
+                     if s in anchor.values.get(published_key(a, protocol), {})}
         if pub_cells:
             rows.append(Row(f"{spec.label} (published)", pub_cells, published=True))
             notes.append(f"{spec.label} (published): {anchor.source or 'source not given'}"

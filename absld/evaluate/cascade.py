@@ -14,7 +14,7 @@ in eval mode:
 |---|---|---|
 | ``clean`` | none | |
 | ``fgsm`` | one step of size eps on CE (:func:`absld.attacks.fgsm`) | ``x + gauss_std N(0, I)`` |
-| ``pgd{steps}`` | PGD on CE, e.g. ``pgd20``: 20 steps of 2/255 | uniform in the eps-ball |
+| ``pgd`` | PGD on CE, e.g. 20 steps of 2/255 (the steps are in the protocol) | uniform in the eps-ball |
 | ``cw`` | PGD on the CW margin, kappa 50 (:func:`absld.attacks.cw_inf`) | uniform in the eps-ball |
 | ``aa`` | AutoAttack through its reference code (:func:`absld.evaluate.autoattack.autoattack`) | its own |
 | ``worst`` | robust to every attack run (and clean-correct) | |
@@ -106,7 +106,7 @@ class EvalAttackSpec:
     ``noise_kind`` (None: the attack has no random start it can take from outside).
     """
 
-    name: str  # record name: "clean", "fgsm", "pgd20", "cw", "aa"
+    name: str  # record name: "clean", "fgsm", "pgd", "cw", "aa"
     run: NoisyAttack
     batch_size: int
     noise_kind: NoiseKind | None = None
@@ -114,8 +114,10 @@ class EvalAttackSpec:
 
 
 def record_name(attack: EvalAttack, cfg: EvaluateConfig) -> str:
-    """The records' name of an attack of ``evaluate.attacks``: ``pgd`` -> ``pgd{steps}``."""
-    return f"pgd{cfg.pgd.steps}" if attack == "pgd" else attack
+    """The records' name of an attack of ``evaluate.attacks``: the attack's own name, never a param
+    (``pgd`` for any number of steps: a steps sweep compares like with like in ``dvc exp diff``; the
+    steps are in the records' protocol and the captions say them, PGD-20)."""
+    return attack
 
 
 def _package_version(distribution: str) -> str | None:
