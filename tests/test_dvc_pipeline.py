@@ -16,7 +16,8 @@ import yaml
 from absld.models import checkpoint_meta, load_checkpoint
 from tests.conftest import REPO, committed_params_text
 
-PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "references", "dvc.yaml", ".dvc/config", ".dvc/plots",
+PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "hydra_plugins", "references", "dvc.yaml", ".dvc/config",
+                 ".dvc/plots",
                  ".dvcignore",
                  "pyproject.toml"]
 

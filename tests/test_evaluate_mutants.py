@@ -749,7 +749,7 @@ def closed_form(task: Linear, cfg: EvaluateConfig) -> dict[str, Tensor]:
     out = {}
     gaussian = expected_noise("gaussian", shape, cfg.seed, "fgsm")
     out["fgsm"] = torch.clamp(x + cfg.fgsm.gauss_std * gaussian + eps * task.direction, lower, upper)
-    for name, step, steps in ((f"pgd{cfg.pgd.steps}", cfg.pgd.step, cfg.pgd.steps), ("cw", cfg.cw.step, cfg.cw.steps)):
+    for name, step, steps in (("pgd", cfg.pgd.step, cfg.pgd.steps), ("cw", cfg.cw.step, cfg.cw.steps)):
         start = torch.clamp(x + eps * expected_noise("uniform", shape, cfg.seed, name), 0.0, 1.0)
         out[name] = torch.clamp(start + steps * step * task.direction, lower, upper)
     return out

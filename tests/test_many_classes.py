@@ -337,9 +337,9 @@ def test_the_ranking_rule_is_the_reference_mean_over_seeds_then_the_students_the
                 "rslad/seed0": {"pgd": cell([1.0, 1.0, 1.0])}}
     scores, words = class_ranking(fairness, ["clean", "pgd", "aa", "worst"], "absld")
     assert scores[:2] == pytest.approx([0.3, 0.2]) and math.isnan(scores[2])  # null: no defined accuracy
-    assert words == "ABSLD's PGD-20 class accuracy (mean over its 2 seeds)"
+    assert words == "ABSLD's PGD class accuracy (mean over its 2 seeds)"
     scores, words = class_ranking(fairness, ["pgd"], "ard")  # the reference not evaluated
     assert scores == pytest.approx([(0.2 + 0.4 + 1.0) / 3, (0.4 + 0.0 + 1.0) / 3, 1.0])
-    assert words == "the mean PGD-20 class accuracy of the 3 evaluated students"
+    assert words == "the mean PGD class accuracy of the 3 evaluated students"
     scores, words = class_ranking({"teacher": fairness["teacher"]}, ["pgd"], "absld")
-    assert scores == pytest.approx([0.9, 0.1, 0.5]) and words == "the teacher's PGD-20 class accuracy"
+    assert scores == pytest.approx([0.9, 0.1, 0.5]) and words == "the teacher's PGD class accuracy"

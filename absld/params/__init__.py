@@ -125,8 +125,13 @@ def compose_profile(profile: str, path: str | Path, *, overrides: tuple[str, ...
         raise ConfigError(f"profile {profile!r} is not one of {', '.join(profile_names(conf))} (conf/profile/*.yaml)")
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(Path(path), str(Path(conf).resolve()), None, "config", str(Path(conf).resolve().parent),
-                     [f"profile={profile}", *overrides])
+    try:
+        compose_and_dump(Path(path), str(Path(conf).resolve()), None, "config", str(Path(conf).resolve().parent),
+                         [f"profile={profile}", *overrides])
+    except SystemExit as stop:  # hydra_plugins/absld_params: the composition is not valid params
+        if type(stop).__name__ != "ParamsRejected":
+            raise
+        raise ConfigError(str(stop.code).removeprefix("ERROR: ").split(". Nothing was written")[0]) from None
 
 
 def load_profile(profile: str, *, conf: Path = CONF) -> Params:
