@@ -48,7 +48,12 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
         tracker.log_artifact("absld-seed0", "model", [checkpoint])
         tracker.use_artifact("teacher", "model", [checkpoint])  # offline: recorded, not linked
         assert len(run.summary["inputs/teacher"]) == 32  # the artifact's digest
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+        line = tracker.where_logged()
+    folders = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert folders and line.endswith(f"`wandb sync {folders[0]}`") and f" in {folders[0]};" in line
+    with pytest.raises(RuntimeError):  # the real wandb takes a failed finish
+        with Tracker(params, "evaluate", name="evaluate-broken"):
+            raise RuntimeError("inside the stage")
     # the same stage with the same settings (a killed run started again) resumes the same W&B run;
     # other settings make another run
     with Tracker(params, "distill", name="distill-absld-seed0") as again:

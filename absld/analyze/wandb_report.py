@@ -183,8 +183,8 @@ class RunSelection:
                  f"checkpoint evaluated: " + (", ".join(f"{model_label(m)} `{sha[:12]}`" for m, sha in
                                                        self.student_checkpoints(reference).items()) or "none")]
         if self.missing:
-            lines.append(f"- **not shown**: {', '.join(map(model_label, self.missing))} (no records or metrics "
-                         "beside the table: its runs cannot be matched; run `dvc repro`)")
+            lines.append(f"- **not shown**: {', '.join(map(model_label, self.missing))} (no records.npz beside "
+                         "the table: their runs cannot be matched; run `dvc repro`)")
         return "\n".join(lines)
 
 
@@ -193,12 +193,13 @@ def select_runs(fairness: Mapping[str, Any], layout: Layout, read: Callable[[Pat
     """The :class:`RunSelection` of a table: ``read(path)`` gives a file of the table's source."""
     records, checkpoints, missing = {}, {}, []
     for model in fairness:
-        blob, metrics = read(layout.eval_dir(model) / "records.npz"), read(layout.eval_dir(model) / "metrics.json")
-        if blob is None or metrics is None:
+        blob = read(layout.eval_dir(model) / "records.npz")
+        if blob is None:
             missing.append(model)
             continue
         records[model] = hashlib.sha256(blob).hexdigest()
-        sha = json.loads(metrics).get("checkpoint", {}).get("sha256")
+        metrics = read(layout.eval_dir(model) / "metrics.json")
+        sha = json.loads(metrics).get("checkpoint", {}).get("sha256") if metrics is not None else None
         if sha:
             checkpoints[model] = sha
     return RunSelection(source, records, checkpoints, tuple(missing))
@@ -315,7 +316,7 @@ def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str
     )
     echo(f"runs: those that wrote the {len(runs.records)} models' records of {source} (group {where.group})")
     if runs.missing:
-        echo(f"note: no records or metrics for {', '.join(runs.missing)} beside the table of {source}: "
+        echo(f"note: no records.npz for {', '.join(runs.missing)} beside the table of {source}: "
              "their runs are not shown")
     if not publish:
         echo(report_outline(wandb_report))
