@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -244,6 +245,11 @@ def test_report_of_an_experiment_uses_its_committed_table_and_the_runs_behind_it
     (tmp_path / "results/eval/rslad/seed0/records.npz").unlink()  # a table without its records: said
     partial = CliRunner().invoke(main, ["report"], catch_exceptions=False)
     assert "note: no records.npz for rslad/seed0 beside the table of the workspace" in partial.output
+    assert "newer than" not in partial.output
+    later = (tmp_path / "results/fairness.json").stat().st_mtime + 60  # records re-written after the table
+    os.utime(tmp_path / "results/eval/teacher/records.npz", (later, later))
+    stale = CliRunner().invoke(main, ["report"], catch_exceptions=False)
+    assert "note: the records of teacher are newer than results/fairness.json: run `absld analyze`" in stale.output
 
 
 def test_the_default_entity_error_points_to_wandb_entity(monkeypatch):

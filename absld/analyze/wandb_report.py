@@ -315,6 +315,12 @@ def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str
         protocol=protocol, runs=runs,
     )
     echo(f"runs: those that wrote the {len(runs.records)} models' records of {source} (group {where.group})")
+    if experiment is None:  # the workspace: records written after the table would select other runs
+        made = layout.fairness_json.stat().st_mtime
+        newer = [m for m in runs.records if (layout.eval_dir(m) / "records.npz").stat().st_mtime > made]
+        if newer:
+            echo(f"note: the records of {', '.join(newer)} are newer than {layout.fairness_json}: run `absld analyze` "
+                 "(or `dvc repro analyze`) so that the table is made of them")
     if runs.missing:
         echo(f"note: no records.npz for {', '.join(runs.missing)} beside the table of {source}: "
              "their runs are not shown")
