@@ -13,8 +13,10 @@ Where and under which names runs are logged cannot change a result, so it is not
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from urllib.parse import urlparse
 from .params import AnalyzeConfig, Params
 from .distributed import is_main
 from .errors import UserError
-from .io import short_hash
+from .io import sha256_file, short_hash, write_json
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun")
@@ -53,18 +55,50 @@ def wandb_settings(profile: str) -> WandbSettings:
     )
 
 
-def wandb_dir(cwd: Path | None = None) -> str | None:
-    """Where W&B writes its ``wandb/`` folder: ``WANDB_DIR`` when set; inside a DVC temporary
-    workspace (``dvc exp run --temp``/``--queue`` run in ``<repo>/.dvc/tmp/exps/...``, deleted
-    afterwards) the repository itself, so that offline runs survive for ``wandb sync``; otherwise
-    None (W&B's default: the working directory)."""
-    if os.environ.get("WANDB_DIR"):
-        return os.environ["WANDB_DIR"]
-    parts = (cwd or Path.cwd()).resolve().parts
+def dvc_temporary_workspace(cwd: Path | None = None) -> tuple[Path, Path] | None:
+    """``(repository, workspace)`` when ``cwd`` is inside a DVC temporary workspace (``dvc exp run
+    --temp``/``--queue`` run in ``<repo>/.dvc/tmp/exps/...``, deleted afterwards); None otherwise."""
+    here = (cwd or Path.cwd()).resolve()
+    parts = here.parts
     for i in range(len(parts) - 3):
         if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return str(Path(*parts[:i]))
+            return Path(*parts[:i]), here
     return None
+
+
+def wandb_dir(cwd: Path | None = None) -> str | None:
+    """Where W&B writes its ``wandb/`` folder: ``WANDB_DIR`` when set; inside a DVC temporary
+    workspace (:func:`dvc_temporary_workspace`) the repository itself, so that offline runs survive
+    for ``wandb sync``; otherwise None (W&B's default: the working directory)."""
+    if os.environ.get("WANDB_DIR"):
+        return os.environ["WANDB_DIR"]
+    temporary = dvc_temporary_workspace(cwd)
+    return str(temporary[0]) if temporary is not None else None
+
+
+def surviving_path(path: Path, cwd: Path | None = None) -> Path:
+    """The absolute path under which ``path`` (relative to the stage's directory, as the layout
+    gives it) outlives the stage: itself, except inside a DVC temporary workspace, which DVC
+    deletes after the experiment; there, the same relative path in the repository itself (where
+    ``dvc exp apply <experiment>`` puts the experiment's file)."""
+    temporary = dvc_temporary_workspace(cwd)
+    resolved = ((cwd or Path.cwd()) / path).resolve()
+    if temporary is None:
+        return resolved
+    repository, workspace = temporary
+    try:
+        return repository / resolved.relative_to(workspace)
+    except ValueError:  # a file outside the temporary workspace: it is not deleted with it
+        return resolved
+
+
+def _repository_relative(path: Path) -> str:
+    """``path`` relative to the stage's directory (the repository or its DVC temporary copy)."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
 
 
 ARTIFACT_MODES = ("reference", "file", "off")
@@ -159,19 +193,44 @@ EPOCH_STAGES = ("teacher", "distill")
 """Stages that log one row per epoch (``define_metric``: epoch is their x-axis)."""
 
 
+def student_config(params: Params, method: str, seed: int) -> dict[str, Any]:
+    """What trained student ``method``/seed ``seed``, as W&B config: the distill run's config, and
+    the same keys in the evaluate run of that student (so that W&B groups and colours class-wise
+    robustness by, e.g., ``distill.absld.beta``)."""
+    return {"method": method, "seed": seed, "profile": params.profile,
+            "distill": params.distill.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
+                                                                        "select", "select_eval", "train_per_class",
+                                                                        method})}
+
+
 def artifact_name(model_id: str) -> str:
     """W&B artifact names allow no "/": ``absld/seed0`` -> ``absld-seed0``."""
     return model_id.replace("/", "-")
 
 
+RUN_ID_FILE = "wandb-run.json"
+"""The name of the file that keeps a resumable stage's W&B run id beside its checkpoint."""
+
+
 class Tracker:
-    """A W&B run (or nothing, when disabled) with a small, stable API for the stages."""
+    """A W&B run (or nothing, when disabled) with a small, stable API for the stages.
+
+    ``resume``: ``(folder, fingerprint)`` of the stage's resumable work (the folder of its checkpoint
+    under ``checkpoints/``, and the fingerprint that decides whether the checkpoint is resumed). The
+    run id is kept there in ``wandb-run.json``, so a stage interrupted (killed, failed, stopped
+    after some epochs) and started again continues the same W&B run whatever its DVC experiment is
+    now called; :meth:`complete` says that the stage's work is done, and the file goes with a
+    successful finish. ``echo`` receives the closing line that says where the run was logged."""
 
     def __init__(self, params: Params, stage: str, *, name: str | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, resume: tuple[Path, str] | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.stage = stage
         self.mode = wandb_mode()
         self.run = None
+        self.echo = echo or print
+        self.run_id_file = Path(resume[0]) / RUN_ID_FILE if resume is not None else None
+        self.completed = False
         if not is_main():  # torchrun's other processes: rank 0 logs
             self.mode = "disabled"
         if self.mode == "disabled":
@@ -187,22 +246,42 @@ class Tracker:
         run_name = "-".join(p for p in (exp, name or stage) if p)
         where = wandb_settings(params.profile)
         config = {**(config if config is not None else params.model_dump(mode="json")), "dvc_experiment": exp}
+        # the same stage with the same settings (a killed one started again) resumes its run
+        run_id = short_hash(where.project, where.entity, where.group, exp, run_name, config)
+        if resume is not None:
+            run_id = self._resumed_id(resume[1]) or run_id
         self.run = wandb.init(
             project=where.project,
             entity=where.entity,
             group=where.group,
             job_type=stage,
             name=run_name,
-            # the same stage with the same settings (a killed one started again) resumes its run
-            id=short_hash(where.project, where.entity, where.group, exp, run_name, config),
+            id=run_id,
             resume="allow",
             tags=list(where.tags),
             config=config,
             reinit="finish_previous",
         )
+        if resume is not None:
+            write_json(self.run_id_file, {"fingerprint": resume[1], "id": self.run.id, "project": where.project})
         if stage in EPOCH_STAGES:  # curves against the epoch, also across a resumed run
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
+
+    def _resumed_id(self, fingerprint: str) -> str | None:
+        """The run id kept beside the same resumable work (the same fingerprint), if any."""
+        try:
+            kept = json.loads(self.run_id_file.read_text())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return None
+        if isinstance(kept, dict) and kept.get("fingerprint") == fingerprint and isinstance(kept.get("id"), str):
+            return kept["id"]
+        return None
+
+    def complete(self) -> None:
+        """The stage's work is done: a successful finish forgets the kept run id (a later run of the
+        stage, e.g. in another experiment, is another W&B run)."""
+        self.completed = True
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Log one row (W&B's own step counts rows; training rows carry their ``epoch``)."""
@@ -218,6 +297,9 @@ class Tracker:
                 artifact.add_file(str(path), name=path.name)
             else:  # a checksummed reference: nothing is uploaded
                 artifact.add_reference(path.resolve().as_uri(), name=path.name)
+                # the checksum is this file's; the address, where the file outlives a DVC temporary
+                # workspace (the digest depends on the checksums alone, not on the addresses)
+                artifact.manifest.entries[path.name].ref = surviving_path(path).as_uri()
         return artifact
 
     def use_artifact(self, name: str, kind: str, paths: list[Path]) -> None:
@@ -234,9 +316,18 @@ class Tracker:
 
     def log_artifact(self, name: str, kind: str, paths: list[Path], metadata: dict[str, Any] | None = None) -> None:
         """Log files the run wrote as a W&B artifact: checksummed ``file://`` references (default)
-        or uploaded copies (``ABSLD_WANDB_ARTIFACTS=file``); nothing when ``off``."""
-        if self.run is not None and artifact_mode() != "off":
-            self.run.log_artifact(self._artifact(name, kind, paths, metadata))
+        or uploaded copies (``ABSLD_WANDB_ARTIFACTS=file``); nothing when ``off``. Its metadata
+        also names each file by its path in the repository and its sha256 (``files``), and, in a
+        DVC temporary workspace (``dvc exp run --queue``/``--temp``), the DVC experiment whose
+        ``dvc exp apply`` puts these files at the referenced paths."""
+        if self.run is None or artifact_mode() == "off":
+            return
+        files = {Path(p).name: {"path": _repository_relative(Path(p)), "sha256": sha256_file(p)} for p in paths}
+        extra: dict[str, Any] = {"files": files}
+        if dvc_temporary_workspace() is not None:
+            extra["dvc_experiment"] = os.environ.get("DVC_EXP_NAME")
+            extra["written_in"] = "a DVC temporary workspace (deleted afterwards)"
+        self.run.log_artifact(self._artifact(name, kind, paths, {**(metadata or {}), **extra}))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:
@@ -278,13 +369,36 @@ class Tracker:
 
         self.run.log({key: wandb.Image(path)})
 
-    def finish(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-            self.run = None
+    def where_logged(self) -> str | None:
+        """One line saying where the run is: its URL online; offline its folder and the
+        ``wandb sync`` command that uploads it. None when nothing is logged."""
+        if self.run is None:
+            return None
+        if self.mode == "online":
+            return f"W&B: run {self.run.name} at {self.run.url}"
+        folder = getattr(self.run.settings, "sync_dir", None) or str(Path(self.run.dir).parent)
+        shown = os.path.relpath(folder)
+        if shown.startswith(".."):
+            shown = folder
+        return f"W&B: run {self.run.name} logged offline in {shown}; upload it with `wandb sync {shown}`"
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run: ``exit_code`` 0 a finished run (then the closing line is echoed), any other a
+        failed one (an exception or an interrupt inside the stage)."""
+        if self.run is None:
+            return
+        line = self.where_logged()
+        self.run.finish(exit_code=exit_code)
+        self.run = None
+        if exit_code == 0:
+            if self.completed and self.run_id_file is not None:
+                self.run_id_file.unlink(missing_ok=True)
+            self.echo(line)
 
     def __enter__(self) -> "Tracker":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None and self.run is not None:
+            self.run.summary["failure"] = exc_type.__name__  # the type only: a message may hold anything
+        self.finish(exit_code=0 if exc_type is None else 1)

@@ -36,7 +36,8 @@ def prepare(params_path: str) -> None:
         synthetic=(cfg.synthetic.train_per_class, cfg.synthetic.test_per_class, cfg.synthetic.seed),
     )
     sizes = manifest["sizes"]
-    with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"profile", "data"})) as tracker:
+    with Tracker(params, "prepare", config=params.model_dump(mode="json", include={"profile", "data"}),
+                 echo=click.echo) as tracker:
         tracker.summary({**{f"size/{k}": v for k, v in sizes.items()}, "source": manifest["source"],
                          "sha256": manifest["sha256"]})
         tracker.log_artifact(f"data-{cfg.dataset}", "dataset", [out / "manifest.json"], metadata={"sizes": sizes})

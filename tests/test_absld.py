@@ -294,8 +294,15 @@ def test_epoch_end_logs_every_column_and_returns_the_tracked_values():
     # beta halved at its milestone (epoch 1) before the update: 1 -/+ 0.5, clamped to [0.8, 1.2]
     assert method.tau_adv.tolist() == pytest.approx([0.8, 1.2, 1.0])
     assert method.tau_nat.tolist() == pytest.approx([1.2, 1.0, 0.8])
-    assert out == pytest.approx({"beta": 0.5, "tau_adv_min": 0.8, "tau_adv_max": 1.2, "tau_nat_min": 0.8,
-                                 "tau_nat_max": 1.2, "tau_adv/0": 0.8, "tau_adv/1": 1.2, "tau_adv/2": 1.0})
+    # the row streamed to W&B / train_log.csv holds the temperatures used during the epoch (as its
+    # temperatures.csv rows do), not the update just made
+    assert out == pytest.approx({"beta": 0.5, "tau_adv_min": 1.0, "tau_adv_max": 1.0, "tau_nat_min": 1.0,
+                                 "tau_nat_max": 1.0, **{f"tau_{kind}/{k}": 1.0 for kind in ("adv", "nat")
+                                                        for k in range(3)}})
+    second = method.on_epoch_end(2)  # no risk this epoch: the update leaves them; the row shows epoch 2's
+    assert second == pytest.approx({"beta": 0.5, "tau_adv_min": 0.8, "tau_adv_max": 1.2, "tau_nat_min": 0.8,
+                                    "tau_nat_max": 1.2, "tau_adv/0": 0.8, "tau_adv/1": 1.2, "tau_adv/2": 1.0,
+                                    "tau_nat/0": 1.2, "tau_nat/1": 1.0, "tau_nat/2": 0.8})
 
 
 def test_temperatures_move_to_the_teacher_logits_device():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -124,14 +125,29 @@ def test_wandb_report_has_the_expected_blocks_without_network(no_network):
     report._to_model()  # the spec W&B would receive serialises, still offline
 
 
-def test_wandb_report_can_keep_one_dvc_experiment(no_network):
+def test_wandb_report_shows_the_runs_that_made_its_table(no_network):
+    """The panels' runs are those that wrote the table's records (evaluate) and the checkpoints it
+    evaluated (the reference's distill runs), by sha256, whichever DVC experiment ran them; a Runs
+    block says so and names what could not be matched."""
+    from absld.analyze.wandb_report import RunSelection
+
     def filters(report):
         return [str(grid.runsets[0].filters) for grid in report.blocks if type(grid).__name__ == "PanelGrid"]
 
+    runs = RunSelection("DVC experiment beta-half (commit abc1234)",
+                        records={"teacher": "a" * 64, "absld/seed0": "b" * 64},
+                        checkpoints={"teacher": "c" * 64, "absld/seed0": "d" * 64, "rslad/seed0": "e" * 64},
+                        missing=("rslad/seed0",))
     everything = build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS)
-    one = build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS, experiment="beta-half")
-    assert all("beta-half" in f and "dvc_experiment" in f for f in filters(one))
-    assert not any("dvc_experiment" in f for f in filters(everything))
+    chosen = build_wandb_report("proj", "me", "absld-tiny", small_fairness(), ALL_ATTACKS, runs=runs)
+    evaluate, classwise, distill = filters(chosen)
+    assert evaluate == classwise and "records_sha256" in evaluate and "a" * 64 in evaluate and "b" * 64 in evaluate
+    assert "checkpoint_sha256" in distill and "d" * 64 in distill and "e" * 64 not in distill and "c" * 64 not in distill
+    assert not any("sha256" in f or "dvc_experiment" in f for f in filters(everything))
+    texts = [block.text for block in chosen.blocks if type(block).__name__ == "MarkdownBlock"]
+    (runs_text,) = [t for t in texts if "were read from" in t or "was read from" in t]
+    assert "DVC experiment beta-half (commit abc1234)" in runs_text and "`bbbbbbbbbbbb`" in runs_text
+    assert "**not shown**: RSLAD (seed 0)" in runs_text
 
 
 def test_report_outline_lists_every_block(no_network):
@@ -172,6 +188,94 @@ def test_publish_without_a_wandb_key_is_a_one_line_error(tmp_path, monkeypatch, 
     assert result.exit_code == 1
     assert result.output == ("Error: no W&B API key: set WANDB_API_KEY or run `wandb login`, then "
                              "`absld report --publish`\n")
+
+
+def _git(root, *args):
+    import subprocess
+
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root,
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_report_of_an_experiment_uses_its_committed_table_and_the_runs_behind_it(tmp_path, monkeypatch, no_network):
+    """`absld report --experiment NAME` reads the table of that DVC experiment's commit (not the
+    workspace's, which holds the baseline here) and selects the runs that wrote its records; an
+    unknown name is one line."""
+    import hashlib
+
+    import absld.analyze.wandb_report as wandb_report
+    from tests.test_analyze import better_and_worse, write_records
+
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["analyze"]).exit_code == 0
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "baseline")
+    baseline_records = (tmp_path / "results/eval/absld/seed0/records.npz").read_bytes()
+    y = labels()
+    write_records(tmp_path, "absld/seed0", y, better_and_worse(y)[1])  # the experiment re-ran absld only
+    assert CliRunner().invoke(main, ["analyze"]).exit_code == 0
+    experiment_table = (tmp_path / "results/table.md").read_text()
+    experiment_records = (tmp_path / "results/eval/absld/seed0/records.npz").read_bytes()
+    assert experiment_records != baseline_records
+    _git(tmp_path, "commit", "-qam", "beta-half")
+    commit = _git(tmp_path, "rev-parse", "HEAD")
+    _git(tmp_path, "update-ref", f"refs/exps/{commit[:2]}/{commit[2:]}/beta-half", commit)
+    _git(tmp_path, "reset", "-q", "--hard", "HEAD~1")  # the workspace: the baseline again
+
+    shown = []
+    monkeypatch.setattr(wandb_report, "report_outline", lambda report: shown.append(report) or "outline")
+    result = CliRunner().invoke(main, ["report", "--experiment", "beta-half"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"of DVC experiment beta-half (commit {commit[:7]})" in result.output
+    (report,) = shown
+    texts = [block.text for block in report.blocks if type(block).__name__ == "MarkdownBlock"]
+    assert experiment_table.strip() in [t.strip() for t in texts]  # the experiment's table, not the workspace's
+    grids = [str(block.runsets[0].filters) for block in report.blocks if type(block).__name__ == "PanelGrid"]
+    teacher = hashlib.sha256((tmp_path / "results/eval/teacher/records.npz").read_bytes()).hexdigest()
+    assert hashlib.sha256(experiment_records).hexdigest() in grids[0] and teacher in grids[0]  # (teacher: baseline's)
+    assert hashlib.sha256(baseline_records).hexdigest() not in grids[0]
+    assert "dvc_experiment" not in grids[0]
+
+    unknown = CliRunner().invoke(main, ["report", "--experiment", "no-such"])
+    assert unknown.exit_code == 1 and unknown.output == (
+        "Error: no DVC experiment named 'no-such' in this repository (`dvc exp show` lists them)\n")
+    (tmp_path / "results/eval/rslad/seed0/records.npz").unlink()  # a table without its records: said
+    partial = CliRunner().invoke(main, ["report"], catch_exceptions=False)
+    assert "note: no records.npz for rslad/seed0 beside the table of the workspace" in partial.output
+    assert "newer than" not in partial.output
+    later = (tmp_path / "results/fairness.json").stat().st_mtime + 60  # records re-written after the table
+    os.utime(tmp_path / "results/eval/teacher/records.npz", (later, later))
+    stale = CliRunner().invoke(main, ["report"], catch_exceptions=False)
+    assert "note: the records of teacher are newer than results/fairness.json: run `absld analyze`" in stale.output
+
+
+def test_the_default_entity_error_points_to_wandb_entity(monkeypatch):
+    """`check` refuses a params.yaml key wandb.entity: the report points to WANDB_ENTITY instead."""
+    import sys
+    import types
+
+    from absld.analyze.wandb_report import _default_entity
+    from absld.errors import UserError
+
+    def api(entity=None, error=None):
+        class Api:
+            @property
+            def default_entity(self):
+                if error:
+                    raise error
+                return entity
+        return types.SimpleNamespace(Api=Api)
+
+    for fake in (api(error=ConnectionError("down")), api(entity=None)):
+        monkeypatch.setitem(sys.modules, "wandb", fake)
+        with pytest.raises(UserError) as raised:
+            _default_entity()
+        assert "WANDB_ENTITY" in str(raised.value) and "params.yaml" not in str(raised.value)
+    monkeypatch.setitem(sys.modules, "wandb", api(entity="lab"))
+    assert _default_entity() == "lab"
 
 
 def test_report_before_analyze_says_what_to_run(tmp_path, monkeypatch):

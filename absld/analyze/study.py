@@ -145,7 +145,7 @@ def run_analyze(params: Params, layout: Layout, *, echo: Callable[[str], None]) 
     table_md = write_tables(study)
     figures = write_figures(study)
     write_report(study, table_md, figures)
-    track(study, [name for _, name in figures])
+    track(study, [name for _, name in figures], echo=echo)
     echo(table_md.rstrip("\n"))
 
 
@@ -407,7 +407,7 @@ def write_dvc_plot_data(study: Study, folder: Path, class_acc: dict[str, dict[st
     write_csv(folder / "temperatures.csv", temperatures, columns=["seed", "epoch", "class", "tau_adv", "tau_nat"])
 
 
-def track(study: Study, figure_names: list[str]) -> None:
+def track(study: Study, figure_names: list[str], echo: Callable[[str], None] | None = None) -> None:
     """The summary table, headline numbers and figures in the stage's W&B run."""
     params, protocol = study.params, study.protocol
     config = {"profile": params.profile, "dataset": params.data.dataset, "seeds": list(params.seeds),
@@ -423,7 +423,7 @@ def track(study: Study, figure_names: list[str]) -> None:
                 row += [entry[stat], *entry[f"{stat}_ci"]]  # type: ignore[literal-required]
                 summary[f"{model}/{metric_name(attack, protocol)}/{stat}"] = entry[stat]  # type: ignore[literal-required]
             rows.append(json_safe(row))
-    with Tracker(params, "analyze", config=config) as tracker:
+    with Tracker(params, "analyze", config=config, echo=echo) as tracker:
         tracker.log_table("fairness_table", columns, rows)
         tracker.summary(json_safe(summary))
         for name in figure_names:

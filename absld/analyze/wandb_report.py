@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
@@ -23,6 +27,7 @@ from ..labels import method_label
 from ..labels import metric_name
 from ..labels import model_label
 from ..labels import order_attacks
+from ..vocab import ModelId
 from .analysis import class_ranking
 from .tables import Cell
 from .words import findings_markdown
@@ -49,7 +54,7 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                        table_md: str | None = None, tests_md: str | None = None,
                        configuration: Sequence[tuple[str, str]] = (), title: str | None = None,
                        eval_metric: str = "{attack}/{stat}", summary_table: str = "fairness_table",
-                       protocol: Protocol | None = None, experiment: str | None = None,
+                       protocol: Protocol | None = None, runs: "RunSelection | None" = None,
                        classes_shown: int = CLASSES_SHOWN) -> "Report":
     """The W&B report of a study, as a ``wandb_workspaces.reports.v2.Report`` (not saved).
 
@@ -63,7 +68,11 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     runs with line plots of ``tau_adv/<class name>`` and ``tau_nat/<class name>`` against epoch;
     "Summary table": the ``summary_table`` W&B table logged by the analyze run; "Configuration".
 
-    ``experiment`` keeps only the runs of one DVC experiment (their ``dvc_experiment`` config).
+    ``runs`` (:class:`RunSelection`) keeps only the runs behind the table: the evaluate runs that
+    wrote its records (``records_sha256`` in their summary) and the reference's distill runs that
+    wrote the checkpoints evaluated (``checkpoint_sha256``), whichever DVC experiment ran them; a
+    "Runs" block says which they are and which models had none to select. Without it, every run of
+    the group.
 
     With more than ``2 * classes_shown`` classes the per-class panels show the ``classes_shown``
     worst and best classes (:func:`absld.report.class_ranking`: the reference's class accuracy
@@ -83,8 +92,10 @@ def build_wandb_report(project: str, entity: str | None, study: str,
     title = title or f"{study}: class-wise robustness of {ref} and its baselines"
 
     def runset(name: str, job_type: str, *extra: Any) -> Any:
-        if experiment is not None:
-            extra = (*extra, expr.Config("dvc_experiment") == experiment)
+        if runs is not None:
+            shas = runs.records if job_type == "evaluate" else runs.student_checkpoints(reference)
+            key = "records_sha256" if job_type == "evaluate" else "checkpoint_sha256"
+            extra = (*extra, expr.Summary(key).isin(sorted(set(shas.values()))))
         filters = expr.And(expr.Metric("JobType") == job_type, expr.Metric("Group") == study, *extra)
         return wr.Runset(entity=entity, project=project, name=name, filters=filters)
 
@@ -127,6 +138,7 @@ def build_wandb_report(project: str, entity: str | None, study: str,
         wr.MarkdownBlock(table_md or _fallback_table(fairness, attacks, protocol)),
         wr.H1("Statistical tests"),
         wr.MarkdownBlock(tests_md or "No tests recorded (run `absld analyze`)."),
+        *([wr.H1("Runs"), wr.MarkdownBlock(runs.markdown(reference))] if runs is not None else []),
         wr.H1("Per-attack accuracy of the evaluated models"),
         wr.PanelGrid(runsets=[runset("evaluate runs", "evaluate")], panels=bars),
         wr.H1("Class-wise accuracy per attack"),
@@ -144,6 +156,86 @@ def build_wandb_report(project: str, entity: str | None, study: str,
                                               + [f"| {n} | {v} |" for n, v in configuration]))]
     return wr.Report(project=project, entity=entity, title=title[:128],
                      description=f"ABSLD reproduction, study {study}", blocks=blocks)
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """The runs behind a results table, by what they wrote: ``records`` maps each model of the table
+    to the sha256 of its ``results/eval/<model>/records.npz``, ``checkpoints`` to the sha256 of the
+    checkpoint evaluated (its ``metrics.json``); ``source`` says where the table was read (the
+    workspace, or a DVC experiment's commit); ``missing`` the models whose files were not there."""
+
+    source: str
+    records: dict[str, str]
+    checkpoints: dict[str, str]
+    missing: tuple[str, ...] = ()
+
+    def student_checkpoints(self, method: str) -> dict[str, str]:
+        return {m: sha for m, sha in self.checkpoints.items() if not ModelId.parse(m).is_teacher
+                and ModelId.parse(m).method == method}
+
+    def markdown(self, reference: str) -> str:
+        lines = [f"The table was read from {self.source}. Its panels show the runs that made it, whichever "
+                 "DVC experiment ran them (DVC skips the stages an experiment did not change):",
+                 f"- evaluate runs whose `records_sha256` is that of the table's records: "
+                 + ", ".join(f"{model_label(m)} `{sha[:12]}`" for m, sha in self.records.items()),
+                 f"- {method_label(reference)} distill runs whose `checkpoint_sha256` is that of the "
+                 f"checkpoint evaluated: " + (", ".join(f"{model_label(m)} `{sha[:12]}`" for m, sha in
+                                                       self.student_checkpoints(reference).items()) or "none")]
+        if self.missing:
+            lines.append(f"- **not shown**: {', '.join(map(model_label, self.missing))} (no records.npz beside "
+                         "the table: their runs cannot be matched; run `dvc repro`)")
+        return "\n".join(lines)
+
+
+def select_runs(fairness: Mapping[str, Any], layout: Layout, read: Callable[[Path], bytes | None],
+                source: str) -> RunSelection:
+    """The :class:`RunSelection` of a table: ``read(path)`` gives a file of the table's source."""
+    records, checkpoints, missing = {}, {}, []
+    for model in fairness:
+        blob = read(layout.eval_dir(model) / "records.npz")
+        if blob is None:
+            missing.append(model)
+            continue
+        records[model] = hashlib.sha256(blob).hexdigest()
+        metrics = read(layout.eval_dir(model) / "metrics.json")
+        sha = json.loads(metrics).get("checkpoint", {}).get("sha256") if metrics is not None else None
+        if sha:
+            checkpoints[model] = sha
+    return RunSelection(source, records, checkpoints, tuple(missing))
+
+
+def _read_workspace(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def experiment_reader(name: str) -> tuple[Callable[[Path], bytes | None], str]:
+    """A reader of the files of DVC experiment ``name`` (its commit under ``refs/exps/``, where
+    `dvc exp run` keeps it, results/ included) and the words for it; a :class:`StageError` when
+    there is no such experiment or the name is ambiguous."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StageError(f"cannot run git to find DVC experiment {name!r} ({type(exc).__name__})") from None
+
+    listed = git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
+    if listed.returncode != 0:
+        raise StageError(f"cannot list DVC experiments here (not a Git repository?): {name!r} not found")
+    found = [line.split() for line in listed.stdout.decode().splitlines()
+             if line.split()[0].rsplit("/", 1)[-1] == name]
+    if not found:
+        raise StageError(f"no DVC experiment named {name!r} in this repository (`dvc exp show` lists them)")
+    if len({sha for _, sha in found}) > 1:
+        raise StageError(f"{len(found)} DVC experiments are named {name!r} ({', '.join(r for r, _ in found)}); "
+                         "remove the ones you do not mean (`dvc exp remove`)")
+    commit = found[0][1]
+
+    def read(path: Path) -> bytes | None:
+        shown = git("show", f"{commit}:./{path.as_posix()}")
+        return shown.stdout if shown.returncode == 0 else None
+
+    return read, f"DVC experiment {name} (commit {commit[:7]})"
 
 
 def _block_text(block: Any) -> str:
@@ -181,13 +273,24 @@ def report_outline(report: "Report") -> str:
 
 def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str | None,
                echo: Callable[[str], None]) -> None:
-    """Build the study's W&B report from results/fairness.json; print its outline, or publish it."""
-    if not layout.fairness_json.is_file():
-        raise StageError(f"{layout.fairness_json} is missing; run `absld analyze` (or `dvc repro analyze`) first")
-    fairness = json.loads(layout.fairness_json.read_text())
+    """Build the study's W&B report from results/fairness.json; print its outline, or publish it.
+
+    The table, its tests and the runs shown are one consistent set: without ``experiment`` the
+    workspace's results; with it, the results committed to that DVC experiment (read from Git, so
+    the workspace may hold another one). Either way the panels show the runs that wrote those
+    results (:class:`RunSelection`), not every run labelled with the experiment's name: an
+    experiment re-runs only the stages it changed, and the rest of its table comes from runs of
+    earlier experiments."""
+    read, source = (_read_workspace, "the workspace") if experiment is None else experiment_reader(experiment)
+    where_table = layout.fairness_json if experiment is None else f"{layout.fairness_json} of {source}"
+    raw = read(layout.fairness_json)
+    if raw is None:
+        raise StageError(f"{where_table} is missing; run `absld analyze` (or `dvc repro analyze`) first")
+    fairness = json.loads(raw)
     if not fairness:
-        raise StageError(f"{layout.fairness_json} holds no models; run `absld analyze` again")
-    extra = json.loads(layout.comparisons_json.read_text()) if layout.comparisons_json.is_file() else {}
+        raise StageError(f"{where_table} holds no models; run `absld analyze` again")
+    comparisons, table = read(layout.comparisons_json), read(layout.table("md"))
+    extra = json.loads(comparisons) if comparisons is not None else {}
     meta = extra.get("meta", {})
     attacks = order_attacks(list(next(iter(fairness.values()))))
     class_names = meta.get("class_names")
@@ -196,6 +299,7 @@ def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str
     protocol = meta.get("protocol")
     tests_md = (findings_markdown(extra["comparisons"], meta.get("n_samples"), protocol)
                 if "comparisons" in extra else None)
+    runs = select_runs(fairness, layout, read, source)
 
     where = wandb_settings(params.profile)
     entity = where.entity
@@ -206,10 +310,20 @@ def run_report(params: Params, layout: Layout, *, publish: bool, experiment: str
             entity = _default_entity()
     wandb_report = build_wandb_report(
         where.project, entity, where.group, fairness, attacks, class_names=class_names,
-        reference=params.analyze.reference, table_md=layout.table("md").read_text() if layout.table("md").is_file() else None,
+        reference=params.analyze.reference, table_md=table.decode() if table is not None else None,
         tests_md=tests_md, configuration=[tuple(line) for line in meta.get("configuration", [])],
-        protocol=protocol, experiment=experiment,
+        protocol=protocol, runs=runs,
     )
+    echo(f"runs: those that wrote the {len(runs.records)} models' records of {source} (group {where.group})")
+    if experiment is None:  # the workspace: records written after the table would select other runs
+        made = layout.fairness_json.stat().st_mtime
+        newer = [m for m in runs.records if (layout.eval_dir(m) / "records.npz").stat().st_mtime > made]
+        if newer:
+            echo(f"note: the records of {', '.join(newer)} are newer than {layout.fairness_json}: run `absld analyze` "
+                 "(or `dvc repro analyze`) so that the table is made of them")
+    if runs.missing:
+        echo(f"note: no records.npz for {', '.join(runs.missing)} beside the table of {source}: "
+             "their runs are not shown")
     if not publish:
         echo(report_outline(wandb_report))
         echo("(not published: `absld report --publish` uploads it)")
@@ -230,7 +344,8 @@ def _default_entity() -> str:
         entity = wandb.Api().default_entity
     except Exception as exc:  # noqa: BLE001
         raise StageError(f"cannot reach W&B to find your default entity ({type(exc).__name__}); "
-                         "set wandb.entity in params.yaml") from None
+                         "set WANDB_ENTITY (e.g. `WANDB_ENTITY=my-team absld report --publish`)") from None
     if not entity:
-        raise StageError("W&B reports no default entity for this key; set wandb.entity in params.yaml")
+        raise StageError("W&B reports no default entity for this key; set WANDB_ENTITY "
+                         "(e.g. `WANDB_ENTITY=my-team absld report --publish`)")
     return str(entity)

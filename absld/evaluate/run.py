@@ -19,7 +19,7 @@ from ..labels import attack_label, metric_name
 from ..layout import Layout
 from ..models import checkpoint_meta, load_checkpoint
 from ..runtime import Runtime, setup
-from ..tracking import Tracker, artifact_name, class_key
+from ..tracking import Tracker, artifact_name, class_key, student_config
 from ..vocab import ModelId
 from ..attacks.accuracy import first_n
 from .cascade import evaluate_model, protocol, summarize_records
@@ -52,13 +52,15 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
     meta = checkpoint_meta(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)  # once: the resume key and metrics.json
     model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
-    config = {"model": model_id, "profile": params.profile, "evaluate": cfg.model_dump(mode="json"),
-              "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+    config = {**_trained_by(params, model_id), "model": model_id, "profile": params.profile,
+              "evaluate": cfg.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
+              "runtime": params.runtime.model_dump(mode="json"), "checkpoint_sha256": checkpoint_sha}
     key = short_hash(code, model_id, checkpoint_sha, prepared.manifest["sha256"], cfg.model_dump(mode="json"),
                      protocol(cfg, rt.amp), params.runtime.model_dump(mode="json"), str(rt.device))
     progress = EvalProgress(layout.eval_resume(model_id), key, every_seconds=progress_every)
     progress.load()
-    with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config) as tracker:
+    with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config,
+                 resume=(layout.eval_resume(model_id).parent, key), echo=echo) as tracker:
         records = evaluate_model(model, prepared.test_images, prepared.test_labels, rt, cfg,
                                  num_classes=prepared.num_classes, desc=model_id, progress=progress)
         tracker.use_artifact(artifact_name(model_id), "model", [checkpoint])
@@ -75,9 +77,23 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
                        title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
                              f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
         _track(tracker, model_id, records, summaries, class_acc, prepared.class_names, layout.eval_plots(model_id))
+        # what `absld report` selects the runs behind a table by
+        tracker.summary({"records_sha256": sha256_file(layout.eval_dir(model_id) / "records.npz"),
+                         "checkpoint_sha256": checkpoint_sha})
+        tracker.complete()
     progress.remove()
     _echo(echo, model_id, records, summaries, prepared.class_names, layout.eval_dir(model_id), cascade=cfg.cascade,
           test_selected=meta.get("selection_split") == "test")
+
+
+def _trained_by(params: Params, model_id: str) -> dict[str, Any]:
+    """The W&B config of what trained the model: a student's distill run config
+    (:func:`absld.tracking.student_config`: ``distill.<method>``, ``distill.train``, ...), or the
+    teacher's section."""
+    model = ModelId.parse(model_id)
+    if model.is_teacher:
+        return {"teacher": params.teacher.model_dump(mode="json")}
+    return student_config(params, model.method, model.seed)
 
 
 def _save_seconds() -> float:

@@ -88,7 +88,7 @@ class ABSLD(RSLAD):
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         risk_adv, risk_nat = self.end_of_epoch_risks()  # (C,) each, this epoch
         self.beta = beta_after(self.beta, epoch, self.cfg.beta_milestones, self.cfg.beta_gamma)  # decays first
-        used_adv, used_nat = self.tau_adv.cpu(), self.tau_nat.cpu()
+        used_adv, used_nat = self.tau_adv.cpu().clone(), self.tau_nat.cpu().clone()
         risk_adv_cpu, risk_nat_cpu = risk_adv.cpu(), risk_nat.cpu()
         for k in range(len(used_adv)):
             self.log.append({
@@ -102,11 +102,14 @@ class ABSLD(RSLAD):
                                            cfg.tau_min, cfg.tau_max)
         self.tau_nat = update_temperatures(self.tau_nat, risk_nat.to(self.tau_nat.device), self.beta,
                                            cfg.tau_min, cfg.tau_max)
+        # the epoch's row (W&B, train_log.csv) holds what its temperatures.csv rows hold: the
+        # temperatures *used during* this epoch (not the update just made, which the next epoch uses)
         return {
             "beta": self.beta,
-            "tau_adv_min": float(self.tau_adv.min()), "tau_adv_max": float(self.tau_adv.max()),
-            "tau_nat_min": float(self.tau_nat.min()), "tau_nat_max": float(self.tau_nat.max()),
-            **{f"tau_adv/{k}": float(t) for k, t in enumerate(self.tau_adv.cpu())},
+            "tau_adv_min": float(used_adv.min()), "tau_adv_max": float(used_adv.max()),
+            "tau_nat_min": float(used_nat.min()), "tau_nat_max": float(used_nat.max()),
+            **{f"tau_adv/{k}": float(t) for k, t in enumerate(used_adv)},
+            **{f"tau_nat/{k}": float(t) for k, t in enumerate(used_nat)},
         }
 
     def state_dict(self) -> dict:

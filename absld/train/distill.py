@@ -17,7 +17,7 @@ from ..layout import Layout
 from ..methods import METHODS, MethodContext, build_method
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..runtime import Runtime, seed_everything, setup
-from ..tracking import Tracker, artifact_name, name_classes
+from ..tracking import Tracker, artifact_name, name_classes, student_config
 from ..vocab import METHOD_LABELS, ModelId
 from .loop import FitResult, fit
 from .plots import plot_class_state, plot_training
@@ -56,9 +56,10 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
                                                           "select", "select_eval"}),
                      params.data.augment.model_dump(), prepared.manifest["sha256"],
                      prepared.manifest["train_indices"][:50], teacher_sha)
-    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}",
-                 config=_run_config(params, method_name, seed)) as tracker:
-        result = fit(student, method, loader, train_cfg, rt, checkpoint=layout.distill_resume(method_name, seed),
+    resume = layout.distill_resume(method_name, seed)
+    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}", config=_run_config(params, method_name, seed),
+                 resume=(resume.parent, key), echo=echo) as tracker:
+        result = fit(student, method, loader, train_cfg, rt, checkpoint=resume,
                      fingerprint=key, select_fn=chosen.score, select_epochs=chosen.epochs,
                      on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}")
@@ -71,6 +72,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         student.load_state_dict(state)
         _write_student(params, method_name, seed, student, method, result, meta, prepared.class_names,
                        teacher_sha, tracker, layout)
+        tracker.complete()
     echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{meta['select']}' "
          f"(epoch {meta['selected_epoch']}) -> {layout.student_checkpoint(method_name, seed)}")
     if meta["selection_on_test_set"]:
@@ -128,11 +130,9 @@ def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset
 
 
 def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
-    """The W&B run's config: this student's settings."""
-    return {"method": method_name, "seed": seed, "profile": params.profile,
-            "distill": params.distill.model_dump(mode="json", include={"student", "train", "attack", "kl_reduction",
-                                                                        "select", "select_eval", method_name}),
-            "data": params.data.model_dump(mode="json"), "runtime": params.runtime.model_dump(mode="json")}
+    """The W&B run's config: this student's settings (:func:`absld.tracking.student_config`)."""
+    return {**student_config(params, method_name, seed), "data": params.data.model_dump(mode="json"),
+            "runtime": params.runtime.model_dump(mode="json")}
 
 
 def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,
@@ -166,7 +166,8 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
     save_checkpoint(checkpoint, student.cpu(), method=method_name, seed=seed, dataset=params.data.dataset,
                     teacher_sha256=teacher_sha, **selection_meta)
     tracker.summary({"selected_epoch": chosen_epoch, "select": selection_meta["select"],
-                     "selection_on_test_set": selection_meta["selection_on_test_set"]})
+                     "selection_on_test_set": selection_meta["selection_on_test_set"],
+                     "checkpoint_sha256": sha256_file(checkpoint)})  # what `absld report` selects runs by
     tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [layout.data_dir(params.data.dataset) / "manifest.json"])
     tracker.use_artifact("teacher", "model", [layout.teacher_checkpoint, layout.teacher_info])
     tracker.log_artifact(artifact_name(str(ModelId.student(method_name, seed))), "model", [checkpoint],

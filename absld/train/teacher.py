@@ -134,7 +134,8 @@ def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[st
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
     info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
     run_config = params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher"})
-    with Tracker(params, "teacher", config=run_config) as tracker:
+    resume = (layout.teacher_resume.parent, _resume_key(params, prepared, code)) if cfg.source == "train" else None
+    with Tracker(params, "teacher", config=run_config, resume=resume, echo=echo) as tracker:
         if cfg.source == "train":
             trained = _train(params, prepared, rt, tracker, layout, code, echo, stop_after)
             if trained is None:
@@ -163,8 +164,15 @@ def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[st
         tracker.use_artifact(f"data-{params.data.dataset}", "dataset",
                              [layout.data_dir(params.data.dataset) / "manifest.json"])
         tracker.log_artifact("teacher", "model", [layout.teacher_checkpoint, layout.teacher_info], metadata=metrics)
+        tracker.complete()
     echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} "
          f"on {metrics['n']} test images -> {layout.teacher_checkpoint}")
+
+
+def _resume_key(params: Params, prepared: data_lib.Prepared, code: str) -> str:
+    """The fingerprint of the teacher's resumable training (its checkpoint and its W&B run)."""
+    return short_hash(code, params.teacher.model_dump(mode="json", exclude={"eval"}), params.data.augment.model_dump(),
+                      prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
 
 
 def _train(params: Params, prepared: data_lib.Prepared, rt: Runtime, tracker: Tracker, layout: Layout, code: str,
@@ -184,9 +192,8 @@ def _train(params: Params, prepared: data_lib.Prepared, rt: Runtime, tracker: Tr
         crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip, seed=cfg.seed,
         channels_last=rt.channels_last,
     )
-    key = short_hash(code, cfg.model_dump(mode="json", exclude={"eval"}), params.data.augment.model_dump(),
-                     prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
-    result = fit(model, method, loader, train_cfg, rt, checkpoint=layout.teacher_resume, fingerprint=key,
+    result = fit(model, method, loader, train_cfg, rt, checkpoint=layout.teacher_resume,
+                 fingerprint=_resume_key(params, prepared, code),
                  on_epoch=tracker.log, stop_after=stop_after, desc=f"teacher/{cfg.method}")
     if not rt.is_main:  # data-parallel training: the process of rank 0 evaluates and writes
         return None
