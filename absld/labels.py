@@ -68,10 +68,11 @@ def aa_description(protocol: Protocol | None) -> str:
 
 
 def metric_name(attack: str, protocol: Protocol | None = None) -> str:
-    """The attack's name in every key a user reads — W&B metrics, ``results/fairness.json`` and the
-    evaluation's ``metrics.json`` (what ``dvc exp show`` and ``dvc metrics show`` list), the file
-    names under ``plots/``: the record name, except a non-standard AA, which is ``aa_star`` (AA*),
-    so that it is never listed, plotted or compared as AutoAttack. The records keep ``aa``."""
+    """The attack's name in every key a user reads — W&B metrics, ``results/headline.json`` (what
+    ``dvc exp show`` lists), ``results/fairness.json``, the evaluation's ``metrics.json``, the file
+    names under ``plots/``: the record name (``pgd`` whatever its steps; ``pgd<steps>`` of older
+    records becomes ``pgd``), except a non-standard AA, which is ``aa_star`` (AA*), so that it is
+    never listed, plotted or compared as AutoAttack. The records keep ``aa``."""
     if _PGD.match(attack):
         return "pgd"  # one key whatever the steps (records before 2026-12-01 said pgd<steps>)
     return "aa_star" if attack == "aa" and not aa_is_standard(protocol) else attack

@@ -114,8 +114,8 @@ class Layout:
 
     @property
     def training_json(self) -> Path:
-        """Each student's checkpoint choice and last-epoch training metrics, as DVC metrics (the distill
-        stages' own metrics.json live in folders that also hold logs, which DVC would read as metrics)."""
+        """Each student's checkpoint choice and last-epoch training metrics, gathered in one file (not a
+        DVC metrics file: ``dvc exp show`` lists results/headline.json only)."""
         return self.analysis_dir / "training.json"
 
     @property
