@@ -177,7 +177,7 @@ class RunSelection:
     def markdown(self, reference: str) -> str:
         lines = [f"The table was read from {self.source}. Its panels show the runs that made it, whichever "
                  "DVC experiment ran them (DVC skips the stages an experiment did not change):",
-                 f"- evaluate runs whose `records_sha256` is that of the table's records: "
+                 "- evaluate runs whose `records_sha256` is that of the table's records: "
                  + ", ".join(f"{model_label(m)} `{sha[:12]}`" for m, sha in self.records.items()),
                  f"- {method_label(reference)} distill runs whose `checkpoint_sha256` is that of the "
                  f"checkpoint evaluated: " + (", ".join(f"{model_label(m)} `{sha[:12]}`" for m, sha in

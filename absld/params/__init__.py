@@ -125,13 +125,14 @@ def compose_profile(profile: str, path: str | Path, *, overrides: tuple[str, ...
         raise ConfigError(f"profile {profile!r} is not one of {', '.join(profile_names(conf))} (conf/profile/*.yaml)")
     from dvc.utils.hydra import compose_and_dump
 
+    from .resolver import ParamsRejected, register
+
+    register()  # what DVC's process gets from hydra_plugins/absld_params
     try:
         compose_and_dump(Path(path), str(Path(conf).resolve()), None, "config", str(Path(conf).resolve().parent),
                          [f"profile={profile}", *overrides])
-    except SystemExit as stop:  # hydra_plugins/absld_params: the composition is not valid params
-        if type(stop).__name__ != "ParamsRejected":
-            raise
-        raise ConfigError(str(stop.code).removeprefix("ERROR: ").split(". Nothing was written")[0]) from None
+    except ParamsRejected as stop:  # the composition is not valid params
+        raise ConfigError(stop.message) from None
 
 
 def load_profile(profile: str, *, conf: Path = CONF) -> Params:
