@@ -168,7 +168,8 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     assert {f"{m}.pgd_{s}" for m in headline for s in ("avg", "worst")} <= set(compared), sorted(compared)
     assert all(isinstance(compared[f"{m}.pgd_{s}"]["old"], (int, float)) and isinstance(compared[f"{m}.pgd_{s}"]["new"], (int, float))
                for m in headline for s in ("avg", "worst")), compared  # numbers both sides, not "diff not supported"
-    assert diff["params"]["params.yaml"]["evaluate.pgd.steps"] == {"old": 3, "new": 2}
+    steps = diff["params"]["params.yaml"]["evaluate.pgd.steps"]
+    assert (steps["old"], steps["new"]) == (3, 2)
 
     # Models reach a second clone through a DVC remote (a directory here), experiments too.
     run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], project)
