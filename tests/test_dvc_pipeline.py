@@ -139,7 +139,10 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     (project / "params.yaml").write_text(committed)
     assert "up to date" in run(["dvc", "status"], project).stdout.lower()
 
-    # The README's recipe, literally: commit the run, then experiments that DVC compares in numbers.
+    # The README's recipe, literally: a DVC remote (a directory here: an experiment carries its baseline
+    # commit's .dvc/config, so the remote comes first), commit the run, then experiments that DVC
+    # compares in numbers.
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "tiny profile"], project)
     assert not run(["git", "status", "--porcelain"], project).stdout.strip()  # nothing left untracked
@@ -174,9 +177,6 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     # Models reach a second clone through a DVC remote (a directory here), experiments too.
     run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], project)
     run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
-    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], project)
-    run(["git", "add", ".dvc/config"], project)
-    run(["git", "commit", "-qm", "a DVC remote"], project)
     run(["git", "push", "-q", "origin", "HEAD:main"], project)
     run(["dvc", "push"], project)
     run(["dvc", "exp", "push", "origin", "beta-half"], project)
