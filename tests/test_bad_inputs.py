@@ -335,3 +335,40 @@ def test_a_bad_evaluation_save_interval_is_one_line_before_attacking(with_teache
     one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "teacher"]),
                    f"ABSLD_EVAL_SAVE_SECONDS={value!r} is not a number of seconds >= 0")
     assert files(with_teacher) == before
+
+
+@pytest.fixture()
+def gray_project(project):
+    """The tiny project on 1-channel 28x28 images (Fashion-MNIST's files, random pixels), prepared."""
+    set_value(project, "data.dataset", "fashion-mnist")
+    set_value(project, "data.source_dir", str(write_fashion_idx(project / "raw" / "fashion", n=60)))
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    return project
+
+
+def test_a_colour_student_on_grey_data_is_one_line_naming_both_channel_counts(gray_project):
+    """A 3-channel checkpoint on 1-channel data was a 76-line traceback from the first convolution."""
+    import torch
+
+    from absld.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(gray_project / "models" / "students" / "absld" / "seed0.pt",
+                    build_model("tiny_cnn", num_classes=10, in_channels=3))
+    before = files(gray_project)
+    one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "absld/seed0"]),
+                   "takes 3-channel images", "fashion-mnist's are 1-channel (1x28x28)", "data.dataset")
+    assert files(gray_project) == before and not (gray_project / "results").exists()
+
+
+def test_a_colour_teacher_for_a_grey_student_is_refused_before_training(gray_project):
+    import torch
+
+    from absld.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(gray_project / "models" / "teacher.pt", build_model("tiny_cnn", num_classes=10, in_channels=3))
+    before = files(gray_project)
+    one_line_error(CliRunner().invoke(main, ["distill", "--method", "absld", "--seed", "0"]),
+                   "the teacher", "takes 3-channel images", "1-channel", "absld teacher")
+    assert files(gray_project) == before

@@ -17,7 +17,7 @@ from ..fairness import Summary
 from ..io import atomic_dir, sha256_file, short_hash, write_json
 from ..labels import attack_label, metric_name
 from ..layout import Layout
-from ..models import checkpoint_meta, load_checkpoint
+from ..models import check_fits, checkpoint_meta, load_checkpoint
 from ..runtime import Runtime, setup
 from ..tracking import Tracker, artifact_name, class_key, student_config
 from ..vocab import ModelId
@@ -51,7 +51,7 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
         _check_test_samples(prepared, cfg.aa.n_samples, key="evaluate.aa.n_samples")
     meta = checkpoint_meta(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)  # once: the resume key and metrics.json
-    model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
+    model = _load_model(checkpoint, prepared, params.data.dataset, rt)
     config = {**_trained_by(params, model_id), "model": model_id, "profile": params.profile,
               "evaluate": cfg.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "runtime": params.runtime.model_dump(mode="json"), "checkpoint_sha256": checkpoint_sha}
@@ -164,11 +164,11 @@ def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None, key:
                          f"{', '.join(empty)}; raise {key} or set it to null (all)")
 
 
-def _load_model(checkpoint: Path, num_classes: int, dataset: str, rt: Runtime) -> torch.nn.Module:
+def _load_model(checkpoint: Path, prepared: data_lib.Prepared, dataset: str, rt: Runtime) -> torch.nn.Module:
     model = load_checkpoint(checkpoint)
-    if model.num_classes != num_classes:
-        raise StageError(f"{checkpoint} predicts {model.num_classes} classes but {dataset} "
-                         f"has {num_classes}; evaluate it with the dataset it was trained on")
+    check_fits(model, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
+               image_shape=prepared.manifest["image_shape"], what=str(checkpoint), dataset=dataset,
+               fix="evaluate it with the dataset it was trained on (data.dataset)")
     return rt.to_device(model).eval().requires_grad_(False)
 
 

@@ -15,7 +15,7 @@ from ..errors import StageError
 from ..io import sha256_file, short_hash, write_csv, write_json
 from ..layout import Layout
 from ..methods import METHODS, MethodContext, build_method
-from ..models import build_model, load_checkpoint, save_checkpoint
+from ..models import build_model, check_fits, load_checkpoint, save_checkpoint
 from ..runtime import Runtime, seed_everything, setup
 from ..tracking import Tracker, artifact_name, name_classes, student_config
 from ..vocab import METHOD_LABELS, ModelId
@@ -124,8 +124,9 @@ def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset
     if not path.is_file():
         raise StageError(f"{path} is missing; run `absld teacher` (or `dvc repro teacher`)")
     teacher = load_checkpoint(path)
-    if teacher.num_classes != prepared.num_classes:
-        raise StageError(f"the teacher predicts {teacher.num_classes} classes but {dataset} has {prepared.num_classes}")
+    check_fits(teacher, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
+               image_shape=prepared.manifest["image_shape"], what=f"the teacher {path}", dataset=dataset,
+               fix="make the teacher for this dataset (`absld teacher`, or `dvc repro teacher`)")
     return rt.to_device(teacher).eval().requires_grad_(False), sha256_file(path)
 
 
