@@ -20,6 +20,7 @@ from absld.errors import StageError, UserError
 from absld.io import check_writable
 from absld.layout import OUTPUT_ROOTS, Layout
 from absld.tracking import check_tracking
+from absld.vocab import ModelId
 
 LAYOUT = Layout()
 """The project's files, relative to the directory the stage runs in (DVC runs it in the project)."""
@@ -43,6 +44,15 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+def model_layout(params: Params, model_id: str) -> Layout:
+    """The layout for ``model_id``: :data:`LAYOUT` for the teacher and the students of the DVC matrix
+    (distill.methods x seeds); for any other student its scratch/ twin (:data:`absld.layout.SCRATCH`)."""
+    model = ModelId.parse(model_id)
+    if model.is_teacher or (model.method in params.distill.methods and model.seed in params.seeds):
+        return LAYOUT
+    return LAYOUT.scratch()
 
 
 def load(params_path: str) -> Params:

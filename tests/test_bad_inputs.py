@@ -372,3 +372,25 @@ def test_a_colour_teacher_for_a_grey_student_is_refused_before_training(gray_pro
     one_line_error(CliRunner().invoke(main, ["distill", "--method", "absld", "--seed", "0"]),
                    "the teacher", "takes 3-channel images", "1-channel", "absld teacher")
     assert files(gray_project) == before
+
+
+MISSING_STUDENT_CASES = [  # (model id, words of the one-line hint, words it must not hold)
+    ("absld/seed0", ["absld distill --method absld --seed 0", "dvc repro distill@absld-0"], ["scratch"]),
+    ("absld/seed7", ["seed 7 is not in seeds [0]", "absld distill --method absld --seed 7",
+                     "dvc exp run -S profile=tiny -S 'seeds=[0,7]'", str(Path("scratch/models/students/absld/seed7.pt"))],
+     ["distill@"]),
+    ("trades/seed0", ["method trades is not in distill.methods [absld, rslad, sat, frl_rw, frl_rwrm, cfa]",
+                      "-S 'distill.methods=[absld,rslad,sat,frl_rw,frl_rwrm,cfa,trades]'",
+                      "absld distill --method trades --seed 0"], ["distill@", "seeds="]),
+]
+
+
+@pytest.mark.parametrize("model, words, absent", MISSING_STUDENT_CASES, ids=[m for m, _, _ in MISSING_STUDENT_CASES])
+def test_a_missing_student_suggests_a_stage_only_where_the_matrix_has_one(project, model, words, absent):
+    """`absld evaluate --model absld/seed7` with seeds [0] suggested `dvc repro distill@absld-7`,
+    a stage that does not exist."""
+    before = files(project)
+    result = CliRunner().invoke(main, ["evaluate", "--model", model])
+    one_line_error(result, *words)
+    assert not any(word in result.output for word in absent), result.output
+    assert files(project) == before
