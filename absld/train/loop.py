@@ -31,7 +31,7 @@ from ..data import Batch, TensorLoader
 from ..io import write_csv, write_torch
 from ..methods.base import MethodBase, StepOutput
 from ..runtime import Runtime, rng_state, set_rng_state
-from ..errors import UserError
+from ..errors import UserError, interrupted
 
 CHECKPOINT_FORMAT = 1
 
@@ -152,11 +152,17 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stop_after is not None and trained_here >= stop_after:
             break
-        row = _train_epoch(attack_model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
+        try:
+            row = _train_epoch(attack_model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
+        except KeyboardInterrupt as exc:
+            raise _stopped(exc, desc, epoch, cfg.epochs, "training") from None
         row.update(method.on_epoch_end(epoch))
         if select_fn is not None and (select_epochs is None or epoch in select_epochs):
             model.eval()
-            selection = select_fn(model)
+            try:
+                selection = select_fn(model)
+            except KeyboardInterrupt as exc:
+                raise _stopped(exc, desc, epoch, cfg.epochs, "checkpoint selection after") from None
             row.update({f"select_{k}": v for k, v in selection.items()})
             score = selection["score"]
             if result.best_score is None or score > result.best_score:
@@ -177,6 +183,12 @@ def fit(
     model.eval()
     result.final_state = _cpu_state(model)
     return result
+
+
+def _stopped(exc: KeyboardInterrupt, desc: str, epoch: int, epochs: int, doing: str) -> KeyboardInterrupt:
+    """Ctrl-C in ``epoch``: where it stopped, and what the resumable checkpoint holds."""
+    saved = {1: "no epoch is saved yet", 2: "epoch 1 is saved"}.get(epoch, f"epochs 1-{epoch - 1} are saved")
+    return interrupted(exc, f"{desc} stopped in {doing} epoch {epoch} of {epochs} ({saved})")
 
 
 def _resumed_timings(log: str | Path | None, history: list[dict[str, float]]) -> list[dict[str, float]]:
