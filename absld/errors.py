@@ -16,3 +16,15 @@ class UserError(Exception):
 
 class StageError(UserError, RuntimeError):
     """A stage-level problem for the user (a missing input, a teacher whose accuracy does not match)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a stage's work, with where it stopped (e.g. ``absld/seed0 stopped in
+    epoch 3 of 10, batch 5 of 20``). A :class:`KeyboardInterrupt`, so nothing that catches
+    ``Exception`` swallows it; the CLI prints it as one ``interrupted: ...`` line and exits 130."""
+
+
+def interrupted(exc: KeyboardInterrupt, where: str) -> Interrupted:
+    """``exc`` itself when it already says where it stopped (raised deeper), else an
+    :class:`Interrupted` saying ``where``."""
+    return exc if isinstance(exc, Interrupted) else Interrupted(where)

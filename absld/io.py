@@ -9,9 +9,11 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,8 +154,34 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON accepts: NaN and +-inf -> None (``null``), numpy scalars and
+    arrays -> Python numbers and lists, tuples -> lists, mapping keys -> str."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """``obj`` as strict JSON text (indented, a final newline): every non-finite number is written as
+    ``null``, and ``json.dumps(allow_nan=False)`` refuses any that would slip through, so no file this
+    project writes holds ``NaN`` or ``Infinity``, which are not JSON."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Write ``obj`` atomically as strict JSON (:func:`dumps_json`: NaN and inf -> null)."""
+    write_text(path, dumps_json(obj))
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:

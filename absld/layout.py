@@ -7,12 +7,17 @@ as the stages' deps and outs (docs/architecture.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .vocab import ModelId
 
-OUTPUT_ROOTS = ("data", "models", "results", "plots", "checkpoints", "logs")
+SCRATCH = "scratch"
+"""Where a student outside the DVC matrix (distill.methods x seeds) goes: ``scratch/`` mirrors
+``models/``, ``results/`` and ``plots/`` for it, is gitignored, and no stage reads it, so an ad-hoc
+`absld distill`/`absld evaluate` leaves the study and DVC's view of it as they were."""
+
+OUTPUT_ROOTS = ("data", "models", "results", "plots", "checkpoints", "logs", SCRATCH)
 """The folders the stages write into (each under the project directory)."""
 
 
@@ -21,6 +26,24 @@ class Layout:
     """Paths under ``root`` (the project directory; relative paths by default, as DVC runs stages)."""
 
     root: Path = Path(".")
+    ad_hoc: bool = False
+    """A student outside the DVC matrix: its model, results and plots go under ``root/scratch/``
+    (:data:`SCRATCH`); the data, the teacher, the resumable ``checkpoints/`` and ``logs/`` stay where
+    they are, so adding the seed to the matrix later resumes from the same checkpoints."""
+
+    def scratch(self) -> "Layout":
+        """This layout for a student outside the DVC matrix."""
+        return replace(self, ad_hoc=True)
+
+    def scratch_note(self, model_id: str) -> str:
+        """The one line a stage prints for a student outside the DVC matrix."""
+        return (f"note: {model_id} is outside the DVC matrix (distill.methods x seeds of params.yaml): its model, "
+                f"results and plots go under {self.root / SCRATCH}/ (gitignored), which DVC and `absld analyze` "
+                "never read")
+
+    @property
+    def _students_root(self) -> Path:
+        return self.root / SCRATCH if self.ad_hoc else self.root
 
     def data_dir(self, dataset: str) -> Path:
         return self.root / "data" / dataset
@@ -48,27 +71,27 @@ class Layout:
 
     # the distill stage
     def student_checkpoint(self, method: str, seed: int) -> Path:
-        return self.root / "models/students" / method / f"seed{seed}.pt"
+        return self._students_root / "models/students" / method / f"seed{seed}.pt"
 
     def distill_results(self, method: str, seed: int) -> Path:
-        return self.root / "results/distill" / method / f"seed{seed}"
+        return self._students_root / "results/distill" / method / f"seed{seed}"
 
     def distill_resume(self, method: str, seed: int) -> Path:
         return self.root / "checkpoints/distill" / method / f"seed{seed}" / "last.pt"
 
     def distill_plots(self, method: str, seed: int) -> Path:
-        return self.root / "plots/distill" / method / f"seed{seed}"
+        return self._students_root / "plots/distill" / method / f"seed{seed}"
 
     # the evaluate stage; ``model_id`` = teacher or <method>/seed<S>
     def eval_dir(self, model_id: str) -> Path:
-        return self.root / "results/eval" / model_id
+        return self._students_root / "results/eval" / model_id
 
     def eval_resume(self, model_id: str) -> Path:
         """An interrupted evaluation's finished batches."""
         return self.root / "checkpoints/eval" / model_id / "progress.npz"
 
     def eval_plots(self, model_id: str) -> Path:
-        return self.root / "plots/eval" / model_id
+        return self._students_root / "plots/eval" / model_id
 
     def model_checkpoint(self, model_id: str) -> Path:
         model = ModelId.parse(model_id)

@@ -7,7 +7,7 @@ import click
 from absld.train.distill import run_distill
 from absld.vocab import METHOD_NAMES
 
-from .common import LAYOUT, code, load, locked, params_option, user_errors
+from .common import code, load, locked, model_layout, params_option, user_errors
 
 
 @click.command()
@@ -37,7 +37,10 @@ def distill(params_path: str, method_name: str, seed: int, stop_after: int | Non
     epoch) to results/distill/<method>/seed<seed>/. FRL and CFA measure the student on the
     validation split (data.val_per_class) after every epoch and log their class-wise state
     (frl_state.csv / cfa_state.csv and a PNG); CFA writes its weight average
-    (distill.cfa.average), to which distill.select does not apply.
+    (distill.cfa.average), to which distill.select does not apply. A METHOD or SEED outside
+    distill.methods x seeds (no DVC stage) writes these under scratch/ instead (scratch/models/...,
+    scratch/results/..., scratch/plots/...; gitignored, never read by analyze), and says so.
     """
-    run_distill(load(params_path), method_name, seed, LAYOUT, code=code("distill"), echo=click.echo,
-                stop_after=stop_after)
+    params = load(params_path)
+    layout = model_layout(params, f"{method_name}/seed{seed}")
+    run_distill(params, method_name, seed, layout, code=code("distill"), echo=click.echo, stop_after=stop_after)

@@ -7,7 +7,7 @@ import click
 from absld.evaluate.run import run_evaluate
 from absld.vocab import ModelId
 
-from .common import LAYOUT, code, load, locked, params_option, user_errors
+from .common import code, load, locked, model_layout, params_option, user_errors
 
 
 def parse_model_id(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
@@ -21,7 +21,8 @@ def parse_model_id(ctx: click.Context | None, param: click.Parameter | None, val
 @click.command()
 @params_option
 @click.option("--model", "model_id", required=True, callback=parse_model_id, metavar="ID",
-              help="teacher, or <method>/seed<S> for the student models/students/<method>/seed<S>.pt.")
+              help="teacher, or <method>/seed<S> for the student models/students/<method>/seed<S>.pt "
+                   "(scratch/models/... outside distill.methods x seeds).")
 @user_errors
 @locked(lambda model_id, **_: f"evaluate-{model_id}")
 def evaluate(params_path: str, model_id: str) -> None:
@@ -39,6 +40,9 @@ def evaluate(params_path: str, model_id: str) -> None:
     \b
     Writes results/eval/ID/records.npz (index, y, correct_<attack>, eps, protocol) and metrics.json
     (avg, worst, nsd, class_acc per attack), plots/eval/ID/ (<attack>.json, classwise.png),
-    logs/eval/ID.json (seconds per attack) and a W&B run. Details: docs/evaluation.md.
+    logs/eval/ID.json (seconds per attack) and a W&B run. A student outside distill.methods x seeds
+    (no DVC stage) is read from and written under scratch/ (as `absld distill` put it there:
+    gitignored, never read by analyze). Details: docs/evaluation.md.
     """
-    run_evaluate(load(params_path), model_id, LAYOUT, code=code("evaluate"), echo=click.echo, params_path=params_path)
+    params = load(params_path)
+    run_evaluate(params, model_id, model_layout(params, model_id), code=code("evaluate"), echo=click.echo)

@@ -335,3 +335,62 @@ def test_a_bad_evaluation_save_interval_is_one_line_before_attacking(with_teache
     one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "teacher"]),
                    f"ABSLD_EVAL_SAVE_SECONDS={value!r} is not a number of seconds >= 0")
     assert files(with_teacher) == before
+
+
+@pytest.fixture()
+def gray_project(project):
+    """The tiny project on 1-channel 28x28 images (Fashion-MNIST's files, random pixels), prepared."""
+    set_value(project, "data.dataset", "fashion-mnist")
+    set_value(project, "data.source_dir", str(write_fashion_idx(project / "raw" / "fashion", n=60)))
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    return project
+
+
+def test_a_colour_student_on_grey_data_is_one_line_naming_both_channel_counts(gray_project):
+    """A 3-channel checkpoint on 1-channel data was a 76-line traceback from the first convolution."""
+    import torch
+
+    from absld.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(gray_project / "models" / "students" / "absld" / "seed0.pt",
+                    build_model("tiny_cnn", num_classes=10, in_channels=3))
+    before = files(gray_project)
+    one_line_error(CliRunner().invoke(main, ["evaluate", "--model", "absld/seed0"]),
+                   "takes 3-channel images", "fashion-mnist's are 1-channel (1x28x28)", "data.dataset")
+    assert files(gray_project) == before and not (gray_project / "results").exists()
+
+
+def test_a_colour_teacher_for_a_grey_student_is_refused_before_training(gray_project):
+    import torch
+
+    from absld.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(gray_project / "models" / "teacher.pt", build_model("tiny_cnn", num_classes=10, in_channels=3))
+    before = files(gray_project)
+    one_line_error(CliRunner().invoke(main, ["distill", "--method", "absld", "--seed", "0"]),
+                   "the teacher", "takes 3-channel images", "1-channel", "absld teacher")
+    assert files(gray_project) == before
+
+
+MISSING_STUDENT_CASES = [  # (model id, words of the one-line hint, words it must not hold)
+    ("absld/seed0", ["absld distill --method absld --seed 0", "dvc repro distill@absld-0"], ["scratch"]),
+    ("absld/seed7", ["seed 7 is not in seeds [0]", "absld distill --method absld --seed 7",
+                     "dvc exp run -S profile=tiny -S 'seeds=[0,7]'", str(Path("scratch/models/students/absld/seed7.pt"))],
+     ["distill@"]),
+    ("trades/seed0", ["method trades is not in distill.methods [absld, rslad, sat, frl_rw, frl_rwrm, cfa]",
+                      "-S 'distill.methods=[absld,rslad,sat,frl_rw,frl_rwrm,cfa,trades]'",
+                      "absld distill --method trades --seed 0"], ["distill@", "seeds="]),
+]
+
+
+@pytest.mark.parametrize("model, words, absent", MISSING_STUDENT_CASES, ids=[m for m, _, _ in MISSING_STUDENT_CASES])
+def test_a_missing_student_suggests_a_stage_only_where_the_matrix_has_one(project, model, words, absent):
+    """`absld evaluate --model absld/seed7` with seeds [0] suggested `dvc repro distill@absld-7`,
+    a stage that does not exist."""
+    before = files(project)
+    result = CliRunner().invoke(main, ["evaluate", "--model", model])
+    one_line_error(result, *words)
+    assert not any(word in result.output for word in absent), result.output
+    assert files(project) == before

@@ -86,3 +86,15 @@ def test_a_killed_student_resumes_after_an_analysis_only_edit(project):
 
     assert "resuming after epoch 1" in after_an_edit_of("absld/analyze/plots.py")
     assert "starting afresh" in after_an_edit_of("absld/train/loop.py")  # its code made the saved state
+
+
+def test_an_ad_hoc_student_leaves_dvc_and_git_as_they_were(project):
+    """`absld distill --seed 99` outside the matrix, then its evaluation: analyze stays up to date
+    (nothing lands in results/distill or results/eval) and Git sees no new untracked file."""
+    env = dict(WANDB_MODE="disabled", TQDM_DISABLE="1")
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], project).stdout
+    done = run(["absld", "distill", "--method", "sat", "--seed", "99"], project, **env)
+    run(["absld", "evaluate", "--model", "sat/seed99"], project, **env)
+    assert stale(project) == set()
+    assert run(["git", "status", "--porcelain", "--untracked-files=all"], project).stdout == untracked
+    assert "scratch/" in done.stdout and (project / "scratch/results/eval/sat/seed99/records.npz").is_file()

@@ -133,3 +133,37 @@ def test_resumable_work_of_other_code_is_not_resumed(tmp_path, monkeypatch):
             distill.run_distill(params, "sat", 0, Layout(project), code=digest_of_code, echo=lambda line: None)
     assert fingerprints[0] == fingerprints[1]
     assert fingerprints[2] != fingerprints[0]
+
+
+def strict_loads(text):
+    """json.loads that refuses NaN, Infinity and -Infinity (which Python's json accepts by default)."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_metrics_file_with_a_nan_is_strict_json_with_null(tmp_path):
+    """write_json wrote NaN (json.dumps(allow_nan=True)), which is not JSON: jq, JavaScript and
+    strict parsers refuse the whole file."""
+    import numpy as np
+
+    nan = float("nan")
+    write_json(tmp_path / "metrics.json", {"pgd": {"avg": 0.5, "nsd": nan, "class_acc": [0.25, nan]},
+                                           "ci": (np.float64("inf"), -np.inf), "n": np.int64(3),
+                                           "tau": np.float32(0.5), "ok": np.bool_(True)})
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert strict_loads(text) == {"pgd": {"avg": 0.5, "nsd": None, "class_acc": [0.25, None]},
+                                  "ci": [None, None], "n": 3, "tau": 0.5, "ok": True}
+
+
+def test_the_json_writer_refuses_a_non_finite_number_that_escapes_the_conversion(tmp_path, monkeypatch):
+    import absld.io
+
+    monkeypatch.setattr(absld.io, "json_safe", lambda obj: obj)  # as if a value slipped past it
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_json(tmp_path / "metrics.json", {"nsd": float("nan")})
+    assert list(tmp_path.iterdir()) == []

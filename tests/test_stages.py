@@ -354,3 +354,56 @@ def test_every_user_facing_error_is_one_user_error_and_bugs_keep_their_traceback
     monkeypatch.setattr(prepare_stage.data, "prepare", lambda *a, **k: {}["a bug"])
     result = CliRunner().invoke(main, ["prepare"])
     assert isinstance(result.exception, KeyError)  # not turned into a one-line user error
+
+
+def test_a_student_outside_the_matrix_goes_to_the_gitignored_scratch_and_evaluate_finds_it(project):
+    """`absld distill --seed 99` (seeds: [0]) wrote into results/distill/, which analyze depends on
+    (so DVC saw analyze changed), and left an untracked checkpoint under models/students/."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    assert invoke("prepare").exit_code == 0
+    trained = invoke("distill", "--method", "sat", "--seed", "99")
+    assert trained.exit_code == 0, trained.output
+    note = [line for line in trained.output.splitlines() if "outside the DVC matrix" in line]
+    assert len(note) == 1 and "scratch/" in note[0] and "gitignored" in note[0], trained.output
+    evaluated = invoke("evaluate", "--model", "sat/seed99")
+    assert evaluated.exit_code == 0, evaluated.output
+    scratch = project / "scratch"
+    assert (scratch / "models/students/sat/seed99.pt").is_file()
+    assert (scratch / "results/distill/sat/seed99/train_log.csv").is_file()
+    assert (scratch / "results/eval/sat/seed99/records.npz").is_file()
+    assert (scratch / "plots/eval/sat/seed99").is_dir()
+    for folder in ("models/students", "results/distill", "results/eval", "plots/distill", "plots/eval"):
+        assert not (project / folder).exists(), folder
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    assert untracked and not [line for line in untracked if "scratch" in line or ".pt" in line], untracked
+
+
+def test_the_logs_keep_every_epochs_times_across_resumes(project):
+    """After a resume logs/*.csv had lost their times (only `epoch` was left for resumed epochs, and a
+    rerun that resumed after the last epoch wrote a log of `epoch` alone)."""
+    import csv
+
+    def rows(path):
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    assert invoke("prepare").exit_code == 0
+    teacher_epochs = read_yaml(project / "params.yaml")["teacher"]["train"]["epochs"]
+    student_epochs = read_yaml(project / "params.yaml")["distill"]["train"]["epochs"]
+    for stage, log, epochs in ((["teacher"], project / "logs" / "teacher.csv", teacher_epochs),
+                               (["distill", "--method", "sat", "--seed", "0"],
+                                project / "logs" / "distill" / "sat" / "seed0.csv", student_epochs)):
+        assert invoke(*stage, "--stop-after", "1").exit_code == 0  # killed after its first epoch
+        assert invoke(*stage).exit_code == 0  # resumes, finishes
+        first = rows(log)
+        assert invoke(*stage).exit_code == 0  # resumes after the last epoch: trains nothing, writes again
+        again = rows(log)
+        assert [int(r["epoch"]) for r in again] == list(range(1, epochs + 1)), (log, again)
+        assert all(float(r["epoch_seconds"]) > 0 for r in again), (log, again)
+        assert again == first

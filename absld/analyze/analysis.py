@@ -20,6 +20,7 @@ from ..fairness import (
     summarize_with_ci,
 )
 from ..evaluate.records import Records
+from ..io import json_safe  # noqa: F401 - re-exported: the analysis' callers import it from here
 from ..vocab import ModelId
 from .evaluations import _check_labels
 from ..labels import Protocol
@@ -55,23 +56,6 @@ def fairness_table(records: Mapping[str, Records], num_classes: int, cfg: Analyz
                                       method=cfg.bootstrap_method)
             out[model][attack] = {key: entry[key] for key in FAIRNESS_KEYS}  # type: ignore[literal-required]
     return out
-
-
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON accepts: NaN and +-inf -> None, numpy scalars -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def intervals_excluding_the_estimate(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]]

@@ -20,7 +20,7 @@ from ..errors import StageError
 from ..evaluate.records import Records
 from ..fairness import STATISTICS
 from ..figures import ClassSelection, describe_selection as describe_shown, plot_temperatures, select_classes
-from ..io import atomic_dir, write_csv, write_text
+from ..io import atomic_dir, dumps_json, write_csv, write_text
 from ..labels import Protocol, _finite, attack_label, dataset_label, headline_attack, method_label, metric_name
 from ..layout import Layout
 from ..tracking import Tracker
@@ -45,8 +45,8 @@ Row = tuple[str, "str | None", list[str]]
 
 
 def dumps_strict(obj: Any) -> str:
-    """Strict JSON (NaN/inf -> null), as every reader of the metrics files expects."""
-    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+    """Strict JSON (NaN/inf -> null), as every reader of the metrics files expects (:func:`absld.io.dumps_json`)."""
+    return dumps_json(obj)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

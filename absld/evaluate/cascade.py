@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import ce_loss, cw_inf, fgsm, pgd
 from ..attacks.accuracy import attack_seed, first_n
+from ..errors import interrupted
 from ..params import EvalAttack, EvaluateConfig
 from ..fairness import Summary, summarize
 from ..runtime import Runtime
@@ -299,24 +300,33 @@ class _Evaluator:
                                 name=spec.name)  # (N, C, H, W) CPU
         verdicts: list[Tensor] = []  # (B,) per batch since the last hand-over, on the device
         pending: list[Tensor] = []  # their positions
-        with tqdm(total=positions.numel(), initial=done, desc=f"[{self.desc} {spec.name}]", unit="img",
-                  leave=False, disable=not self.rt.progress) as bar:
-            for chunk in _chunks(positions[done:], spec.batch_size):
-                x, y = self.inputs(chunk)
-                batch_noise = None if noise is None else noise[chunk].to(self.rt.device, non_blocking=True)
-                with self._precision(spec):
-                    x_adv = spec.run(self.model, x, y, batch_noise)
-                if self.hook is not None:
-                    self.hook(spec.name, chunk, x, x_adv)
-                with torch.no_grad(), self._precision(spec):
-                    verdicts.append(self.model(x_adv).argmax(dim=1) == y)  # (B,)
-                pending.append(chunk)
-                done += chunk.numel()
-                bar.update(chunk.numel())
-                if progress is not None and progress.due():
-                    _settle(robust, pending, verdicts)  # syncs the device
-                    progress.update(spec.name, ColumnProgress(robust.copy(), done, spent + time.perf_counter() - start,
-                                                              complete=False))
+        try:
+            with tqdm(total=positions.numel(), initial=done, desc=f"[{self.desc} {spec.name}]", unit="img",
+                      leave=False, disable=not self.rt.progress) as bar:
+                for chunk in _chunks(positions[done:], spec.batch_size):
+                    x, y = self.inputs(chunk)
+                    batch_noise = None if noise is None else noise[chunk].to(self.rt.device, non_blocking=True)
+                    with self._precision(spec):
+                        x_adv = spec.run(self.model, x, y, batch_noise)
+                    if self.hook is not None:
+                        self.hook(spec.name, chunk, x, x_adv)
+                    with torch.no_grad(), self._precision(spec):
+                        verdicts.append(self.model(x_adv).argmax(dim=1) == y)  # (B,)
+                    pending.append(chunk)
+                    done += chunk.numel()
+                    bar.update(chunk.numel())
+                    if progress is not None and progress.due():
+                        _settle(robust, pending, verdicts)  # syncs the device
+                        progress.update(spec.name, ColumnProgress(robust.copy(), done, spent + time.perf_counter() - start,
+                                                                  complete=False))
+        except KeyboardInterrupt as exc:  # keep the finished batches, say where it stopped
+            _settle(robust, pending, verdicts)
+            if progress is not None:
+                progress.update(spec.name, ColumnProgress(robust, done, spent + time.perf_counter() - start,
+                                                          complete=False), save=True)
+            batches = -(-positions.numel() // spec.batch_size)
+            raise interrupted(exc, f"{self.desc} stopped in {spec.name}, batch {done // spec.batch_size + 1} of "
+                                   f"{batches} (its finished batches are saved)") from None
         _settle(robust, pending, verdicts)  # syncs the device
         seconds = spent + time.perf_counter() - start
         if progress is not None:

@@ -68,10 +68,11 @@ class EvalProgress:
         """Whether ``every_seconds`` have passed since the last save."""
         return time.monotonic() - self._last_save >= self.every_seconds
 
-    def update(self, name: str, column: ColumnProgress) -> None:
-        """Record ``column``; write the file when it is complete or a save is :meth:`due`."""
+    def update(self, name: str, column: ColumnProgress, *, save: bool = False) -> None:
+        """Record ``column``; write the file when it is complete, ``save`` asks (an interrupted run) or a
+        save is :meth:`due`."""
         self.columns[name] = column
-        if column.complete or self.due():
+        if save or column.complete or self.due():
             arrays: dict[str, np.ndarray] = {"fingerprint": np.asarray(self.fingerprint),
                                              "names": np.asarray(json.dumps(list(self.columns)))}
             for key, c in self.columns.items():

@@ -17,7 +17,7 @@ from ..fairness import Summary
 from ..io import atomic_dir, sha256_file, short_hash, write_json
 from ..labels import attack_label, metric_name
 from ..layout import Layout
-from ..models import checkpoint_meta, load_checkpoint
+from ..models import check_fits, checkpoint_meta, load_checkpoint
 from ..runtime import Runtime, setup
 from ..tracking import Tracker, artifact_name, class_key, student_config
 from ..vocab import ModelId
@@ -34,15 +34,15 @@ SELECTION_KEYS = ("select", "selected_epoch", "selection_split", "selection_scor
 """Checkpoint meta written by the distill stage about how the checkpoint was chosen."""
 
 
-def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, echo: Callable[[str], None],
-                 params_path: str = "params.yaml") -> None:
+def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, echo: Callable[[str], None]) -> None:
     """Attack ``model_id`` (teacher or <method>/seed<S>) and write its records, metrics and figures
     (``code``: the stage's code digest, part of the resume fingerprint)."""
     cfg = params.evaluate
     checkpoint = layout.model_checkpoint(model_id)
     if not checkpoint.is_file():
-        raise _missing_checkpoint(model_id, checkpoint)
-    _note_untracked(params, model_id, params_path, echo)
+        raise _missing_checkpoint(params, model_id, checkpoint)
+    if layout.ad_hoc:
+        echo(layout.scratch_note(model_id))
     progress_every = _save_seconds()
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
@@ -51,7 +51,7 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
         _check_test_samples(prepared, cfg.aa.n_samples, key="evaluate.aa.n_samples")
     meta = checkpoint_meta(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)  # once: the resume key and metrics.json
-    model = _load_model(checkpoint, prepared.num_classes, params.data.dataset, rt)
+    model = _load_model(checkpoint, prepared, params.data.dataset, rt)
     config = {**_trained_by(params, model_id), "model": model_id, "profile": params.profile,
               "evaluate": cfg.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "runtime": params.runtime.model_dump(mode="json"), "checkpoint_sha256": checkpoint_sha}
@@ -109,14 +109,27 @@ def _save_seconds() -> float:
 
 
 
-def _missing_checkpoint(model_id: str, path: Path) -> StageError:
+def _missing_checkpoint(params: Params, model_id: str, path: Path) -> StageError:
+    """The missing checkpoint and what makes it: the stage where it is one of DVC's matrix, otherwise
+    the ad-hoc command and how to add the method or seed to the matrix."""
     model = ModelId.parse(model_id)
     if model.is_teacher:
-        how = "`absld teacher` (or `dvc repro teacher`)"
-    else:
-        method, seed = model.method, model.seed
-        how = f"`absld distill --method {method} --seed {seed}` (or `dvc repro distill@{method}-{seed}`)"
-    return StageError(f"{path} is missing; run {how} first")
+        return StageError(f"{path} is missing; run `absld teacher` (or `dvc repro teacher`) first")
+    method, seed = model.method, model.seed
+    command = f"`absld distill --method {method} --seed {seed}`"
+    methods, seeds = list(params.distill.methods), list(params.seeds)
+    if method in methods and seed in seeds:
+        return StageError(f"{path} is missing; run {command} (or `dvc repro distill@{method}-{seed}`) first")
+    outside, settings = [], []
+    if method not in methods:
+        outside.append(f"method {method} is not in distill.methods [{', '.join(methods)}]")
+        settings.append(f"-S 'distill.methods=[{','.join(methods + [method])}]'")
+    if seed not in seeds:
+        outside.append(f"seed {seed} is not in seeds [{', '.join(map(str, seeds))}]")
+        settings.append(f"-S 'seeds=[{','.join(str(s) for s in sorted(seeds + [seed]))}]'")
+    return StageError(f"{path} is missing and {' and '.join(outside)}, so no DVC stage trains it; train it ad hoc "
+                      f"with {command}, or add it to the study with `dvc exp run -S profile={params.profile} "
+                      f"{' '.join(settings)}`")
 
 
 def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], class_names: list[str],
@@ -145,13 +158,6 @@ def _metrics(model_id: str, records: Records, summaries: dict[str, Summary], cla
     return out
 
 
-def _note_untracked(params: Params, model_id: str, params_path: str, echo: Callable[[str], None]) -> None:
-    model = ModelId.parse(model_id)
-    if not model.is_teacher and (model.method not in params.distill.methods or model.seed not in params.seeds):
-        echo(f"note: {model_id} is not among distill.methods x seeds in {params_path} "
-                   "(DVC does not track its evaluation)")
-
-
 def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None, key: str = "evaluate.n_samples") -> None:
     """The first ``n_samples`` test images exist and hold every class (class accuracies need them)."""
     if n_samples is not None and n_samples > len(prepared.test_labels):
@@ -164,11 +170,11 @@ def _check_test_samples(prepared: data_lib.Prepared, n_samples: int | None, key:
                          f"{', '.join(empty)}; raise {key} or set it to null (all)")
 
 
-def _load_model(checkpoint: Path, num_classes: int, dataset: str, rt: Runtime) -> torch.nn.Module:
+def _load_model(checkpoint: Path, prepared: data_lib.Prepared, dataset: str, rt: Runtime) -> torch.nn.Module:
     model = load_checkpoint(checkpoint)
-    if model.num_classes != num_classes:
-        raise StageError(f"{checkpoint} predicts {model.num_classes} classes but {dataset} "
-                         f"has {num_classes}; evaluate it with the dataset it was trained on")
+    check_fits(model, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
+               image_shape=prepared.manifest["image_shape"], what=str(checkpoint), dataset=dataset,
+               fix="evaluate it with the dataset it was trained on (data.dataset)")
     return rt.to_device(model).eval().requires_grad_(False)
 
 

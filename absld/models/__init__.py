@@ -15,7 +15,7 @@ defaults to 3 and ``mean``/``std`` to None (no normalisation).
 
 from __future__ import annotations
 
-from absld.models.checkpoint import checkpoint_meta, load_checkpoint, load_weights, save_checkpoint
+from absld.models.checkpoint import check_fits, checkpoint_meta, load_checkpoint, load_weights, save_checkpoint
 from absld.models.common import ImageClassifier, ModelError
 from absld.models.registry import MODELS, ModelName, build_model, unwrap_model
 from absld.models.small_cnn import mini_cnn, small_cnn, tiny_cnn  # noqa: F401 - re-exported constructors
@@ -28,6 +28,7 @@ __all__ = [
     "ModelName",
     "WideResNet",
     "build_model",
+    "check_fits",
     "checkpoint_meta",
     "load_checkpoint",
     "load_weights",

@@ -231,6 +231,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> ImageClassifier:
     return model.cpu().eval()
 
 
+def check_fits(model: ImageClassifier, *, num_classes: int, in_channels: int, image_shape: Sequence[int],
+               what: str, dataset: str, fix: str) -> None:
+    """Refuse ``model`` (loaded from ``what``) for data of ``dataset`` whose images it cannot take or
+    whose classes it does not predict: one line naming both shapes and ``fix``. Every registered
+    architecture pools globally or adaptively before its classifier, so any image size fits; the
+    channels and the class count must match.
+
+    Raises:
+        ModelError: when the input channels or the number of classes differ.
+    """
+    size = "x".join(str(int(n)) for n in image_shape[1:])
+    problems = []
+    if model.in_channels != in_channels:
+        problems.append(f"takes {model.in_channels}-channel images but {dataset}'s are {in_channels}-channel "
+                        f"({in_channels}x{size})")
+    if model.num_classes != num_classes:
+        problems.append(f"predicts {model.num_classes} classes but {dataset} has {num_classes}")
+    if problems:
+        raise ModelError(f"{what} ({model.arch}) {' and '.join(problems)}; {fix}")
+
+
 def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything in a checkpoint but its ``state_dict`` (arch, num_classes, ..., meta).
 

@@ -15,7 +15,7 @@ from ..errors import StageError
 from ..io import sha256_file, short_hash, write_csv, write_json
 from ..layout import Layout
 from ..methods import METHODS, MethodContext, build_method
-from ..models import build_model, load_checkpoint, save_checkpoint
+from ..models import build_model, check_fits, load_checkpoint, save_checkpoint
 from ..runtime import Runtime, seed_everything, setup
 from ..tracking import Tracker, artifact_name, name_classes, student_config
 from ..vocab import METHOD_LABELS, ModelId
@@ -30,8 +30,6 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     """Train student ``method_name``/seed ``seed`` and write it with its logs (``code``: the stage's code
     digest, part of the resume fingerprint)."""
     cfg = params.distill
-    if seed not in params.seeds:
-        echo(f"note: seed {seed} is not in params seeds {params.seeds} (DVC will not track it)")
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
     method_cfg = cfg.method_config(method_name)
@@ -39,6 +37,8 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     chosen = selection(cfg, method_name, train_cfg, prepared, rt, seed)
     teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset, layout)
     _check_validation_split(method_name, method_cfg, prepared)
+    if layout.ad_hoc:
+        echo(layout.scratch_note(str(ModelId.student(method_name, seed))))
     seed_everything(seed)
     student = _student(params, prepared, rt)
     validate = _validation(student, prepared, rt, seed) if method_cfg.validates else None
@@ -62,7 +62,8 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         result = fit(student, method, loader, train_cfg, rt, checkpoint=resume,
                      fingerprint=key, select_fn=chosen.score, select_epochs=chosen.epochs,
                      on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
-                     stop_after=stop_after, desc=f"{method_name}/seed{seed}")
+                     stop_after=stop_after, desc=f"{method_name}/seed{seed}",
+                     timings_log=layout.logs / f"distill/{method_name}/seed{seed}.csv")
         if not rt.is_main:  # data-parallel training: the process of rank 0 writes
             return
         if len(result.history) < train_cfg.epochs:
@@ -124,8 +125,9 @@ def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset
     if not path.is_file():
         raise StageError(f"{path} is missing; run `absld teacher` (or `dvc repro teacher`)")
     teacher = load_checkpoint(path)
-    if teacher.num_classes != prepared.num_classes:
-        raise StageError(f"the teacher predicts {teacher.num_classes} classes but {dataset} has {prepared.num_classes}")
+    check_fits(teacher, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
+               image_shape=prepared.manifest["image_shape"], what=f"the teacher {path}", dataset=dataset,
+               fix="make the teacher for this dataset (`absld teacher`, or `dvc repro teacher`)")
     return rt.to_device(teacher).eval().requires_grad_(False), sha256_file(path)
 
 
@@ -145,7 +147,6 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
     metrics = {"method": method_name, "seed": seed, "epochs": epochs, **selection_meta,
                "final": {k: v for k, v in history[-1].items() if "/" not in k}}
     write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
-    write_csv(layout.logs / f"distill/{method_name}/seed{seed}.csv", result.timings)
     where = f"({params.data.dataset}, seed {seed})"
     plot_training(history, figures / "training.png", title=f"{method_name} {where}")
     extra = method.artefacts(chosen_epoch, class_names, history)  # e.g. ABSLD's temperatures

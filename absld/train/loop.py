@@ -12,6 +12,7 @@ fingerprint (other params or data) starts afresh.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import time
@@ -27,10 +28,10 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..params import TrainConfig
 from ..data import Batch, TensorLoader
-from ..io import write_torch
+from ..io import write_csv, write_torch
 from ..methods.base import MethodBase, StepOutput
 from ..runtime import Runtime, rng_state, set_rng_state
-from ..errors import UserError
+from ..errors import UserError, interrupted
 
 CHECKPOINT_FORMAT = 1
 
@@ -66,8 +67,10 @@ class FitResult:
     best_score: float | None = None
     resumed_from: int = 0
     timings: list[dict[str, float]] = field(default_factory=list)
-    """Per epoch: ``epoch`` and the :data:`WALL_CLOCK_KEYS` (kept out of ``history``); epochs resumed
-    from a checkpoint have ``epoch`` only."""
+    """Per epoch: ``epoch`` and the :data:`WALL_CLOCK_KEYS` (kept out of ``history`` and out of the
+    resumable checkpoint, whose bytes must not depend on the clock). With ``timings_log`` the epochs
+    resumed from a checkpoint get their rows back from that log; without it, or where it lacks them,
+    ``epoch`` only."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,6 +96,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_after: int | None = None,
     desc: str = "train",
+    timings_log: str | Path | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs (resuming from ``checkpoint``).
 
@@ -109,6 +113,8 @@ def fit(
         select_epochs: the epochs (1-based) after which ``select_fn`` runs (None: every epoch).
         on_epoch: receives the metrics row of each epoch trained in this call (logging).
         stop_after: stop after this many epochs in this call (tests of resume; preemptible hosts).
+        timings_log: the untracked CSV of :attr:`FitResult.timings` (``logs/``), rewritten after every
+            epoch and read back on resume, so every column survives any number of resumes.
     """
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -125,7 +131,7 @@ def fit(
             method.load_state_dict(state["method"])
             set_rng_state(state["rng"])
             result.history = list(state["history"])
-            result.timings = [{"epoch": row["epoch"]} for row in result.history]
+            result.timings = _resumed_timings(timings_log, result.history)
             result.best_state = state.get("best_state")
             result.best_epoch = state.get("best_epoch")
             result.best_score = state.get("best_score")
@@ -146,11 +152,17 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stop_after is not None and trained_here >= stop_after:
             break
-        row = _train_epoch(attack_model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
+        try:
+            row = _train_epoch(attack_model, method, teacher, loader, optimizer, cfg, rt, epoch, desc, loss_model)
+        except KeyboardInterrupt as exc:
+            raise _stopped(exc, desc, epoch, cfg.epochs, "training") from None
         row.update(method.on_epoch_end(epoch))
         if select_fn is not None and (select_epochs is None or epoch in select_epochs):
             model.eval()
-            selection = select_fn(model)
+            try:
+                selection = select_fn(model)
+            except KeyboardInterrupt as exc:
+                raise _stopped(exc, desc, epoch, cfg.epochs, "checkpoint selection after") from None
             row.update({f"select_{k}": v for k, v in selection.items()})
             score = selection["score"]
             if result.best_score is None or score > result.best_score:
@@ -163,12 +175,34 @@ def fit(
         trained_here += 1
         if ckpt_path is not None and rt.rank == 0:  # data-parallel: one writer
             _save(ckpt_path, model, optimizer, method, result, epoch, fingerprint)
+        if timings_log is not None and rt.rank == 0:
+            write_csv(timings_log, result.timings)
         if on_epoch is not None:
             on_epoch(row)
 
     model.eval()
     result.final_state = _cpu_state(model)
     return result
+
+
+def _stopped(exc: KeyboardInterrupt, desc: str, epoch: int, epochs: int, doing: str) -> KeyboardInterrupt:
+    """Ctrl-C in ``epoch``: where it stopped, and what the resumable checkpoint holds."""
+    saved = {1: "no epoch is saved yet", 2: "epoch 1 is saved"}.get(epoch, f"epochs 1-{epoch - 1} are saved")
+    return interrupted(exc, f"{desc} stopped in {doing} epoch {epoch} of {epochs} ({saved})")
+
+
+def _resumed_timings(log: str | Path | None, history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The wall-clock rows of the epochs of ``history`` (resumed from a checkpoint): each as ``log``
+    recorded it (the :data:`WALL_CLOCK_KEYS` present there), else ``epoch`` alone."""
+    saved: dict[int, dict[str, float]] = {}
+    if log is not None and Path(log).is_file():
+        try:
+            with open(log, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    saved[int(row["epoch"])] = {k: float(row[k]) for k in WALL_CLOCK_KEYS if row.get(k)}
+        except (OSError, KeyError, ValueError, csv.Error):  # an unreadable log costs its times, not the run
+            saved = {}
+    return [{"epoch": row["epoch"], **saved.get(int(row["epoch"]), {})} for row in history]
 
 
 def previous_checkpoint(path: Path) -> Path:

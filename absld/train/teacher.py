@@ -158,8 +158,6 @@ def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[st
         write_json(layout.teacher_info, info)
         write_json(layout.teacher_results / "metrics.json", metrics)
         write_csv(layout.teacher_results / "train_log.csv", (result.history if result else None) or [{"epoch": 0}])
-        if result is not None and result.timings:
-            write_csv(layout.logs / "teacher.csv", result.timings)
         tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
         tracker.use_artifact(f"data-{params.data.dataset}", "dataset",
                              [layout.data_dir(params.data.dataset) / "manifest.json"])
@@ -194,7 +192,8 @@ def _train(params: Params, prepared: data_lib.Prepared, rt: Runtime, tracker: Tr
     )
     result = fit(model, method, loader, train_cfg, rt, checkpoint=layout.teacher_resume,
                  fingerprint=_resume_key(params, prepared, code),
-                 on_epoch=tracker.log, stop_after=stop_after, desc=f"teacher/{cfg.method}")
+                 on_epoch=tracker.log, stop_after=stop_after, desc=f"teacher/{cfg.method}",
+                 timings_log=layout.logs / "teacher.csv")
     if not rt.is_main:  # data-parallel training: the process of rank 0 evaluates and writes
         return None
     if len(result.history) < train_cfg.epochs:
