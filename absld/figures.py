@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.colors
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,6 +20,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dataclasses import dataclass  # noqa: E402
 
+from . import palette  # noqa: E402
 from .params import AnalyzeConfig  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
@@ -176,6 +178,7 @@ def plot_temperatures(rows: Sequence[dict], class_names: Sequence[str], path: st
     for ax, key in zip(axes, ("adversarial term  τ_adv", "natural term  τ_nat")):
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        integer_epochs(ax)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("temperature used during the epoch")
     if len(class_names) <= 20:
@@ -210,7 +213,7 @@ def _plot_many_temperatures(rows: Sequence[dict], class_names: Sequence[str], pa
     for ax, key in zip(axes, ("adversarial term  τ_adv", "natural term  τ_nat")):
         ax.set_title(key)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_epochs(ax)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("temperature used during the epoch")
     handles, names = axes[1].get_legend_handles_labels()
@@ -224,6 +227,27 @@ def _plot_many_temperatures(rows: Sequence[dict], class_names: Sequence[str], pa
     save(fig, path)
 
 
-def _model_colors(n: int) -> list:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+def model_colors(labels: Sequence[str]) -> list[str]:
+    """One colour per model label: a method's (or the teacher's) from :mod:`absld.palette`, the same
+    in every figure and in the DVC charts; a label naming no method takes the next colour of tab10."""
+    cmap = plt.get_cmap("tab10")
+    known = palette.label_colors()
+    out, others = [], 0
+    for label in labels:
+        color = palette.color_of_label(label)
+        if color == palette.FALLBACK and label not in known:
+            color, others = matplotlib.colors.to_hex(cmap(others % cmap.N)), others + 1
+        out.append(color)
+    return out
+
+
+def shades(color: str, n: int) -> list[tuple[float, float, float]]:
+    """``n`` shades of one colour, light to full (a model's colour for its own series: one per attack)."""
+    base = matplotlib.colors.to_rgb(color)
+    weights = [0.3 + 0.7 * (i + 1) / n for i in range(n)] if n > 1 else [1.0]
+    return [tuple(1.0 - w * (1.0 - c) for c in base) for w in weights]  # type: ignore[misc]
+
+
+def integer_epochs(ax: "plt.Axes") -> None:
+    """Epoch ticks at whole epochs only (a 3-epoch run is not ticked at 1.5)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))

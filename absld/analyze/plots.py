@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..figures import CLASSES_SHOWN, save, select_classes, short_label, _label_groups, _mark_gap, _model_colors, describe_selection  # noqa: E402
+from ..figures import CLASSES_SHOWN, save, select_classes, short_label, _label_groups, _mark_gap, describe_selection, model_colors  # noqa: E402
 
 
 def plot_class_accuracy(class_names: Sequence[str], accuracies: Mapping[str, Mapping[str, Sequence[float]]],
@@ -31,7 +31,7 @@ def plot_class_accuracy(class_names: Sequence[str], accuracies: Mapping[str, Map
     import numpy as np
 
     labels = list(accuracies)
-    colors = _model_colors(len(labels))
+    colors = model_colors(labels)
     num_classes = len(class_names)
     if ranking is None and num_classes > 2 * classes_shown:
         columns = [accuracies[m][a] for m in labels for a, _ in attacks if accuracies[m].get(a) is not None]
@@ -107,7 +107,7 @@ def plot_fairness_tradeoff(points: Mapping[str, Mapping[str, TradeoffPoint]], at
     ``annotate_max`` models (otherwise colour and marker, in the legend, tell them apart).
     """
     labels = list(points)
-    colors = _model_colors(len(labels))
+    colors = model_colors(labels)
     markers = "osD^v<>pXh*"
     ncols = min(3, len(attacks))
     nrows = math.ceil(len(attacks) / ncols)

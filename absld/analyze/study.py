@@ -372,24 +372,76 @@ def write_figures(study: Study) -> list[tuple[str, str]]:
     return figures
 
 
+def class_intervals(study: Study, attack: str) -> dict[str, tuple[list[float], list[float], str]]:
+    """Per row, the intervals of its class accuracies under ``attack``: ``(lo, hi, how)`` with one
+    value per class (NaN where unknown). One model: the exact (Clopper-Pearson) binomial interval of
+    each class's hits among its evaluated images; a method over several seeds: the Student-t
+    interval over seeds of its class accuracy (that of :func:`absld.fairness.seed_summary`)."""
+    from scipy import stats
+
+    from ..fairness import seed_summary
+
+    confidence, num_classes = study.params.analyze.confidence, study.num_classes
+    tail = (1.0 - confidence) / 2
+    level = f"{100 * confidence:g} %"
+    out: dict[str, tuple[list[float], list[float], str]] = {}
+    for label, _, ms in study.rows:
+        if len(ms) == 1:
+            correct, y = study.records[ms[0]].column(attack)
+            n = np.bincount(y, minlength=num_classes).astype(float)
+            hits = np.bincount(y, weights=correct.astype(float), minlength=num_classes)
+            with np.errstate(all="ignore"):
+                lo = np.where(hits > 0, stats.beta.ppf(tail, hits, n - hits + 1), 0.0)
+                hi = np.where(hits < n, stats.beta.ppf(1 - tail, hits + 1, n - hits), 1.0)
+            lo, hi = np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
+            out[label] = (lo.tolist(), hi.tolist(), f"{level} exact binomial interval")
+        else:
+            cis = [seed_summary([study.fairness[m][attack]["class_acc"][k] for m in ms], confidence)["ci"]
+                   for k in range(num_classes)]
+            out[label] = ([c[0] for c in cis], [c[1] for c in cis], f"{level} t-interval over {len(ms)} seeds")
+    return out
+
+
+def _bounded(value: float | None, low: float = 0.0, high: float = 1.0) -> float | str:
+    """An interval end for the plot data: clipped to the statistic's range, '' when unknown."""
+    if value is None or not np.isfinite(value):
+        return ""
+    return float(min(max(value, low), high))
+
+
 def write_dvc_plot_data(study: Study, folder: Path, class_acc: dict[str, dict[str, list[float]]],
                         points: dict[str, dict[str, Any]]) -> None:
-    """The data of dvc.yaml's top-level plots (templates in .dvc/plots/), in long form so that one
-    chart holds every model: classwise/<attack>.csv (models side by side), training.csv (every
-    student's curves overlaid), temperatures.csv (ABSLD's tau_adv and tau_nat per class and epoch) and
-    tradeoff.csv (Avg against NSD per model and attack). Models are the table's rows."""
+    """The data of dvc.yaml's top-level plots (templates in .dvc/plots/, built by absld.charts), in
+    long form so that one chart holds every model: classwise/<attack>.csv (models side by side, each
+    class accuracy with its interval ``lo``-``hi`` and the ``attack``'s label for the chart's
+    heading), training.csv (every student's curves overlaid), temperatures.csv (ABSLD's tau_adv and
+    tau_nat per class and epoch) and tradeoff.csv (Avg against NSD per model and attack, with their
+    intervals ``avg_lo``... as in the tradeoff figure). Models are the table's rows, named by their
+    labels, which fix their colours (:mod:`absld.palette`); ``interval`` says what each interval is."""
     rows, layout, protocol, names = study.rows, study.layout, study.protocol, study.class_names
+    level = f"{100 * study.params.analyze.confidence:g} %"
     for attack in study.attacks:
+        intervals = class_intervals(study, attack)
         write_csv(folder / "classwise" / f"{metric_name(attack, protocol)}.csv",
-                  [{"model": label, "class": name, "accuracy": class_acc[label][attack][k]}
+                  [{"model": label, "class": name, "accuracy": class_acc[label][attack][k],
+                    "lo": _bounded(intervals[label][0][k]), "hi": _bounded(intervals[label][1][k]),
+                    "attack": attack_label(attack, protocol=protocol), "interval": intervals[label][2]}
                    for label, _, _ in rows for k, name in enumerate(names)],
-                  columns=["model", "class", "accuracy"])
-    write_csv(folder / "tradeoff.csv",
-              [{"model": label, "attack": attack_label(attack, protocol=protocol), "order": order,
-                "avg": points[label][attack][0], "nsd": points[label][attack][2]}
-               for label, _, _ in rows for order, attack in enumerate(study.attacks)
-               if points[label][attack][2] is not None],
-              columns=["model", "attack", "order", "avg", "nsd"])
+                  columns=["model", "class", "accuracy", "lo", "hi", "attack", "interval"])
+    tradeoff = []
+    for label, _, ms in rows:
+        how = f"{level} t-interval over {len(ms)} seeds" if len(ms) > 1 else f"{level} bootstrap interval"
+        for order, attack in enumerate(study.attacks):
+            avg, avg_ci, nsd_value, nsd_ci = points[label][attack]
+            if nsd_value is None:
+                continue
+            avg_ci, nsd_ci = avg_ci or (None, None), nsd_ci or (None, None)
+            tradeoff.append({"model": label, "attack": attack_label(attack, protocol=protocol), "order": order,
+                             "avg": avg, "nsd": nsd_value, "avg_lo": _bounded(avg_ci[0]), "avg_hi": _bounded(avg_ci[1]),
+                             "nsd_lo": _bounded(nsd_ci[0], high=np.inf), "nsd_hi": _bounded(nsd_ci[1], high=np.inf),
+                             "interval": how})
+    write_csv(folder / "tradeoff.csv", tradeoff,
+              columns=["model", "attack", "order", "avg", "nsd", "avg_lo", "avg_hi", "nsd_lo", "nsd_hi", "interval"])
     curves: list[dict[str, Any]] = []
     for method, by_seed in study.groups.items():
         for seed in by_seed:

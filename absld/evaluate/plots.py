@@ -10,15 +10,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..figures import CLASSES_SHOWN, save, select_classes, short_label, _label_groups, _mark_gap, describe_selection  # noqa: E402
+from .. import palette  # noqa: E402
+from ..figures import CLASSES_SHOWN, save, select_classes, shades, short_label, _label_groups, _mark_gap, describe_selection  # noqa: E402
 from ..labels import Protocol, attack_label, headline_attack  # noqa: E402
 
 
 def plot_classwise(class_acc: dict[str, Sequence[float]], class_names: Sequence[str], path: str | Path,
                    title: str, *, classes_shown: int = CLASSES_SHOWN, ranking: Sequence[float] | None = None,
-                   ranked_by: str | None = None, protocol: Protocol | None = None) -> None:
+                   ranked_by: str | None = None, protocol: Protocol | None = None,
+                   method: str | None = None) -> None:
     """Grouped bars of class-wise accuracy: one group per class, one bar per attack (dict order),
-    labelled by :func:`absld.labels.attack_label` of ``protocol`` (a non-standard AutoAttack: AA*).
+    labelled by :func:`absld.labels.attack_label` of ``protocol`` (a non-standard AutoAttack: AA*),
+    in shades of the model's colour (:mod:`absld.palette`; ``method`` None: the teacher's), light
+    for the first (clean) to full for the last (the worst case).
 
     With more than ``2 * classes_shown`` classes only the :func:`select_classes` of ``ranking`` are
     drawn (default: the model's own accuracy in its :func:`absld.labels.headline_attack`, the PGD column), worst
@@ -38,10 +42,10 @@ def plot_classwise(class_acc: dict[str, Sequence[float]], class_names: Sequence[
     width = 0.8 / max(len(names), 1)
     fig_width = min(60.0, max(8.0, len(slots) * (0.25 + 0.12 * len(names))))
     fig, ax = plt.subplots(figsize=(fig_width, 4.2))
-    cmap = plt.get_cmap("tab10")
+    colors = shades(palette.color(method), len(names))
     for a, name in enumerate(names):
         offsets = drawn - 0.4 + width * (a + 0.5)  # (S,) bar a of every group
-        ax.bar(offsets, np.asarray(class_acc[name], dtype=float)[shown], width=width, color=cmap(a % cmap.N),
+        ax.bar(offsets, np.asarray(class_acc[name], dtype=float)[shown], width=width, color=colors[a], edgecolor="0.3", lw=0.3,
                label=attack_label(name, protocol=protocol))
     ax.set_xticks(positions)
     if selection.gap is None:

@@ -75,7 +75,8 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
         class_acc = {name: s["class_acc"] for name, s in summaries.items()}
         _write_figures(layout.eval_plots(model_id), class_acc, prepared.class_names, records.protocol,
                        title=f"{model_id}: class-wise accuracy ({params.data.dataset}, "
-                             f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})")
+                             f"eps {fraction_of_255(cfg.eps)}, n = {len(records.y)})",
+                       method=ModelId.parse(model_id).method)
         _track(tracker, model_id, records, summaries, class_acc, prepared.class_names, layout.eval_plots(model_id))
         # what `absld report` selects the runs behind a table by
         tracker.summary({"records_sha256": sha256_file(layout.eval_dir(model_id) / "records.npz"),
@@ -179,14 +180,12 @@ def _load_model(checkpoint: Path, prepared: data_lib.Prepared, dataset: str, rt:
 
 
 def _write_figures(folder: Path, class_acc: dict[str, list[float]], class_names: list[str], protocol: Any,
-                   title: str) -> None:
-    """plots/eval/<model>/: one JSON of class accuracies per attack (named by :func:`metric_name`:
-    a non-standard AutoAttack is ``aa_star.json``) and the grouped-bar PNG (legend: AA*)."""
+                   title: str, method: str | None) -> None:
+    """plots/eval/<model>/classwise.png: the grouped bars of every attack (legend: AA*), in the
+    model's colour. The class accuracies themselves are in results/eval/<model>/metrics.json, and
+    ``dvc plots`` draws every model's from plots/analyze/classwise/."""
     with atomic_dir(folder) as out:
-        for name, accs in class_acc.items():
-            write_json(out / f"{metric_name(name, protocol)}.json",
-                       [{"class": c, "accuracy": a} for c, a in zip(class_names, accs)])
-        plot_classwise(class_acc, class_names, out / "classwise.png", title=title, protocol=protocol)
+        plot_classwise(class_acc, class_names, out / "classwise.png", title=title, protocol=protocol, method=method)
 
 
 def _track(tracker: Tracker, model_id: str, records: Records, summaries: dict[str, Summary],

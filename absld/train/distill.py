@@ -148,7 +148,7 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
                "final": {k: v for k, v in history[-1].items() if "/" not in k}}
     write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
     where = f"({params.data.dataset}, seed {seed})"
-    plot_training(history, figures / "training.png", title=f"{method_name} {where}")
+    plot_training(history, figures / "training.png", title=f"{METHOD_LABELS[method_name]} {where}", method=method_name)
     extra = method.artefacts(chosen_epoch, class_names, history)  # e.g. ABSLD's temperatures
     for file_name, (rows, columns) in extra.tables.items():
         write_csv(results / file_name, rows, columns)

@@ -9,16 +9,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..figures import CLASSES_SHOWN, class_series, save, select_classes, short_label, _draw_band, describe_selection  # noqa: E402
+from .. import palette  # noqa: E402
+from ..figures import (CLASSES_SHOWN, class_series, integer_epochs, save, select_classes, short_label, _draw_band,  # noqa: E402
+                       describe_selection)
 
 
-def plot_training(history: Sequence[dict], path: str | Path, title: str) -> None:
-    """Loss and running train accuracies (adversarial / natural) per epoch."""
+def plot_training(history: Sequence[dict], path: str | Path, title: str, method: str | None = None) -> None:
+    """Loss and running train accuracies (adversarial / natural) per epoch; the loss curve in the
+    colour of ``method`` (:mod:`absld.palette`), as in every other figure and chart of that model."""
     epochs = [int(r["epoch"]) for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", ms=3, color="tab:blue")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", ms=3,
+                 color=palette.color(method) if method else "tab:blue")
     ax_loss.set_title("training loss")
     for key, label, color in (("train_acc_adv", "on x' (adversarial)", "tab:red"),
                               ("train_acc_nat", "on x (natural)", "tab:green"),
@@ -31,8 +34,11 @@ def plot_training(history: Sequence[dict], path: str | Path, title: str) -> None
     ax_acc.set_ylim(0, 1)
     if ax_acc.lines:
         ax_acc.legend(fontsize=8, frameon=False)
+    ax_loss.set_ylabel("loss (the method's objective)")
+    ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
+        integer_epochs(ax)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     save(fig, path)
@@ -70,7 +76,7 @@ def plot_class_state(rows: Sequence[dict], keys: Sequence[str], class_names: Seq
                     ms=3, label=short_label(class_names[k]))
         ax.set_title(STATE_LABELS.get(key, key), fontsize=10)
         ax.set_xlabel("after epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_epochs(ax)
         ax.grid(alpha=0.3)
     ranked = describe_selection(selection, f"the last {STATE_LABELS.get(keys[0], keys[0])}", ("lowest", "highest"))
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False,
