@@ -30,6 +30,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / ".dvc" / "plots"
 EPOCH_AXIS: dict[str, Any] = {"tickMinStep": 1, "format": "d"}
 """Epoch axes tick whole epochs only."""
 REVISION = {"field": "rev", "type": "nominal", "title": "experiment"}
+DASHED_REVISION = {**REVISION, "legend": {"symbolType": "stroke", "symbolStrokeColor": "#555555", "symbolStrokeWidth": 2}}
 
 
 def title(subtitle: str | None = None) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def model_color(field: str = "model", title_text: str = "model") -> dict[str, An
     so that a model keeps its colour whichever models a run has."""
     colors = palette.label_colors()
     return {"field": field, "type": "nominal", "title": title_text, "sort": list(colors),
-            "scale": {"domain": list(colors), "range": list(colors.values())}}
+            "scale": {"domain": list(colors), "range": list(colors.values())}, "legend": {"symbolOpacity": 1}}
 
 
 def epoch_x() -> dict[str, Any]:
@@ -55,32 +56,31 @@ def epoch_x() -> dict[str, Any]:
 
 
 def classwise() -> dict[str, Any]:
-    """One chart per attack (plots/analyze/classwise/<attack>.csv): every model's accuracy per
-    class, side by side within each class, with its interval; one column per revision."""
+    """One chart per attack (plots/analyze/classwise/<attack>.csv): every model's accuracy on each
+    class, a dot with its interval, the models side by side within a class; one column per
+    revision, headed by the attack and the revision."""
     model_offset = {"field": "model", "type": "nominal", "sort": list(palette.label_colors())}
     y = {"field": Y, "type": "nominal", "sort": None, "title": Y_LABEL}
+    color = model_color()
     return {
         "$schema": SCHEMA,
         "data": DATA,
-        "title": title("bars: accuracy on each class's test images; whiskers: 95 % interval (see 'interval')"),
-        "facet": {
-            "row": {"field": "attack", "type": "nominal", "title": None,
-                    "header": {"labelAngle": 0, "labelOrient": "top", "labelAnchor": "start", "labelFontSize": 13,
-                               "labelFontWeight": "bold", "labelExpr": "'under ' + datum.value"}},
-            "column": {**REVISION, "title": None, "header": {"labelFontSize": 12}},
-        },
+        "title": title("dot: accuracy on the class's test images; line: its 95 % interval (see 'interval')"),
+        "transform": [{"calculate": "(isValid(datum.attack) ? 'under ' + datum.attack + ' · ' : '') + datum.rev",
+                       "as": "panel"}],
+        "facet": {"column": {"field": "panel", "type": "nominal", "title": None, "sort": None,
+                             "header": {"labelFontSize": 13, "labelFontWeight": "bold"}}},
         "spec": {
             "width": 260,
             "height": {"step": 6},
             "layer": [
-                {"mark": {"type": "bar", "tooltip": True},
-                 "encoding": {"y": y, "yOffset": model_offset,
-                              "x": {"field": X, "type": "quantitative", "title": X_LABEL,
-                                    "scale": {"domain": [0, 1]}, "axis": {"format": "%"}},
-                              "color": model_color()}},
-                {"mark": {"type": "rule", "color": "#222222", "strokeWidth": 1},
-                 "encoding": {"y": y, "yOffset": model_offset,
+                {"mark": {"type": "rule", "strokeWidth": 1.5, "opacity": 0.6},
+                 "encoding": {"y": y, "yOffset": model_offset, "color": color,
                               "x": {"field": "lo", "type": "quantitative"}, "x2": {"field": "hi"}}},
+                {"mark": {"type": "point", "filled": True, "size": 30, "opacity": 1, "tooltip": True},
+                 "encoding": {"y": y, "yOffset": model_offset, "color": color,
+                              "x": {"field": X, "type": "quantitative", "title": X_LABEL,
+                                    "scale": {"domain": [0, 1]}, "axis": {"format": "%"}}}},
             ],
         },
     }
@@ -121,8 +121,8 @@ def curves() -> dict[str, Any]:
     own axis, ``y`` (the adversarial training accuracy); one line per model, coloured by method,
     revisions by line dash."""
     encoding = {"x": epoch_x(), "color": model_color("method", "method"), "detail": {"field": "model", "type": "nominal"},
-                "strokeDash": REVISION}
-    line = {"type": "line", "point": True, "tooltip": True}
+                "strokeDash": DASHED_REVISION}
+    line = {"type": "line", "tooltip": True, "strokeWidth": 2}
     return {
         "$schema": SCHEMA,
         "data": DATA,
@@ -142,22 +142,22 @@ def teacher() -> dict[str, Any]:
     """The teacher's training log (results/teacher/train_log.csv through dvc.yaml's several ``y``):
     the loss and the accuracy on their own axes, in the teacher's colour; revisions by line dash."""
     loss_filter = "datum.field == 'train_loss'"
-    color = {"value": palette.color(None)}
-    line = {"type": "line", "point": True, "tooltip": True}
-    base = {"x": epoch_x(), "strokeDash": REVISION}
+    color = palette.color(None)
+    line = {"type": "line", "tooltip": True, "color": color, "strokeWidth": 2}
+    base = {"x": epoch_x(), "strokeDash": DASHED_REVISION}
     return {
         "$schema": SCHEMA,
         "data": DATA,
         "title": title(),
         "hconcat": [
             {"title": "training loss", "width": 280, "height": 220, "transform": [{"filter": loss_filter}],
-             "mark": {**line, "color": color["value"]},
+             "mark": line,
              "encoding": {**base, "y": {"field": Y, "type": "quantitative", "title": "loss", "scale": {"zero": False}}}},
             {"title": "training accuracy", "width": 280, "height": 220, "transform": [{"filter": f"!({loss_filter})"}],
-             "mark": {**line, "color": color["value"]},
+             "mark": line,
              "encoding": {**base, "y": {"field": Y, "type": "quantitative", "title": Y_LABEL,
                                         "scale": {"domain": [0, 1]}, "axis": {"format": "%"}},
-                          "shape": {"field": "field", "type": "nominal", "title": "accuracy"}}},
+                          "detail": {"field": "field", "type": "nominal"}}},
         ],
     }
 
@@ -183,7 +183,7 @@ def temperatures() -> dict[str, Any]:
                 "y": {"field": "value", "type": "quantitative", "title": Y_LABEL, "scale": {"zero": False}},
                 "color": {"field": "class", "type": "nominal", "sort": None, "title": "class"},
                 "detail": {"field": "seed", "type": "nominal"},
-                "strokeDash": REVISION,
+                "strokeDash": DASHED_REVISION,
             },
         },
     }
