@@ -229,8 +229,9 @@ def _plot_many_temperatures(rows: Sequence[dict], class_names: Sequence[str], pa
 
 def model_colors(labels: Sequence[str]) -> list[str]:
     """One colour per model label: a method's (or the teacher's) from :mod:`absld.palette`, the same
-    in every figure and in the DVC charts; a label naming no method takes the next colour of tab10."""
-    cmap = plt.get_cmap("tab10")
+    in every figure and in the DVC charts; a label naming no method takes the next colour of Set2
+    (none of which is a method's)."""
+    cmap = plt.get_cmap("Set2")
     known = palette.label_colors()
     out, others = [], 0
     for label in labels:
