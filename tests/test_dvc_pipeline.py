@@ -94,7 +94,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     # the tiny profile's AutoAttack is APGD-CE alone: AA*, keyed aa_star wherever DVC shows it
     assert "aa" not in fairness["absld/seed0"]
     assert set(fairness["absld/seed0"]["aa_star"]) >= {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
-    assert (project / "plots" / "eval" / "absld" / "seed0" / "aa_star.json").is_file()
+    assert sorted(p.name for p in (project / "plots" / "eval" / "absld" / "seed0").iterdir()) == ["classwise.png"]
     table = (project / "results" / "table.md").read_text()
     assert all(label in table for label in ("ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"))
     assert (project / "results" / "report.md").is_file() and (project / "plots" / "analyze").is_dir()
@@ -197,4 +197,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         assert {v["rev"] for v in values} == {"HEAD", "beta-half"}, name
     classwise = plots["plots/analyze/classwise/pgd.csv"][0]["content"]
     assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"}
-    assert classwise["spec"]["encoding"]["yOffset"]["field"] == "model"  # side by side, not stacked
+    assert [layer["encoding"]["yOffset"]["field"] for layer in classwise["spec"]["layer"]] == ["model", "model"]
+    assert classwise["facet"]["column"]["field"] == "panel" and "row" not in classwise["facet"]  # revisions side by side
+    assert {"lo", "hi", "attack"} <= set(classwise["data"]["values"][0])
+    assert classwise["title"]["text"] == "Class-wise accuracy of every model"

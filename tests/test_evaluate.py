@@ -308,11 +308,11 @@ def test_evaluating_again_writes_byte_identical_outputs(evaluated_project: Path,
     monkeypatch.chdir(evaluated_project)
     assert invoke("evaluate", "--model", "teacher").exit_code == 0
     after = contents()
-    assert before.keys() == after.keys() and len(before) > 3
+    assert before.keys() == after.keys() and len(before) >= 3  # records.npz, metrics.json, classwise.png
     assert [name for name in before if before[name] != after[name]] == []
 
 
-def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path) -> None:
+def test_evaluate_stage_writes_metrics_and_its_figure(evaluated_project: Path) -> None:
     metrics = json.loads((evaluated_project / "results/eval/teacher/metrics.json").read_text())
     assert metrics["n"] == 40 and metrics["cascade"] is False and metrics["eps"] == pytest.approx(EPS)
     assert "seconds" not in metrics  # DVC-tracked: no wall-clock times (they differ on every run)
@@ -322,10 +322,10 @@ def test_evaluate_stage_writes_metrics_and_dvc_bar_plots(evaluated_project: Path
     plots = evaluated_project / "plots/eval/teacher"
     # this project's AutoAttack is APGD-CE alone: AA*, keyed aa_star in every file DVC shows
     assert metrics["protocol"]["aa"]["standard"] is False
-    assert "aa" not in metrics and not (plots / "aa.json").exists()
-    bars = json.loads((plots / "aa_star.json").read_text())
-    assert [bar["class"] for bar in bars][:2] == ["alfa", "bravo"]
-    assert [bar["accuracy"] for bar in bars] == metrics["aa_star"]["class_acc"]
+    assert "aa" not in metrics and "aa_star" in metrics
+    # the figure only: the class accuracies are in metrics.json, and `dvc plots` draws every model's
+    # from plots/analyze/classwise/ (per-model JSONs there were never drawn)
+    assert [p.name for p in plots.iterdir()] == ["classwise.png"]
     assert (plots / "classwise.png").stat().st_size > 0
 
 
