@@ -39,7 +39,7 @@ def evaluate(params_path: str, model_id: str) -> None:
 
     \b
     Writes results/eval/ID/records.npz (index, y, correct_<attack>, eps, protocol) and metrics.json
-    (avg, worst, nsd, class_acc per attack), plots/eval/ID/ (<attack>.json, classwise.png),
+    (avg, worst, nsd, class_acc per attack), plots/eval/ID/classwise.png,
     logs/eval/ID.json (seconds per attack) and a W&B run. A student outside distill.methods x seeds
     (no DVC stage) is read from and written under scratch/ (as `absld distill` put it there:
     gitignored, never read by analyze). Details: docs/evaluation.md.
