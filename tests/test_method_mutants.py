@@ -35,7 +35,7 @@ from absld.data import Batch
 from absld.methods import ClassAccuracy, MethodContext, build_method
 from absld.methods.cfa import STATE_COLUMNS as CFA_COLUMNS
 from absld.methods.frl import STATE_COLUMNS as FRL_COLUMNS
-from absld.params import AttackConfig, EvalAttackConfig, Params
+from absld.params import AttackConfig, EvalAttackConfig, Params, load_profile
 
 from .test_methods import (
     STUDENT_B,
@@ -649,6 +649,27 @@ def test_adaad_step_output(alpha):
         assert float(out.loss.detach()) == pytest.approx(alpha * kl_adv + (1 - alpha) * kl_nat, rel=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.25])
+def test_adaad_batchmean_is_the_official_cifar100_reduction(alpha):
+    """distill.adaad.kl_reduction = batchmean: each KL summed over classes and averaged over the batch,
+    as the official main.py's CIFAR100 branch does ((1/B) * sum of KLDivLoss(reduce=False)); C times
+    the element mean of the CIFAR10 branch, whatever distill.kl_reduction says."""
+    student = FixedAffine(STUDENT_W, STUDENT_B)
+    out = step_output(adaad(alpha=alpha, kl_reduction="batchmean"), student)
+    kl_adv = sum(kl_sum(softmax(teacher_logits_of(X_ADV[i])), student_logits(X_ADV[i])) for i in range(B)) / B
+    kl_nat = sum(kl_sum(softmax(teacher_logits_of(X[i])), student_logits(X[i])) for i in range(B)) / B
+    assert float(out.stats["kl_adv"]) == pytest.approx(kl_adv, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(alpha * kl_adv + (1 - alpha) * kl_nat, rel=1e-5)
+    element = step_output(adaad(alpha=alpha), student)  # null: distill.kl_reduction (element_mean)
+    assert float(out.loss.detach()) == pytest.approx(C * float(element.loss.detach()), rel=1e-5)
+
+
+def test_the_cifar100_profile_reduces_adaad_as_the_official_cifar100_branch():
+    assert load_profile("cifar100").distill.adaad.kl_reduction == "batchmean"
+    assert load_profile("paper").distill.adaad.kl_reduction is None  # CIFAR-10: distill.kl_reduction
+    assert load_profile("paper").distill.kl_reduction == "element_mean"
+
+
 # ==============================================================================================
 # the class-wise state follows the batch's device
 def on(device: str, batch: Batch, x_adv: Tensor) -> tuple[Batch, Tensor]:
@@ -812,7 +833,7 @@ KNOBS = {
         ("adv_weight", 0.5, "loss"), ("nat_weight", 0.5, "loss"), ("kl_scale", 2.0, "loss"), ("beta", 1.0, "weights"),
         ("w_min", 0.5, "weights"), ("w_max", 2.0, "weights"), ("train", TRAIN, "recipe"),
     ],
-    "adaad": [("alpha", 0.5, "loss"), ("train", TRAIN, "recipe")],
+    "adaad": [("alpha", 0.5, "loss"), ("kl_reduction", "batchmean", "loss"), ("train", TRAIN, "recipe")],
 }
 
 

@@ -7,7 +7,9 @@ adversarial example too::
     L  = alpha * KL(T(x') ‖ S(x')) + (1 - alpha) * KL(T(x) ‖ S(x))
 
 (alpha = 1; gradients of the attack flow through both networks' inputs, the teacher's weights
-stay frozen; the KL reduction is ``distill.kl_reduction``.)
+stay frozen; the KL reduction is ``distill.adaad.kl_reduction``, null: ``distill.kl_reduction``. The
+official code takes the element mean on CIFAR-10 and batchmean on CIFAR-100, 100x larger with 100
+classes: the cifar100 profile sets batchmean.)
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class AdaAD(MethodBase):
 
     def loss(self, student: nn.Module, batch: Batch, x_adv: Tensor,
              teacher_logits: Tensor | None) -> StepOutput:
-        alpha, reduction = self.cfg.alpha, self.ctx.kl_reduction
+        alpha, reduction = self.cfg.alpha, self.cfg.kl_reduction or self.ctx.kl_reduction
         with torch.no_grad():
             teacher_adv_probs = F.softmax(self.teacher(x_adv).float(), dim=1)  # (B, C)
         student_adv = student(x_adv).float()  # (B, C)

@@ -10,7 +10,7 @@ from pydantic import (
     model_validator,
 )
 
-from .common import NonNegInt, Num, PosInt, Prob, Section, TemperatureMode, _parse_fraction
+from .common import KLReduction, NonNegInt, Num, PosInt, Prob, Section, TemperatureMode, _parse_fraction
 from .training import EvalAttackConfig, TrainOverride
 
 
@@ -129,6 +129,11 @@ class AdaadConfig(MethodConfig):
 
     alpha: Prob = 1.0
     """alpha KL(T(x')||S(x')) + (1 - alpha) KL(T(x)||S(x))."""
+    kl_reduction: KLReduction | None = None
+    """The KL's reduction for AdaAD alone; null: distill.kl_reduction. The official main.py reduces by
+    dataset: ``nn.KLDivLoss()`` (element mean over B x C) in its CIFAR10 branch, the sum over the batch
+    divided by B (batchmean) in its CIFAR100 branch (boyellow/AdaAD main.py, the AdaAD method's
+    ``if args.dataset == 'CIFAR100'``); the cifar100 profile sets batchmean."""
     train: TrainOverride = Field(
         default_factory=lambda: TrainOverride(epochs=200, milestones=[100, 150], weight_decay=5e-4)
     )
