@@ -179,3 +179,10 @@ def test_unresolved_beta_milestones_fail_loudly_instead_of_never_decaying():
     with pytest.raises(ValueError, match="unresolved"):
         beta_after(0.1, 1, cfg.beta_milestones, cfg.beta_gamma)
     assert beta_after(0.1, 5, [5, 8], 0.5) == pytest.approx(0.05) and beta_after(0.1, 6, [5, 8], 0.5) == 0.1
+
+
+def test_the_cifar100_profile_holds_out_cfas_official_validation_split():
+    """PKU-ML/CFA generate_validation.py, its CIFAR-100 branch: the first 25 training images of each
+    class are the validation split (CIFAR-10: 100, our default)."""
+    assert load_profile("cifar100", conf=REPO / "conf").data.val_per_class == 25
+    assert load_profile("paper", conf=REPO / "conf").data.val_per_class == 100
