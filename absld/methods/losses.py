@@ -5,7 +5,8 @@ reductions:
 
 - ``"element_mean"``: divided by ``B * C``, the ``nn.KLDivLoss(size_average=False)``-free
   ``reduction="mean"`` of the RSLAD/ABSLD reference code (= batch-mean KL / C);
-- ``"batchmean"``: divided by ``B``, the textbook KL (TRADES, ARD);
+- ``"batchmean"``: divided by ``B``, the textbook KL (TRADES; ARD's code takes the element mean,
+  ``nn.KLDivLoss()``, like RSLAD's);
 - ``"none"``: the per-sample KL ``(B,)``.
 
 The target keeps its graph when it has one (TRADES differentiates through ``S(x)``); teacher

@@ -205,7 +205,9 @@ class CfaConfig(MethodConfig):
     """CFA (Wei et al., CVPR 2023), as the official code (PKU-ML/CFA) runs it: class-wise radii
     eps_k = (lambda_eps + t_k) eps and TRADES weights beta_k = (lambda_beta + t_k) beta from each class's
     robust training accuracy t_k of the previous epoch, and fairness-aware weight averaging of the
-    model (:mod:`absld.methods.cfa`). Code defaults except lambda_eps (the paper's 0.3 for TRADES)."""
+    model (:mod:`absld.methods.cfa`). The official train.py's own defaults except lambda_eps (the
+    paper's 0.3 for TRADES) and CCM/CCR, which its argparse leaves off unless ``--ccm``/``--ccr`` are
+    passed (``action='store_true'``): on here, as the paper's CFA runs them."""
 
     base: Literal["trades", "at"] = "trades"
     """The adversarial training CFA calibrates: trades (KL attack in eval mode, (CE + beta_y KL) / (1 + beta_y))
