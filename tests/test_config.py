@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import yaml
+
 import pytest
 
 from absld.params import ConfigError, Params, compose_profile, load_params, load_profile, parse_params, profile_names
@@ -186,3 +188,21 @@ def test_the_cifar100_profile_holds_out_cfas_official_validation_split():
     class are the validation split (CIFAR-10: 100, our default)."""
     assert load_profile("cifar100", conf=REPO / "conf").data.val_per_class == 25
     assert load_profile("paper", conf=REPO / "conf").data.val_per_class == 100
+
+
+@pytest.mark.parametrize("name", ["frl_rw", "frl_rwrm"])
+def test_checkpoint_selection_never_looks_inside_frls_hot_start(name):
+    """FRL's first hot_start_epochs epochs are plain TRADES: selecting one of them would ship a model
+    FRL never trained. The paper recipe's first LR milestone (75) falls inside its 100-epoch hot start."""
+    paper = load_profile("paper", conf=REPO / "conf").distill
+    for select in ("val_fair_best", "test_fair_best"):
+        cfg = paper.model_copy(update={"select": select})
+        hot = getattr(cfg, name).hot_start_epochs
+        epochs = cfg.selection_epochs(name)
+        assert epochs and min(epochs) == hot + 1 and epochs == list(range(hot + 1, max(epochs) + 1))
+        assert min(cfg.selection_epochs("rslad")) == 10  # the others as before: every 10th epoch, then each
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["distill"]["select"] = "val_fair_best"
+    raw["distill"][name]["hot_start_epochs"] = 140  # = its epochs: no fair epoch is left to choose
+    with pytest.raises(ConfigError, match=f"picks no epoch of {name}'s 140 .* from its epoch 141 on"):
+        parse_params(raw)

@@ -28,7 +28,11 @@ Where this follows the code rather than the paper (each a param where it is a ch
 - the code starts from a robust model trained elsewhere ("hot start", recipe not released): here
   ``hot_start_epochs`` epochs of plain TRADES (uniform weights, no update) come first in the same
   run; the learning rate is the method's ``train`` section (the code fine-tunes at a constant 1e-3).
-- C classes in place of the code's hard-coded 10 (1/C in the weights).
+- C classes in place of the code's hard-coded 10 (1/C in the weights);
+- the validation split is ``data.val_per_class`` images per class, shared with every method (100
+  in the paper configuration; the code holds out 300 per class);
+- checkpoint selection (``distill.select`` other than ``last``) only looks at fair epochs, from
+  ``hot_start_epochs + 1`` on (``FrlConfig.first_selectable_epoch``).
 
 Data-parallel training: each process normalises its weighted means by its own share's weight sums
 (the loop re-weights shares as plain means), so the step differs from one process's by the ratio of

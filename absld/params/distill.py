@@ -96,15 +96,18 @@ class DistillConfig(Section):
         against the method's effective recipe, its own milestones included); [] for select last."""
         if self.select == "last":
             return []
-        return self.select_eval.epochs(self.method_config(name).train.apply(self.train))
+        method = self.method_config(name)
+        return [e for e in self.select_eval.epochs(method.train.apply(self.train)) if e >= method.first_selectable_epoch]
 
     @model_validator(mode="after")
     def _selection_evaluates_some_epoch(self) -> "DistillConfig":
         for name in self.methods:
             if self.select != "last" and not self.selection_epochs(name):
                 train = self.method_config(name).train.apply(self.train)
+                first = self.method_config(name).first_selectable_epoch
+                after = f" from its epoch {first} on (before it, the method has not trained yet)" if first > 1 else ""
                 raise ValueError(
                     f"select_eval.every = {self.select_eval.every} picks no epoch of {name}'s {train.epochs} "
-                    f"(milestones {train.milestones}), so select {self.select} has nothing to choose from; "
+                    f"(milestones {train.milestones}){after}, so select {self.select} has nothing to choose from; "
                     "lower select_eval.every (1: every epoch)")
         return self

@@ -23,6 +23,12 @@ class MethodConfig(Section):
         """Whether the method measures the student on the validation split between epochs."""
         return False
 
+    @property
+    def first_selectable_epoch(self) -> int:
+        """The first epoch (1-based) whose checkpoint the method itself trained: checkpoint selection
+        (distill.select val_fair_best / test_fair_best) never evaluates or picks an earlier one."""
+        return 1
+
 
 class SatConfig(MethodConfig):
     """PGD-AT (Madry et al. 2018): CE on PGD examples with a uniform random start."""
@@ -169,6 +175,11 @@ class FrlConfig(MethodConfig):
     hot_start_epochs: NonNegInt = 100
     """Epochs of plain TRADES (uniform weights, no multiplier update) before the fair epochs: the
     code fine-tunes a pre-trained robust model whose recipe it does not release."""
+
+    @property
+    def first_selectable_epoch(self) -> int:
+        """The first fair epoch: the hot start's checkpoints are plain TRADES, never FRL's."""
+        return self.hot_start_epochs + 1
     validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=20))
     """The PGD (CE, uniform start) that measures the class-wise errors on the validation split
     (n_samples: its first n images, null: all)."""
