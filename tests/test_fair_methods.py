@@ -57,7 +57,7 @@ def _frl_terms() -> tuple[list[float], list[float]]:
 
 
 def test_frl_loss_is_two_class_weighted_means_natural_plus_beta_boundary():
-    method = frl(beta=1.5)
+    method = frl(beta=1.5, hot_start_epochs=0)  # a fair epoch
     method.lambda_nat = torch.tensor([0.3, 0.0, 0.1], dtype=torch.float64)
     method.lambda_boundary = torch.tensor([0.0, 0.2, 0.25], dtype=torch.float64)
     # w_k = 1/3 + lambda_k - sum(lambda)/3; the samples' labels are 0 and 2
@@ -70,7 +70,7 @@ def test_frl_loss_is_two_class_weighted_means_natural_plus_beta_boundary():
 
 
 def test_frl_joint_reduction_shares_one_denominator():
-    method = frl(beta=1.0, loss_reduction="joint")
+    method = frl(beta=1.0, loss_reduction="joint", hot_start_epochs=0)
     method.lambda_nat = torch.tensor([0.3, 0.0, 0.1], dtype=torch.float64)
     w0 = [1 / 3 + 0.3 - 0.4 / 3, 1 / 3 + 0.1 - 0.4 / 3]
     w1 = [1 / 3, 1 / 3]  # lambda_boundary = 0

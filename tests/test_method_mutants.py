@@ -210,17 +210,42 @@ def test_frl_remargin_attacks_the_next_epoch_in_the_radii_of_the_update_before_i
 def test_frl_trains_with_the_multipliers_of_a_loaded_state():
     moved = frl(validate=lambda attack: MEASURED, student=nn.Linear(1, 1), hot_start_epochs=0, rate_clean=1.0)
     moved.on_epoch_end(1)
-    fresh = frl()
+    fresh = frl(hot_start_epochs=0)
     hand_loss(fresh)  # a batch before the load (the cache of the uniform weights)
     fresh.load_state_dict(moved.state_dict())
     assert hand_loss(fresh) == pytest.approx(frl_expected_loss([0.3, 0, 0], [0, 0, 4 / 15], 1.5), rel=1e-5)
+
+
+@pytest.mark.parametrize("hot_start_beta, expected_beta", [(6.0, 6.0), (None, 1.5)])
+def test_frl_hot_start_trains_plain_trades_with_its_own_beta_then_frls(hot_start_beta, expected_beta):
+    """The hot start stands in for the code's pre-trained robust model: TRADES with TRADES's beta
+    (6; null: FRL's 1.5) and uniform weights during its epochs; FRL's beta 1.5 from the first fair epoch."""
+    method = frl(validate=lambda attack: MEASURED, student=nn.Linear(1, 1), hot_start_epochs=2, rate_clean=1.0,
+                 hot_start_beta=hot_start_beta)
+    uniform = frl_expected_loss([0] * 3, [0] * 3, expected_beta)
+    assert hand_loss(method) == pytest.approx(uniform, rel=1e-5)  # epoch 1
+    method.on_epoch_end(1)
+    assert hand_loss(method) == pytest.approx(uniform, rel=1e-5)  # epoch 2: still the hot start
+    method.on_epoch_end(2)  # the first measurement: lambda as after one update (see above)
+    assert hand_loss(method) == pytest.approx(frl_expected_loss([0.3, 0, 0], [0, 0, 4 / 15], 1.5), rel=1e-5)
+
+
+def test_frl_resumed_inside_the_hot_start_keeps_its_beta_and_after_it_frls():
+    hot = frl(validate=lambda attack: MEASURED, student=nn.Linear(1, 1), hot_start_epochs=2)
+    hot.on_epoch_end(1)
+    resumed = frl(hot_start_epochs=2)
+    resumed.load_state_dict(hot.state_dict())
+    assert hand_loss(resumed) == pytest.approx(frl_expected_loss([0] * 3, [0] * 3, 6.0), rel=1e-5)
+    hot.on_epoch_end(2)
+    resumed.load_state_dict(hot.state_dict())
+    assert resumed.epoch == 3 and not resumed.in_hot_start()
 
 
 @pytest.mark.parametrize("detach_target", [False, True])
 def test_frl_boundary_term_is_differentiated_through_its_target_s_of_x(detach_target):
     """KL(S(x) ‖ S(x')) with S(x) not detached, as TRADES and the official FRL code: the test's
     detached variant shows that the comparison tells the two apart."""
-    method = frl(beta=1.5)
+    method = frl(beta=1.5, hot_start_epochs=0)
     method.lambda_nat = torch.tensor([0.3, 0.0, 0.1], dtype=torch.float64)
     method.lambda_boundary = torch.tensor([0.0, 0.2, 0.25], dtype=torch.float64)
     student = FixedAffine(STUDENT_W, STUDENT_B)
@@ -757,12 +782,13 @@ def frl_scenario(name: str, cfg, monkeypatch) -> dict:
 
     method = build_method(name, cfg, MethodContext(num_classes=C, attack=AttackConfig(), student=nn.Linear(1, 1),
                                                    validate=validate))
+    hot_loss = hand_loss(method)  # epoch 1: the hot start's plain TRADES
     for epoch in range(1, 151):
         method.on_epoch_end(epoch)
     calls = spy_on_pgd(monkeypatch, "frl")
     perturb_hand(method)
-    return {"log": method.log, "loss": hand_loss(method), "validation": asked[:1], "recipe": recipe(cfg),
-            "attack": {"eps": calls["eps"], "step": calls["step"]}}
+    return {"log": method.log, "loss": hand_loss(method), "hot_loss": hot_loss, "validation": asked[:1],
+            "recipe": recipe(cfg), "attack": {"eps": calls["eps"], "step": calls["step"]}}
 
 
 def cfa_scenario(cfg, monkeypatch) -> dict:
@@ -816,7 +842,7 @@ TRAIN = {"lr": 0.05}  # merged into the section's own train override
 FRL_KNOBS = [
     ("beta", 3.0, "loss"), ("tau_clean", 0.0, "log"), ("tau_boundary", 0.0, "log"), ("rate_clean", 0.1, "log"),
     ("boundary_rate_scale", 1.0, "log"), ("rate_halve_every", 10, "log"), ("lim", 0.2, "log"),
-    ("loss_reduction", "joint", "loss"), ("hot_start_epochs", 50, "log"),
+    ("loss_reduction", "joint", "loss"), ("hot_start_epochs", 50, "log"), ("hot_start_beta", 1.0, "hot_loss"),
     ("validation", {"steps": 5}, "validation"), ("train", TRAIN, "recipe"),
 ]
 KNOBS = {

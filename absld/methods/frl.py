@@ -25,9 +25,14 @@ Where this follows the code rather than the paper (each a param where it is a ch
   (``margin_min``/``margin_max``, ``step_rule``); the margin multiplier is never projected;
 - the weights are measured after every epoch (the code: at the start of each epoch, the same
   model), including after the last one (logged; the code never measures its final model);
-- the code starts from a robust model trained elsewhere ("hot start", recipe not released): here
-  ``hot_start_epochs`` epochs of plain TRADES (uniform weights, no update) come first in the same
-  run; the learning rate is the method's ``train`` section (the code fine-tunes at a constant 1e-3).
+- the code fine-tunes a robust model trained elsewhere (``frlrw.py:21`` loads ``hot_start.pt``; the
+  readme links a pre-trained robust PreAct ResNet-18 whose recipe is not released). Here the hot
+  start stands in for that model with our TRADES baseline's recipe, in the same run:
+  ``hot_start_epochs`` epochs of plain TRADES (uniform weights, no multiplier update) with
+  ``hot_start_beta`` (6, TRADES's own and ``distill.trades.beta``; null: FRL's ``beta`` 1.5), the
+  learning rate of the method's ``train`` section (0.1 -> 0.001 at epochs 75 and 90, TRADES's
+  CIFAR-10 schedule), then the fair epochs at 1e-3 (the code's fine-tuning lr, ``frlrw.py:26``) with
+  FRL's ``beta`` (``frlrw.py:101``: 1.5).
 - C classes in place of the code's hard-coded 10 (1/C in the weights);
 - the validation split is ``data.val_per_class`` images per class, shared with every method (100
   in the paper configuration; the code holds out 300 per class);
@@ -93,6 +98,7 @@ class FRLReweight(MethodBase):
         self.lambda_boundary = torch.zeros(num_classes, dtype=torch.float64)  # (C,) lambda_1
         self.lambda_margin = torch.zeros(num_classes, dtype=torch.float64)  # (C,) lambda_2 (RWRM)
         self.rate = float(cfg.rate_clean)
+        self.epoch = 1  # the epoch being trained (1-based): the hot start's or a fair one
         self.log: list[dict[str, float]] = []
         self._cache: tuple[torch.device, Tensor, Tensor, Tensor] | None = None
 
@@ -136,13 +142,24 @@ class FRLReweight(MethodBase):
         w0, w1 = w_nat[batch.y], w_boundary[batch.y]  # (B,) each
         ce = F.cross_entropy(logits_nat, batch.y, reduction="none")  # (B,)
         boundary = kl(F.softmax(logits_nat, dim=1), logits_adv, "none")  # (B,), gradient through S(x)
-        beta = self.cfg.beta
+        beta = self.beta()
         if self.cfg.loss_reduction == "joint":
             loss = (w0 * ce + beta * w1 * boundary).sum() / (w0 + w1).sum()
         else:
             loss = (w0 * ce).sum() / w0.sum() + beta * (w1 * boundary).sum() / w1.sum()
         return StepOutput(loss, logits_adv=logits_adv, logits_nat=logits_nat,
                           stats={"loss_natural": ce.mean().detach(), "loss_robust": boundary.mean().detach()})
+
+    def in_hot_start(self) -> bool:
+        """Whether the epoch being trained is one of the ``hot_start_epochs`` of plain TRADES."""
+        return self.epoch <= self.cfg.hot_start_epochs
+
+    def beta(self) -> float:
+        """The TRADES weight of the epoch being trained: ``hot_start_beta`` (null: ``beta``) during
+        the hot start, FRL's ``beta`` in the fair epochs."""
+        if self.in_hot_start() and self.cfg.hot_start_beta is not None:
+            return float(self.cfg.hot_start_beta)
+        return float(self.cfg.beta)
 
     # ---- between epochs
     def update(self, acc: ClassAccuracy, fair_epoch: int) -> tuple[Tensor, Tensor]:
@@ -161,6 +178,7 @@ class FRLReweight(MethodBase):
         return clean_err, bndy_err
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        self.epoch = epoch + 1
         if epoch < self.cfg.hot_start_epochs:  # still the hot start: plain TRADES
             return {}
         acc = self.validate()
@@ -181,13 +199,15 @@ class FRLReweight(MethodBase):
 
     def state_dict(self) -> dict:
         return {"lambda_nat": self.lambda_nat.clone(), "lambda_boundary": self.lambda_boundary.clone(),
-                "lambda_margin": self.lambda_margin.clone(), "rate": self.rate, "log": list(self.log)}
+                "lambda_margin": self.lambda_margin.clone(), "rate": self.rate, "epoch": self.epoch,
+                "log": list(self.log)}
 
     def load_state_dict(self, state: dict) -> None:
         self.lambda_nat = state["lambda_nat"].clone()
         self.lambda_boundary = state["lambda_boundary"].clone()
         self.lambda_margin = state["lambda_margin"].clone()
         self.rate = float(state["rate"])
+        self.epoch = int(state["epoch"])
         self.log = list(state["log"])
         self._cache = None
 

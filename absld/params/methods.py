@@ -174,7 +174,10 @@ class FrlConfig(MethodConfig):
     sum (w0 + w1) (the first upload, 18d1177)."""
     hot_start_epochs: NonNegInt = 100
     """Epochs of plain TRADES (uniform weights, no multiplier update) before the fair epochs: the
-    code fine-tunes a pre-trained robust model whose recipe it does not release."""
+    code fine-tunes a pre-trained robust model whose recipe it does not release (frlrw.py:21)."""
+    hot_start_beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] | None = 6.0
+    """TRADES weight during the hot start, which stands in for the code's pre-trained robust model:
+    6, TRADES's own (our ``distill.trades.beta``); null: FRL's ``beta``."""
 
     @property
     def first_selectable_epoch(self) -> int:
