@@ -190,6 +190,35 @@ def test_the_cifar100_profile_holds_out_cfas_official_validation_split():
     assert load_profile("paper", conf=REPO / "conf").data.val_per_class == 100
 
 
+@pytest.mark.parametrize("profile, classes", [("cifar100", 100), ("tinyimagenet", 200)])
+def test_cfas_weight_average_starts_in_the_many_class_profiles(profile, classes):
+    """With 100 or 200 classes the worst validation class's PGD accuracy is 0 (25 images each), so
+    CIFAR-10's gate (0.24) would never open and "CFA" would ship plain weights: those profiles'
+    gate passes then, as their comment states. The paper profile keeps the official 0.24."""
+    import torch
+    from torch import nn
+
+    from absld.methods import MethodContext, build_method
+    from absld.methods.base import ClassAccuracy
+    from absld.params import AttackConfig
+
+    def worst_class_zero(attack):
+        robust = torch.full((classes,), 0.3, dtype=torch.float64)
+        robust[7] = 0.0
+        return ClassAccuracy(clean=torch.full((classes,), 0.6, dtype=torch.float64), robust=robust,
+                             clean_total=0.6, robust_total=float(robust.mean()),
+                             n=25 * classes)
+
+    def averaged_epochs(cfa) -> int:
+        method = build_method("cfa", cfa, MethodContext(num_classes=classes, attack=AttackConfig(),
+                                                        student=nn.Linear(2, classes), validate=worst_class_zero))
+        return sum(bool(method.on_epoch_end(epoch)["cfa_averaged_epochs"]) for epoch in range(1, 4))
+
+    assert load_profile(profile, conf=REPO / "conf").data.val_per_class == 25
+    assert averaged_epochs(load_profile(profile, conf=REPO / "conf").distill.cfa) == 3
+    assert averaged_epochs(load_profile("paper", conf=REPO / "conf").distill.cfa) == 0
+
+
 @pytest.mark.parametrize("name", ["frl_rw", "frl_rwrm"])
 def test_checkpoint_selection_never_looks_inside_frls_hot_start(name):
     """FRL's first hot_start_epochs epochs are plain TRADES: selecting one of them would ship a model
