@@ -37,11 +37,33 @@ class Runtime:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def precision(self, bf16: bool) -> ContextManager:
+        """``autocast()`` when ``bf16`` (and the runtime has it), else float32 *explicitly*: an
+        enclosing autocast (the training step's) is switched off inside."""
+        if bf16 and self.amp:
+            return self.autocast()
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+
+class AtPrecision(torch.nn.Module):
+    """``module`` run at one precision wherever it is called: ``rt.precision(bf16)`` around its
+    forward, float32 logits out. The distill stage wraps the teacher in it, so that its soft labels
+    on clean inputs and its passes on attacked ones (AdaAD, IAD) have the same numerics
+    (``distill.teacher_amp``)."""
+
+    def __init__(self, module: torch.nn.Module, rt: Runtime, bf16: bool) -> None:
+        super().__init__()
+        self.module, self.rt, self.bf16 = module, rt, bf16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.rt.precision(self.bf16):
+            return self.module(x).float()
 
 
 def progress_enabled() -> bool:

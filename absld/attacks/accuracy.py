@@ -60,8 +60,10 @@ def pgd_attack(eps: float, step: float, steps: int, generator: torch.Generator |
 
 
 def predict_correct(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, *,
-                    batch_size: int, attack: Attack | None = None, desc: str = "eval") -> np.ndarray:
-    """Per-sample correctness ``(N,)`` bool of ``model`` (eval mode) on clean or attacked inputs."""
+                    batch_size: int, attack: Attack | None = None, desc: str = "eval",
+                    bf16: bool = True) -> np.ndarray:
+    """Per-sample correctness ``(N,)`` bool of ``model`` (eval mode) on clean or attacked inputs,
+    under ``rt.precision(bf16)`` (``bf16`` false: float32 even inside an enclosing autocast)."""
     if model.training:
         raise ValueError("evaluate the model in eval mode (model.eval())")
     loader = TensorLoader(images, labels, batch_size=batch_size, device=rt.device, channels_last=rt.channels_last)
@@ -69,9 +71,9 @@ def predict_correct(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt
     for batch in tqdm(loader, desc=f"[{desc}]", leave=False, disable=not rt.progress):
         x = batch.x
         if attack is not None:
-            with rt.autocast():
+            with rt.precision(bf16):
                 x = attack(model, x, batch.y)
-        with torch.no_grad(), rt.autocast():
+        with torch.no_grad(), rt.precision(bf16):
             out.append(model(x).argmax(1) == batch.y)
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=bool)
 
@@ -105,8 +107,9 @@ class ClassAccuracy:
 
 def class_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int, rt: Runtime, *,
                    eps: float, step: float, steps: int, batch_size: int, seed: int | None = None,
-                   stream: str = "validate", desc: str = "eval") -> ClassAccuracy:
-    """Clean and PGD (CE, uniform start) accuracy of ``model`` in eval mode, class by class.
+                   stream: str = "validate", desc: str = "eval", bf16: bool = True) -> ClassAccuracy:
+    """Clean and PGD (CE, uniform start) accuracy of ``model`` in eval mode, class by class, under
+    ``rt.precision(bf16)``.
 
     The model's mode is restored afterwards. ``seed``/``stream``: where the PGD starts come from
     (module docstring); the distill stage's streams are ``"select"`` and ``"validate"``.
@@ -115,8 +118,8 @@ def class_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, num
     model.eval()
     generator = None if seed is None else torch.Generator().manual_seed(attack_seed(seed, stream))
     try:
-        clean = predict_correct(model, images, labels, rt, batch_size=batch_size, desc=f"{desc} clean")
-        robust = predict_correct(model, images, labels, rt, batch_size=batch_size,
+        clean = predict_correct(model, images, labels, rt, batch_size=batch_size, desc=f"{desc} clean", bf16=bf16)
+        robust = predict_correct(model, images, labels, rt, batch_size=batch_size, bf16=bf16,
                                  attack=pgd_attack(eps, step, steps, generator), desc=f"{desc} PGD-{steps}")
     finally:
         model.train(was_training)

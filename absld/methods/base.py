@@ -3,7 +3,7 @@
 A method is only its math. The loop (:mod:`absld.train`) owns batches, optimiser, schedule,
 precision, checkpoints and logging, and calls per batch::
 
-    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad, fp32 (if uses_teacher)
+    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad (if uses_teacher)
     student.train(method.attack_mode == "train")                                  # the authors' BN mode
     x_adv = method.perturb(student, batch, teacher_logits)                        # inner max
     student.train(); out = method.loss(student, batch, x_adv, teacher_logits)    # outer loss
@@ -17,6 +17,10 @@ averaging) find it in ``ctx.student`` and measure it with ``ctx.validate`` (clas
 PGD accuracy on the held-out validation split of ``prepare``); their params say so (``validates``).
 A method whose written student is not the trained weights (CFA's averaged model) returns them
 from ``output_state()``.
+
+Precision: the student's attack and loss run under ``runtime.amp``; the teacher is handed to the
+method wrapped at its own precision (every pass of it, clean or attacked, float32 unless
+``distill.teacher_amp``), and ``ctx.validate`` measures in float32 unless ``distill.measure_amp``.
 
 ``attack_mode`` is part of a method's definition: the BatchNorm mode of the student while its
 adversarial examples are generated, as in the authors' code. ``"eval"`` (running statistics, left

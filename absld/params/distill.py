@@ -51,6 +51,13 @@ class DistillConfig(Section):
     kl_reduction: KLReduction = "element_mean"
     """element_mean: KL summed over classes, averaged over B x C (the reference codes);
     batchmean: averaged over B (the textbook KL). TRADES always uses its own batchmean."""
+    teacher_amp: bool = False
+    """Every teacher pass (its soft labels on clean inputs; AdaAD's and IAD's passes on attacked
+    inputs) under runtime.amp's bf16 autocast; false: float32, as the official codes run them (the
+    student's attack and loss follow runtime.amp either way)."""
+    measure_amp: bool = False
+    """The measurements between epochs (FRL's and CFA's validation PGD, the checkpoint-selection PGD)
+    under runtime.amp's bf16 autocast; false: float32, as the official codes and evaluate.amp's default."""
     select: Selection = "last"
     select_eval: SelectEvalConfig = Field(default_factory=SelectEvalConfig)
     absld: AbsldConfig = Field(default_factory=AbsldConfig)

@@ -16,7 +16,7 @@ from ..io import sha256_file, short_hash, write_csv, write_json
 from ..layout import Layout
 from ..methods import METHODS, MethodContext, build_method
 from ..models import build_model, check_fits, load_checkpoint, save_checkpoint
-from ..runtime import Runtime, seed_everything, setup
+from ..runtime import AtPrecision, Runtime, seed_everything, setup
 from ..tracking import Tracker, artifact_name, name_classes, student_config
 from ..vocab import METHOD_LABELS, ModelId
 from .loop import FitResult, fit
@@ -35,13 +35,13 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     method_cfg = cfg.method_config(method_name)
     train_cfg = method_cfg.train.apply(cfg.train)
     chosen = selection(cfg, method_name, train_cfg, prepared, rt, seed)
-    teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset, layout)
+    teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset, layout, cfg.teacher_amp)
     _check_validation_split(method_name, method_cfg, prepared)
     if layout.ad_hoc:
         echo(layout.scratch_note(str(ModelId.student(method_name, seed))))
     seed_everything(seed)
     student = _student(params, prepared, rt)
-    validate = _validation(student, prepared, rt, seed) if method_cfg.validates else None
+    validate = _validation(student, prepared, rt, seed, cfg.measure_amp) if method_cfg.validates else None
     method = build_method(method_name, method_cfg, MethodContext(
         num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
         student=student, validate=validate))
@@ -96,14 +96,15 @@ def _check_validation_split(method_name: str, method_cfg: Any, prepared: data_li
                          f"{method_name} needs; raise it or set null (all {len(prepared.val_labels)})")
 
 
-def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int):
-    """The method's measurement of ``student`` on the validation split (absld.methods.base.Validate)."""
+def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int, bf16: bool):
+    """The method's measurement of ``student`` on the validation split (absld.methods.base.Validate),
+    in float32 unless ``bf16`` (distill.measure_amp)."""
 
     def validate(attack) -> ClassAccuracy:
         images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
         return class_accuracy(student, images, labels, prepared.num_classes, rt, eps=attack.eps, step=attack.step,
                               steps=attack.steps, batch_size=attack.batch_size, seed=seed, stream="validate",
-                              desc="validate")
+                              desc="validate", bf16=bf16)
 
     return validate
 
@@ -117,8 +118,9 @@ def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.
 
 
 def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset: str,
-             layout: Layout) -> tuple[torch.nn.Module | None, str | None]:
-    """The frozen teacher on the device and its checkpoint's sha256 (None, None for SAT/TRADES)."""
+             layout: Layout, bf16: bool) -> tuple[torch.nn.Module | None, str | None]:
+    """The frozen teacher on the device, every pass of it at one precision (float32 unless ``bf16``:
+    distill.teacher_amp), and its checkpoint's sha256 (None, None for SAT/TRADES)."""
     if not METHODS[method_name].uses_teacher:
         return None, None
     path = layout.teacher_checkpoint
@@ -128,7 +130,8 @@ def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset
     check_fits(teacher, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
                image_shape=prepared.manifest["image_shape"], what=f"the teacher {path}", dataset=dataset,
                fix="make the teacher for this dataset (`absld teacher`, or `dvc repro teacher`)")
-    return rt.to_device(teacher).eval().requires_grad_(False), sha256_file(path)
+    frozen = rt.to_device(teacher).eval().requires_grad_(False)
+    return AtPrecision(frozen, rt, bf16=bf16).eval(), sha256_file(path)
 
 
 def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:

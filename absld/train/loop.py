@@ -252,8 +252,9 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
 
 def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | None, batch: Batch,
                 rt: Runtime, loss_model: nn.Module | None = None) -> StepOutput:
-    """One batch's forward work: the teacher's logits (once, fp32: ABSLD divides them by
-    temperatures down to 0.25), the method's attack with the student in its authors' BatchNorm
+    """One batch's forward work: the teacher's logits on the clean batch (once; at the teacher's
+    own precision, :class:`absld.runtime.AtPrecision`: float32 unless distill.teacher_amp, since ABSLD
+    divides them by temperatures down to 0.25), the method's attack with the student in its authors' BatchNorm
     mode, then its loss with the student in train mode; both under ``rt.autocast()``.
     ``loss_model``: the student as the loss sees it (its DistributedDataParallel wrapper; the
     attack, whose backward passes must not synchronise gradients, uses ``model`` itself)."""

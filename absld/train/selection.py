@@ -57,7 +57,8 @@ def selection(cfg: DistillConfig, method_name: str, train_cfg: TrainConfig, prep
 
     def score(model: torch.nn.Module) -> dict[str, float]:
         acc = class_accuracy(model, images, labels, prepared.num_classes, rt, eps=sel.eps, step=sel.step,
-                             steps=sel.steps, batch_size=sel.batch_size, seed=seed, stream="select", desc="select")
+                             steps=sel.steps, batch_size=sel.batch_size, seed=seed, stream="select", desc="select",
+                             bf16=cfg.measure_amp)
         return {"score": acc.score, "pgd_avg": acc.robust_total, "pgd_worst": float(acc.robust.min())}
 
     return Selection(score, select_epochs, _rule(cfg, train_cfg, select_epochs, len(labels)))
