@@ -23,6 +23,8 @@ COLORS: dict[str, str] = {
     "sat": "#2ca02c",
     "trades": "#98c73a",
     "fair_rslad": "#393b79",
+    "fair_ard": "#0e7c86",
+    "fair_iad": "#5b3a8c",
     "reweighted_rslad": "#6baed6",
     "frl_rw": "#ff7f0e",
     "frl_rwrm": "#c7a000",

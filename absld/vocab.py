@@ -18,6 +18,8 @@ METHOD_LABELS: dict[str, str] = {
     "sat": "SAT",
     "trades": "TRADES",
     "fair_rslad": "Fair-RSLAD",
+    "fair_ard": "Fair-ARD",
+    "fair_iad": "Fair-IAD",
     "reweighted_rslad": "Re-weighted RSLAD",
     "frl_rw": "FRL-RW",
     "frl_rwrm": "FRL-RWRM",

@@ -26,6 +26,8 @@ from absld.params import (
     ArdConfig,
     AttackConfig,
     CfaConfig,
+    FairArdConfig,
+    FairIadConfig,
     FairRsladConfig,
     FrlRwConfig,
     FrlRwrmConfig,
@@ -38,12 +40,13 @@ from absld.params import (
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
-DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "reweighted_rslad"]
+DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "fair_ard", "fair_iad", "reweighted_rslad"]
 NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
     "adaad": AdaadConfig, "sat": SatConfig, "trades": TradesConfig,
-    "fair_rslad": FairRsladConfig, "reweighted_rslad": ReweightedRsladConfig,
+    "fair_rslad": FairRsladConfig, "fair_ard": FairArdConfig, "fair_iad": FairIadConfig,
+    "reweighted_rslad": ReweightedRsladConfig,
     "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig,
 }
 
@@ -309,6 +312,7 @@ def _adaad_objective(student, teacher, x, x_adv, y) -> Tensor:
 
 OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "sat": _ce_objective, "ard": _ce_objective, "iad": _ce_objective,
+    "fair_ard": _ce_objective, "fair_iad": _ce_objective,
     "rslad": _teacher_label_objective, "absld": _teacher_label_objective,  # tau = 1 at the start
     "fair_rslad": _teacher_label_objective, "reweighted_rslad": _teacher_label_objective,
     "trades": _trades_objective, "adaad": _adaad_objective,

@@ -165,7 +165,8 @@ def test_fit_attacks_in_the_methods_batchnorm_mode_and_takes_the_loss_in_train_m
 def test_ard_and_iad_attack_in_train_mode_the_rslad_family_in_eval_mode():
     from absld.methods import METHODS
 
-    assert {name for name, cls in METHODS.items() if cls.attack_mode == "train"} == {"ard", "iad"}
+    assert {name for name, cls in METHODS.items() if cls.attack_mode == "train"} == {"ard", "iad", "fair_ard",
+                                                                                    "fair_iad"}
 
 
 def test_teacher_logits_are_computed_in_fp32_even_under_autocast():

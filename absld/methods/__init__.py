@@ -12,6 +12,8 @@ from .adaad import AdaAD
 from .ard import ARD
 from .base import ClassAccuracy, MethodBase, MethodContext, StepOutput
 from .cfa import CFA
+from .fair_ard import FairARD
+from .fair_iad import FairIAD
 from .fair_rslad import FairRSLAD
 from .frl import FRLReweight, FRLReweightRemargin
 from .iad import IAD
@@ -22,8 +24,8 @@ from .trades import TRADES
 
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
-    for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, ReweightedRSLAD, FRLReweight,
-                FRLReweightRemargin, CFA)
+    for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, FairARD, FairIAD, ReweightedRSLAD,
+                FRLReweight, FRLReweightRemargin, CFA)
 }
 
 

@@ -11,6 +11,8 @@ teacher can be trusted on each adversarial example::
 as in TRADES. Both KL terms are summed over the classes and averaged over the batch (batchmean),
 as the official ``IAD-I.py`` computes them, whatever ``distill.kl_reduction`` says: that switch is
 for the methods whose reference code takes the element mean.)
+Two hooks serve Fair-IAD (:mod:`absld.methods.fair_iad`): :meth:`IAD.sample_weights` (per-sample
+weights on both terms; None here) and :attr:`IAD.trust_beta` (the exponent of a_i).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from ..attacks import ce_loss, pgd
 from ..data import Batch
 from .base import MethodBase, StepOutput
-from .losses import kl, soft_labels, weighted_kl
+from .losses import soft_labels, weighted_kl
 
 
 class IAD(MethodBase):
@@ -39,25 +41,36 @@ class IAD(MethodBase):
         return pgd(student, batch.x, ce_loss(batch.y), eps=attack.eps, step=attack.step,
                    steps=attack.steps, start="uniform")
 
+    @property
+    def trust_beta(self) -> float:
+        """The exponent of ``a_i = P_T(y_i | x'_i) ** beta`` (``distill.iad.beta``)."""
+        return self.cfg.beta
+
+    def sample_weights(self, y: Tensor) -> Tensor | None:
+        """Per-sample loss weights (B,), or None for unweighted (IAD)."""
+        return None
+
     def reliability(self, x_adv: Tensor, y: Tensor) -> Tensor:
         """``a_i = P_T(y_i | x'_i) ** beta`` (B,) once introspection has begun, else ones."""
         if self.epoch <= self.cfg.begin:
             return torch.ones(len(y), device=y.device)
         with torch.no_grad():
             teacher_adv_probs = F.softmax(self.teacher(x_adv).float(), dim=1)  # (B, C)
-        return teacher_adv_probs.gather(1, y[:, None]).squeeze(1) ** self.cfg.beta
+        return teacher_adv_probs.gather(1, y[:, None]).squeeze(1) ** self.trust_beta
 
     def loss(self, student: nn.Module, batch: Batch, x_adv: Tensor,
              teacher_logits: Tensor | None) -> StepOutput:
         t = self.cfg.temperature
         reduction = "batchmean"  # the official code's reduction (see the module docstring)
+        weight = self.sample_weights(batch.y)  # (B,) or None
         student_adv = student(x_adv).float()  # (B, C)
-        distill = t * t * kl(soft_labels(teacher_logits, t), student_adv / t, reduction)
+        distill = t * t * weighted_kl(soft_labels(teacher_logits, t), student_adv / t, weight, reduction)
         trust = self.reliability(x_adv, batch.y)  # (B,)
         stats = {"kl_adv": distill.detach(), "teacher_trust": trust.mean().detach()}
         if bool((trust < 1).any()):
             student_nat = student(batch.x).float()  # (B, C)
-            introspection = weighted_kl(F.softmax(student_nat, dim=1), student_adv, 1 - trust, reduction)
+            distrust = 1 - trust if weight is None else (1 - trust) * weight  # (B,)
+            introspection = weighted_kl(F.softmax(student_nat, dim=1), student_adv, distrust, reduction)
             stats["introspection"] = introspection.detach()
             return StepOutput(distill + introspection, logits_adv=student_adv,
                               logits_nat=student_nat, stats=stats)

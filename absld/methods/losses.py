@@ -39,12 +39,23 @@ def kl(target_probs: Tensor, logits: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"unknown KL reduction {reduction!r}; use element_mean, batchmean or none")
 
 
-def weighted_kl(target_probs: Tensor, logits: Tensor, weight: Tensor, reduction: Reduction) -> Tensor:
-    """``sum_i weight_i KL_i`` reduced like :func:`kl` (divided by ``B * C`` or by ``B``)."""
+def weighted_kl(target_probs: Tensor, logits: Tensor, weight: Tensor | None, reduction: Reduction) -> Tensor:
+    """``sum_i weight_i KL_i`` reduced like :func:`kl` (divided by ``B * C`` or by ``B``); ``weight``
+    None is :func:`kl` itself (the unweighted methods keep its exact arithmetic)."""
+    if weight is None:
+        return kl(target_probs, logits, reduction)
     per_sample = weight * kl(target_probs, logits, "none")  # (B,)
     if reduction == "none":
         return per_sample
     return per_sample.sum() / (per_sample.numel() * (logits.shape[1] if reduction == "element_mean" else 1))
+
+
+def cross_entropy(logits: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Batch-mean CE(logits, y); with per-sample ``weight`` (B,): ``sum_i weight_i CE_i / B``
+    (divided by B, not by ``sum_i weight_i``, as Fair-ARD's code weighs ARD's CE term)."""
+    if weight is None:
+        return F.cross_entropy(logits.float(), y)
+    return (weight * F.cross_entropy(logits.float(), y, reduction="none")).mean()
 
 
 def soft_labels(logits: Tensor, temperature: Tensor | float = 1.0) -> Tensor:

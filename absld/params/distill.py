@@ -13,7 +13,7 @@ from pydantic import (
 from ..vocab import METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -68,6 +68,8 @@ class DistillConfig(Section):
     sat: SatConfig = Field(default_factory=SatConfig)
     trades: TradesConfig = Field(default_factory=TradesConfig)
     fair_rslad: FairRsladConfig = Field(default_factory=FairRsladConfig)
+    fair_ard: FairArdConfig = Field(default_factory=FairArdConfig)
+    fair_iad: FairIadConfig = Field(default_factory=FairIadConfig)
     reweighted_rslad: ReweightedRsladConfig = Field(default_factory=ReweightedRsladConfig)
     frl_rw: FrlRwConfig = Field(default_factory=FrlRwConfig)
     frl_rwrm: FrlRwrmConfig = Field(default_factory=FrlRwrmConfig)

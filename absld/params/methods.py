@@ -96,7 +96,7 @@ class ReweightedRsladConfig(RiskRuleConfig):
 
 
 class FairRsladConfig(DistillWeights):
-    """Fair-ARD's re-weighting (Yue et al., ICCV 2023) on RSLAD: w_k ∝ (1/mean kappa_k)^beta."""
+    """Fair-ARD's re-weighting (Yue et al., NeurIPS 2023) on RSLAD: w_k ∝ (1/mean kappa_k)^beta."""
 
     beta: Annotated[float, Field(ge=0)] = 2.0
     w_min: Num = 5 / 6
@@ -128,6 +128,46 @@ class IadConfig(MethodConfig):
         default_factory=lambda: TrainOverride(epochs=200, milestones=[100, 150], lr_decay="from_base")
     )
     """The released code's recipe, as ARD's: 200 epochs, milestones 100 and 150, lr_decay from_base."""
+
+
+def _check_weight_bounds(cfg):
+    if cfg.w_min > cfg.w_max:
+        raise ValueError(f"need w_min <= w_max, got w_min {cfg.w_min} and w_max {cfg.w_max}")
+    return cfg
+
+
+class FairArdConfig(ArdConfig):
+    """Fair-ARD (Yue et al., NeurIPS 2023): ARD's KL and CE terms weighted per sample by w[y],
+    w_k ∝ (1/mean kappa_k)^beta (absld/methods/fair_ard.py)."""
+
+    beta: Annotated[float, Field(ge=0)] = 2.0
+    w_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5 / 6
+    w_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5 / 2
+    train: TrainOverride = Field(default_factory=lambda: TrainOverride(
+        epochs=200, milestones=[100, 150], lr_decay="from_base", nesterov=True))
+    """ARD's released recipe with Nesterov momentum (Fair-ARD.py:14-16,30-34,160)."""
+
+    _bounds = model_validator(mode="after")(_check_weight_bounds)
+
+
+class FairIadConfig(MethodConfig):
+    """Fair-IAD (Yue et al., NeurIPS 2023): IAD's two KL terms weighted per sample by w[y],
+    w_k ∝ (1/mean kappa_k)^beta; IAD's own exponent is beta_iad (absld/methods/fair_iad.py)."""
+
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    beta_iad: Annotated[float, Field(ge=0)] = 0.1
+    """IAD's a_i = P_T(y|x')^beta_iad (distill.iad.beta)."""
+    begin: NonNegInt = 60
+    """Epoch after which introspection (the (1 - a_i) self-distillation term) starts."""
+    beta: Annotated[float, Field(ge=0)] = 2.0
+    """The re-weighting exponent, as in fair_rslad and fair_ard."""
+    w_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5 / 6
+    w_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 5 / 2
+    train: TrainOverride = Field(default_factory=lambda: TrainOverride(
+        epochs=200, milestones=[100, 150], lr_decay="from_base", nesterov=True))
+    """IAD's released recipe with Nesterov momentum (Fair-IAD.py:14-16,45-49,214)."""
+
+    _bounds = model_validator(mode="after")(_check_weight_bounds)
 
 
 class AdaadConfig(MethodConfig):
