@@ -115,10 +115,10 @@ def hedge(summed: list[float], eta: float) -> list[float]:
 # ----------------------------------------------------------------------------------------------
 # the loss
 def test_wat_loss_weighs_each_samples_trades_loss_by_its_class_weight_plus_the_average_weight():
-    method = wat(beta=6.0)
+    method = wat(beta=2.5)
     method.weights = torch.tensor([0.5, 1.2, 0.9, 0.4], dtype=torch.float64)
     ce, boundary = trades_terms(X, X_ADV, Y)  # labels 0 and 2
-    expected = ((0.5 + 0.4) * (ce[0] + 6.0 * boundary[0]) + (0.9 + 0.4) * (ce[1] + 6.0 * boundary[1])) / B
+    expected = ((0.5 + 0.4) * (ce[0] + 2.5 * boundary[0]) + (0.9 + 0.4) * (ce[1] + 2.5 * boundary[1])) / B
     assert hand_loss(method) == pytest.approx(expected, rel=1e-6)
 
 
@@ -166,6 +166,7 @@ def test_wat_validation_cost_is_each_classs_mean_trades_loss_and_the_image_mean_
 
 def test_wat_weights_are_hedge_on_the_costs_summed_over_every_epoch_so_far(shifted):
     method = wat(eta=0.1)
+    hand_loss(method)  # a batch of epoch 1, with the first weights
     method.on_epoch_end(1)
     cost = val_costs(6.0)
     assert method.weights.tolist() == pytest.approx(hedge(cost, 0.1), rel=1e-6)
@@ -340,6 +341,27 @@ def real_setup():
         num_classes=C, attack=AttackConfig(eps="8/255", step="4/255", steps=2), student=student,
         validation_pass=_validation_pass(student, prepared, CPU, seed=0)))
     return student, method
+
+
+def test_the_validation_pass_gives_the_first_n_images_in_order_in_batches_to_the_eval_mode_student():
+    from absld.train.distill import _validation_pass
+
+    images, labels = tiny_data(12, 1)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, C)).train()
+    seen: list = []
+
+    def measure(model, batch, generator):
+        seen.append((model is student, model.training, batch.y.tolist(), float(batch.x.max()) <= 1.0,
+                     torch.rand(1, generator=generator).item()))
+
+    validation_pass = _validation_pass(student, SimpleNamespace(val_images=images, val_labels=labels), CPU, seed=0)
+    validation_pass(EvalAttackConfig(n_samples=7, batch_size=5), measure)
+    assert [s[2] for s in seen] == [labels[:5].tolist(), labels[5:7].tolist()]
+    assert all(s[0] and not s[1] and s[3] for s in seen) and student.training
+    first = seen[0][4]
+    seen.clear()
+    validation_pass(EvalAttackConfig(n_samples=None, batch_size=20), measure)
+    assert [s[2] for s in seen] == [labels.tolist()] and seen[0][4] == first  # afresh at every pass
 
 
 def test_the_real_validation_pass_is_the_same_every_epoch_leaves_the_rng_and_restores_the_mode():
