@@ -23,19 +23,20 @@ attack_generator.py:45-69) and S(x) not detached inside the KL (:63-68). Epoch 1
 weight 1 (:202-203, ``torch.ones(class_num + 1)``): twice the TRADES loss, where every later epoch's
 weights sum to C over C + 1 entries (2C / (C + 1) per sample when they are uniform).
 
-Official defaults: beta 6 (:25), eta 0.1 (:37; the README's command passes both), eps 0.031, step
-0.007, 10 steps (:20-22), batch 128, SGD lr 0.1, momentum 0.9, wd 2e-4 (:16-19), 100 epochs with the
+Official defaults: beta 6 (:25), eta 0.1 (:37; README.md:23's command passes both), eps 0.031, step
+0.007, 10 steps (:20-22), batch 128 (:26), SGD lr 0.1, momentum 0.9, wd 2e-4 (:16-19), 100 epochs with the
 rate x 0.1 from epochs 75, 90 and 100 (:165-177, called with epoch + 1 at :240); the validation split
 is 300 images per class of CIFAR-10's training set (data_loader.py:41, :54; CIFAR-100: 30, :127, :140).
 
-Where this differs from the code (a param where it is a choice):
+Where this differs from the code (a param where it is a choice; the paper, arXiv 2302.04025, was
+not at hand beyond its introduction, so this list compares with the code only):
 - the validation split is ``data.val_per_class`` images per class, shared with every method
   (the code: 300 per class on CIFAR-10, 30 on CIFAR-100); ``validation.n_samples`` takes its first n;
 - a class's cost is the mean over its validation images; the code divides each class's sum by the
   padded count ceil(N / B) B and multiplies by C (:156-157), which for a balanced split is the class
   mean times N / (ceil(N / B) B) (0.977 for its 3000 images in batches of 128): a constant factor on
-  eta (eta 0.0977 here reproduces it); for an unbalanced split the code's cost would also weigh a
-  class by its share of the split;
+  eta (eta x that factor here reproduces it); for an unbalanced split the code's cost would also
+  weigh a class by its share of the split;
 - eps 8/255 and step 2/255 (``distill.attack`` for training, ``validation`` for the measurement)
   in place of the code's 0.031 and 0.007;
 - the validation attack's starts come from a generator of their own, the same at every epoch
@@ -43,8 +44,8 @@ Where this differs from the code (a param where it is a choice):
   the code draws them from the global RNG;
 - a resumed run continues the summed costs and the weights (the code's ``--resume`` restarts the
   weights at 1 and the costs at 0, :221-235);
-- the checkpoint: the code keeps every third epoch and measures each epoch on the test set (PGD-100
-  and CW-30, step 0.003, :252-254) without choosing one; here ``distill.select`` chooses;
+- the checkpoint: the code keeps every third epoch (:290-295) and measures each epoch on the test set
+  (PGD-100 and CW-30, step 0.003, :252-254) without choosing one; here ``distill.select`` chooses;
 - C classes (the code's ``--class_num``, set from the dataset).
 
 Data-parallel training: the loss is a plain batch mean (exact over shares); every process measures
