@@ -36,18 +36,19 @@ from absld.params import (
     RsladConfig,
     SatConfig,
     TradesConfig,
+    WatConfig,
 )
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
 DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "fair_ard", "fair_iad", "reweighted_rslad"]
-NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa"]
+NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa", "wat"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
     "adaad": AdaadConfig, "sat": SatConfig, "trades": TradesConfig,
     "fair_rslad": FairRsladConfig, "fair_ard": FairArdConfig, "fair_iad": FairIadConfig,
     "reweighted_rslad": ReweightedRsladConfig,
-    "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig,
+    "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig, "wat": WatConfig,
 }
 
 
@@ -317,6 +318,7 @@ OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "fair_rslad": _teacher_label_objective, "reweighted_rslad": _teacher_label_objective,
     "trades": _trades_objective, "adaad": _adaad_objective,
     "frl_rw": _trades_objective, "frl_rwrm": _trades_objective, "cfa": _trades_objective,  # before any update
+    "wat": _trades_objective,
 }
 
 

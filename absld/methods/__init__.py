@@ -21,11 +21,12 @@ from .reweighted_rslad import ReweightedRSLAD
 from .rslad import RSLAD
 from .sat import SAT
 from .trades import TRADES
+from .wat import WAT
 
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
     for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, FairARD, FairIAD, ReweightedRSLAD,
-                FRLReweight, FRLReweightRemargin, CFA)
+                FRLReweight, FRLReweightRemargin, CFA, WAT)
 }
 
 

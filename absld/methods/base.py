@@ -15,6 +15,8 @@ code, so ``epoch in milestones`` means "the epoch after which the learning rate 
 Methods that look at the model between epochs (FRL's class-wise validation errors, CFA's weight
 averaging) find it in ``ctx.student`` and measure it with ``ctx.validate`` (class-wise clean and
 PGD accuracy on the held-out validation split of ``prepare``); their params say so (``validates``).
+A method whose measurement is not an accuracy (WAT's class-wise TRADES loss) runs its own per-batch
+function over the same split with ``ctx.validation_pass``.
 A method whose written student is not the trained weights (CFA's averaged model) returns them
 from ``output_state()``.
 
@@ -34,9 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from ..attacks.accuracy import ClassAccuracy
+from ..data import Batch
 from ..params import AttackConfig, EvalAttackConfig
 
 
@@ -54,6 +58,16 @@ Validate = Callable[[EvalAttackConfig], ClassAccuracy]
 """Measures ``ctx.student`` (eval mode; its mode is restored) on the validation split with the given
 PGD (CE loss, uniform start drawn from a fixed generator: the training's RNG stream is untouched)."""
 
+Measure = Callable[[nn.Module, Batch, torch.Generator], None]
+"""``measure(model, batch, generator)``: one validation batch's work (the method accumulates what it needs)."""
+
+ValidationPass = Callable[[EvalAttackConfig, Measure], None]
+"""Runs ``measure(ctx.student, batch, generator)`` on every batch of the validation split's first
+``n_samples`` images (``batch_size`` a batch, in split order, on the training device, under the run's
+autocast), the student in eval mode (its mode is restored). ``generator``: a CPU generator seeded
+from the run's seed and the stream ``validate``, afresh at every pass: attack starts drawn from it
+leave the training's RNG stream untouched and are the same at every pass."""
+
 
 @dataclass
 class MethodContext:
@@ -67,6 +81,8 @@ class MethodContext:
     """The model being trained (methods that average or measure it between epochs)."""
     validate: Validate | None = None
     """Class-wise accuracy of ``student`` on the validation split (methods whose params ``validates``)."""
+    validation_pass: ValidationPass | None = None
+    """A method's own measurement of ``student`` on the validation split (methods whose params ``validates``)."""
 
 
 @dataclass
@@ -104,6 +120,13 @@ class MethodBase:
             raise ValueError(f"method {self.name!r} measures the student on the validation split between "
                              "epochs: give MethodContext a student and a validate function")
         return self.ctx.validate(self.cfg.validation)
+
+    def validation_pass(self, measure: Measure) -> None:
+        """``ctx.validation_pass`` over the method's ``cfg.validation`` images; a clear error without one."""
+        if self.ctx.validation_pass is None or self.ctx.student is None:
+            raise ValueError(f"method {self.name!r} measures the student on the validation split between "
+                             "epochs: give MethodContext a student and a validation_pass function")
+        self.ctx.validation_pass(self.cfg.validation, measure)
 
     def output_state(self) -> dict[str, Tensor] | None:
         """The weights to write as the student instead of the trained ones (None: the trained ones)."""

@@ -294,3 +294,27 @@ class CfaConfig(MethodConfig):
     @property
     def validates(self) -> bool:
         return self.average == "fawa"
+
+
+class WatConfig(MethodConfig):
+    """WAT (Li & Liu, AAAI 2023), as the official code (boqili/WAT, 62d1184) runs it: TRADES whose
+    per-sample loss is weighted by w_{y_i} + w_avg, the C + 1 weights (one per class and one for the
+    average) an exponentiated-gradient (Hedge) step on the cumulative class-wise TRADES loss of the
+    validation split, measured after every epoch (:mod:`absld.methods.wat`). The script's own
+    defaults (``worst_class_adversarial_train.py``), its README's command (``--beta 6.0 --eta 0.1``)."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 6.0
+    """TRADES weight of the KL term, in the training loss and in the validation cost (``--beta``, :25)."""
+    eta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.1
+    """Hedge's step: w = C softmax(eta * the summed validation costs of every epoch so far) (``--eta``, :37)."""
+    validation: EvalAttackConfig = Field(default_factory=lambda: EvalAttackConfig(steps=10))
+    """The TRADES attack (KL(S(x) || S(x')), start x + 0.001 N(0, I), eval mode) of the validation
+    measurement, on the first n_samples images of the validation split (null: all); the code attacks
+    the validation images with its training attack (:135, eps 0.031, step 0.007, 10 steps)."""
+    train: TrainOverride = Field(default_factory=lambda: TrainOverride(epochs=100, milestones=[74, 89, 99]))
+    """The code's recipe (:16-19, :165-177): 100 epochs, lr 0.1 x 0.1 from epoch 75, 90 and 100
+    (``epoch + 1 >= 75`` ...: the rate drops after epochs 74, 89 and 99), momentum 0.9, wd 2e-4."""
+
+    @property
+    def validates(self) -> bool:
+        return True

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .. import data as data_lib
-from ..attacks.accuracy import ClassAccuracy, class_accuracy, first_n
+from ..attacks.accuracy import ClassAccuracy, attack_seed, class_accuracy, first_n
 from ..params import Params
 from ..errors import StageError
 from ..io import sha256_file, short_hash, write_csv, write_json
@@ -42,9 +42,10 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     seed_everything(seed)
     student = _student(params, prepared, rt)
     validate = _validation(student, prepared, rt, seed, cfg.measure_amp) if method_cfg.validates else None
+    validation_pass = _validation_pass(student, prepared, rt, seed, cfg.measure_amp) if method_cfg.validates else None
     method = build_method(method_name, method_cfg, MethodContext(
         num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
-        student=student, validate=validate))
+        student=student, validate=validate, validation_pass=validation_pass))
     images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
     loader = data_lib.TensorLoader(
         images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True,
@@ -107,6 +108,27 @@ def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runti
                               desc="validate", bf16=bf16)
 
     return validate
+
+
+def _validation_pass(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int, bf16: bool):
+    """A method's own pass over the validation split (absld.methods.base.ValidationPass), in
+    float32 unless ``bf16`` (distill.measure_amp)."""
+
+    def validation_pass(attack, measure) -> None:
+        images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
+        loader = data_lib.TensorLoader(images, labels, batch_size=attack.batch_size, device=rt.device,
+                                       channels_last=rt.channels_last)
+        generator = torch.Generator().manual_seed(attack_seed(seed, "validate"))
+        was_training = student.training
+        student.eval()
+        try:
+            for batch in loader:
+                with rt.precision(bf16):
+                    measure(student, batch, generator)
+        finally:
+            student.train(was_training)
+
+    return validation_pass
 
 
 def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.nn.Module:

@@ -48,6 +48,8 @@ STATE_LABELS = {
     "w_nat": "natural-term weight w0_k (FRL)", "w_boundary": "boundary-term weight w1_k (FRL)",
     "eps_255": "training radius ε_k (×255)", "beta": "TRADES β_k", "train_robust_acc": "robust training accuracy t_k",
     "val_robust_acc": "validation PGD accuracy",
+    "weight": "class weight w_k (WAT)", "val_cost": "validation TRADES loss (WAT)",
+    "val_trades_acc": "validation TRADES-attack accuracy",
 }
 
 
