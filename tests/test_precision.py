@@ -78,13 +78,13 @@ def _stage_teacher(monkeypatch, tmp_path, teacher_amp: bool) -> tuple[nn.Module,
     return teacher, probe
 
 
-@pytest.mark.parametrize("name", ["adaad", "iad"])
+@pytest.mark.parametrize("name", ["adaad", "iad", "fair_iad"])
 @pytest.mark.parametrize("teacher_amp", [False, True])
 def test_every_teacher_pass_clean_or_attacked_runs_at_the_teachers_one_precision(monkeypatch, tmp_path, name,
                                                                                  teacher_amp):
     teacher, probe = _stage_teacher(monkeypatch, tmp_path, teacher_amp)
     cfg = Params().distill.method_config(name)
-    if name == "iad":
+    if name in ("iad", "fair_iad"):
         cfg = cfg.model_copy(update={"begin": 0})  # introspection on: the teacher sees x'
     method = build_method(name, cfg, MethodContext(num_classes=C, attack=AttackConfig(steps=2), teacher=teacher))
     student = Probe()
@@ -118,3 +118,19 @@ def test_the_selection_pgd_runs_in_float32_unless_measure_amp(measure_amp):
     with AMP.autocast():
         chosen.score(student)
     assert student.autocast and set(student.autocast) == {measure_amp}
+
+
+@pytest.mark.parametrize("measure_amp", [False, True])
+def test_a_methods_own_validation_pass_runs_in_float32_unless_measure_amp(measure_amp):
+    """WAT's class-wise TRADES cost on the validation split (ctx.validation_pass)."""
+    student = Probe()
+    validation_pass = distill_stage._validation_pass(student, prepared(), AMP, seed=0, bf16=measure_amp)
+    seen = []
+
+    def measure(model, batch, generator):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        model(batch.x)
+
+    with AMP.autocast():
+        validation_pass(EvalAttackConfig(steps=2, batch_size=6), measure)
+    assert seen and set(seen) == {measure_amp} and set(student.autocast) == {measure_amp}
