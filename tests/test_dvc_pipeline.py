@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from absld.models import checkpoint_meta, load_checkpoint
+from absld.vocab import METHOD_LABELS
 from tests.conftest import REPO, committed_params_text
 
 PROJECT_FILES = ["absld", "pipeline", "params.yaml", "conf", "hydra_plugins", "references", "dvc.yaml", ".dvc/config",
@@ -58,6 +59,9 @@ def dvc_project(project: Path, params_text: str | None = None) -> Path:
     return project
 
 
+TINY_METHODS = ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa", "fair_ard", "fair_iad", "wat")
+
+
 @pytest.mark.slow
 def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     project = dvc_project(tmp_path / "project")
@@ -68,7 +72,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
     teacher = json.loads((project / "models" / "teacher.json").read_text())
     assert teacher["arch"] == "tiny_cnn" and teacher["n"] == 40
     assert teacher["clean_acc"] > 0.2  # learnt something (10 classes: chance is 0.1)
-    for method in ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa"):
+    for method in TINY_METHODS:
         student = load_checkpoint(project / "models" / "students" / method / "seed0.pt")
         assert student.arch == "tiny_cnn" and not student.training
         meta = checkpoint_meta(project / "models" / "students" / method / "seed0.pt")
@@ -77,7 +81,10 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         else:
             assert meta["select"] == "val_fair_best" and meta["selection_split"] == "validation"
         assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
-    for method, state in (("frl_rw", "frl_state"), ("frl_rwrm", "frl_state"), ("cfa", "cfa_state")):
+    for method in ("fair_ard", "fair_iad"):  # the class weights after each epoch
+        rows = (project / "results" / "distill" / method / "seed0" / "weights.csv").read_text().strip().splitlines()
+        assert rows[0] == "epoch,class,w" and len(rows) == 1 + 3 * 10
+    for method, state in (("frl_rw", "frl_state"), ("frl_rwrm", "frl_state"), ("cfa", "cfa_state"), ("wat", "wat_state")):
         rows = (project / "results" / "distill" / method / "seed0" / f"{state}.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + 3 * 10  # measured after each of the 3 epochs (FRL: the first is its hot start)
         assert (project / "plots" / "distill" / method / "seed0" / f"{state}.png").stat().st_size > 0
@@ -90,19 +97,19 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
             "correct_worst"} <= set(records.files)
     assert records["index"].tolist() == list(range(40))
     fairness = json.loads((project / "results" / "fairness.json").read_text())
-    assert set(fairness) == {"teacher", *(f"{m}/seed0" for m in ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa"))}
+    assert set(fairness) == {"teacher", *(f"{m}/seed0" for m in TINY_METHODS)}
     # the tiny profile's AutoAttack is APGD-CE alone: AA*, keyed aa_star wherever DVC shows it
     assert "aa" not in fairness["absld/seed0"]
     assert set(fairness["absld/seed0"]["aa_star"]) >= {"avg", "worst", "nsd", "class_acc", "avg_ci", "worst_ci", "nsd_ci"}
     assert sorted(p.name for p in (project / "plots" / "eval" / "absld" / "seed0").iterdir()) == ["classwise.png"]
     table = (project / "results" / "table.md").read_text()
-    assert all(label in table for label in ("ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"))
+    assert all(METHOD_LABELS[m] in table for m in TINY_METHODS)
     assert (project / "results" / "report.md").is_file() and (project / "plots" / "analyze").is_dir()
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     (listed,) = metrics.values()
     assert set(listed["data"]) == {"results/headline.json"}  # the only metrics file: dvc exp show stays readable
     headline = listed["data"]["results/headline.json"]["data"]
-    assert set(headline) == {"teacher", "absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa"}
+    assert set(headline) == {"teacher", *TINY_METHODS}
     assert set(headline["absld"]) == {"clean_avg", "pgd_avg", "pgd_worst", "pgd_nsd", "aa_star_avg", "aa_star_worst",
                                       "aa_star_nsd"}
     assert headline["absld"]["pgd_worst"] == fairness["absld/seed0"]["pgd"]["worst"]

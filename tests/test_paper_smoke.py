@@ -27,6 +27,8 @@ SIZES = {  # the keys paper-smoke may change: sizes
     *(f"distill.{m}.{key}" for m in ("frl_rw", "frl_rwrm") for key in (
         "train.epochs", "hot_start_epochs", "validation.batch_size", "validation.steps")),
     "distill.cfa.train.epochs", "distill.cfa.begin", "distill.cfa.validation.batch_size", "distill.cfa.validation.steps",
+    "distill.fair_ard.train.epochs", "distill.fair_iad.train.epochs", "distill.fair_iad.begin",
+    "distill.wat.train.epochs", "distill.wat.validation.batch_size", "distill.wat.validation.steps",
     "evaluate.n_samples", "evaluate.batch_size", "evaluate.pgd.steps", "evaluate.cw.steps",
     "analyze.n_bootstrap", "analyze.n_permutations",
 }
