@@ -19,6 +19,7 @@ from absld.analyze.analysis import compare_to_reference, fairness_table, seed_co
 from absld.evaluate.cascade import protocol
 from absld.evaluate.records import Records
 from absld.params import AnalyzeConfig, EvaluateConfig, read_yaml
+from absld.params.analyze import NEWER_BASELINES, PAPER_BASELINES
 from pipeline.cli import main
 from tests.conftest import REPO
 from tests.fixtures import CIFAR10_NAMES
@@ -26,7 +27,8 @@ from tests.fixtures import CIFAR10_NAMES
 ATTACKS = ("clean", "fgsm", "pgd", "cw", "aa")
 PER_CLASS = 20
 NUM_CLASSES = len(CIFAR10_NAMES)
-FAST = {"n_bootstrap": 200, "n_permutations": 500}
+FAST = {"n_bootstrap": 200, "n_permutations": 500,
+        "baselines": list(PAPER_BASELINES)}  # the family these scratch projects were written for: the paper's 11
 PAPER_PROTOCOL = protocol(EvaluateConfig())  # the paper's evaluation: float32, standard AutoAttack
 
 
@@ -672,7 +674,7 @@ def test_comparisons_apply_holm_across_baselines_and_the_nsd_ddof():
     groups = {m.split("/")[0]: {0: m} for m in models}
     records = _records_of(models, y)
     out = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=["rslad", "sat"]))
-    paper = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300))  # the paper's 11
+    paper = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=list(PAPER_BASELINES)))
     only_rslad = compare_to_reference(records, groups, 4, AnalyzeConfig(n_permutations=300, baselines=["rslad"]))
     for stat in ("avg", "worst", "nsd"):
         raw = [out["attacks"]["pgd"][m][stat]["p"] for m in ("rslad", "sat")]
@@ -776,6 +778,15 @@ def test_an_interval_that_touches_its_estimate_up_to_rounding_is_not_flagged():
     assert intervals_excluding_the_estimate({"m": {"pgd": cell}}) == [("m", "pgd", "worst")]
 
 
+def test_the_default_family_is_the_papers_baselines_and_the_newer_ones_that_the_dag_trains():
+    """Holm's family by default: every baseline conf/config.yaml trains (the paper's 11 and the newer
+    robust-fairness methods), so no trained baseline is 'exploratory' in the full reproduction."""
+    from absld.params import Params
+
+    assert AnalyzeConfig().baselines == [*PAPER_BASELINES, *NEWER_BASELINES]
+    assert sorted(AnalyzeConfig().baselines) == sorted(m for m in Params().distill.methods if m != "absld")
+
+
 def test_the_verdict_reads_the_holm_adjusted_p_of_the_declared_family():
     """A t-test p of ~0.01 holds alone, and is 'not shown' once adjusted over the paper's 11 baselines."""
     values = {"absld": [(0.70, 0.50, 0.10), (0.70, 0.52, 0.11), (0.70, 0.49, 0.09), (0.70, 0.51, 0.12)],
@@ -784,7 +795,8 @@ def test_the_verdict_reads_the_holm_adjusted_p_of_the_declared_family():
     groups = {m: {s: f"{m}/seed{s}" for s in range(4)} for m in values}
     stats = seed_summaries(fairness, groups, 0.95)
     alone = seed_comparisons(fairness, groups, AnalyzeConfig(baselines=["rslad"]))
-    paper = seed_comparisons(fairness, groups, AnalyzeConfig())
+    paper = seed_comparisons(fairness, groups, AnalyzeConfig(baselines=list(PAPER_BASELINES)))
+    assert len(PAPER_BASELINES) == 11
     raw = alone["attacks"]["pgd"]["rslad"]["worst"]["p"]
     assert raw < 0.05 < 11 * raw  # significant alone, not over eleven
     assert paper["attacks"]["pgd"]["rslad"]["worst"]["p_holm"] == pytest.approx(min(1.0, 11 * raw))

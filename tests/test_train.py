@@ -197,12 +197,12 @@ def test_from_base_decay_is_the_released_ard_iad_function_that_never_lowers_its_
     assert [round(learning_rate(intent, e), 6) for e in (100, 101, 150, 151, 200)] == [0.1, 0.01, 0.01, 0.001, 0.001]
 
 
-def test_the_paper_configuration_uses_the_released_lr_function_for_ard_and_iad_only(paper_params):
+def test_the_paper_configuration_uses_the_released_lr_function_for_ard_iad_and_their_fair_variants_only(paper_params):
     from absld.params import load_params
 
     cfg = load_params(paper_params).distill
     decay = {m: cfg.method_config(m).train.apply(cfg.train).lr_decay for m in cfg.methods}
-    assert {m for m, d in decay.items() if d == "from_base"} == {"ard", "iad"}
+    assert {m for m, d in decay.items() if d == "from_base"} == {"ard", "iad", "fair_ard", "fair_iad"}
     assert cfg.method_config("fair_rslad").train.apply(cfg.train).nesterov is True
 
 
