@@ -27,6 +27,8 @@ COLORS: dict[str, str] = {
     "frl_rw": "#ff7f0e",
     "frl_rwrm": "#c7a000",
     "cfa": "#8c564b",
+    "dafa": "#bcbd22",
+    "trix": "#7b4173",
 }
 """Hex colour of the teacher and of every method of :data:`absld.vocab.METHOD_LABELS`, in table order."""
 

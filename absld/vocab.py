@@ -22,6 +22,8 @@ METHOD_LABELS: dict[str, str] = {
     "frl_rw": "FRL-RW",
     "frl_rwrm": "FRL-RWRM",
     "cfa": "CFA",
+    "dafa": "DAFA",
+    "trix": "TRIX",
 }
 """Every distillation method (params name -> label), in the order tables list them."""
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_LABELS)

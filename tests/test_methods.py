@@ -26,6 +26,7 @@ from absld.params import (
     ArdConfig,
     AttackConfig,
     CfaConfig,
+    DafaConfig,
     FairRsladConfig,
     FrlRwConfig,
     FrlRwrmConfig,
@@ -34,17 +35,18 @@ from absld.params import (
     RsladConfig,
     SatConfig,
     TradesConfig,
+    TrixConfig,
 )
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
 DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "reweighted_rslad"]
-NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa"]
+NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa", "dafa", "trix"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
     "adaad": AdaadConfig, "sat": SatConfig, "trades": TradesConfig,
     "fair_rslad": FairRsladConfig, "reweighted_rslad": ReweightedRsladConfig,
-    "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig,
+    "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig, "dafa": DafaConfig, "trix": TrixConfig,
 }
 
 
@@ -313,6 +315,8 @@ OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "fair_rslad": _teacher_label_objective, "reweighted_rslad": _teacher_label_objective,
     "trades": _trades_objective, "adaad": _adaad_objective,
     "frl_rw": _trades_objective, "frl_rwrm": _trades_objective, "cfa": _trades_objective,  # before any update
+    "dafa": _trades_objective,  # before the warm-up ends
+    "trix": _trades_objective,  # its targeted samples leave S(x) too
 }
 
 

@@ -12,6 +12,7 @@ from .adaad import AdaAD
 from .ard import ARD
 from .base import ClassAccuracy, MethodBase, MethodContext, StepOutput
 from .cfa import CFA
+from .dafa import DAFA
 from .fair_rslad import FairRSLAD
 from .frl import FRLReweight, FRLReweightRemargin
 from .iad import IAD
@@ -19,11 +20,12 @@ from .reweighted_rslad import ReweightedRSLAD
 from .rslad import RSLAD
 from .sat import SAT
 from .trades import TRADES
+from .trix import TRIX
 
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
     for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, ReweightedRSLAD, FRLReweight,
-                FRLReweightRemargin, CFA)
+                FRLReweightRemargin, CFA, DAFA, TRIX)
 }
 
 

@@ -13,7 +13,7 @@ from pydantic import (
 from ..vocab import METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DafaConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -65,6 +65,8 @@ class DistillConfig(Section):
     frl_rw: FrlRwConfig = Field(default_factory=FrlRwConfig)
     frl_rwrm: FrlRwrmConfig = Field(default_factory=FrlRwrmConfig)
     cfa: CfaConfig = Field(default_factory=CfaConfig)
+    dafa: DafaConfig = Field(default_factory=DafaConfig)
+    trix: TrixConfig = Field(default_factory=TrixConfig)
 
 
     def method_config(self, name: str) -> MethodConfig:
