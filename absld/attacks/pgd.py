@@ -90,7 +90,8 @@ def _radius(eps: float | Tensor, x: Tensor, name: str = "eps") -> float | Tensor
     if not isinstance(eps, Tensor):
         return eps
     if eps.shape != (x.shape[0],):
-        raise AttackError(f"a per-sample {name} must have one value per sample, shape ({x.shape[0]},); "
+        what = "radius" if name == "eps" else name
+        raise AttackError(f"a per-sample {name} must have one {what} per sample, shape ({x.shape[0]},); "
                           f"got {tuple(eps.shape)}.")
     return eps.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 

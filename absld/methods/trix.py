@@ -8,8 +8,8 @@ mean_i W_{y_i} CE + beta KL), with one change: the attack. In every batch, from 
 (``train.py:91-93``)::
 
     q      = softmax(S(x))                                  S in eval mode (losses.py:114-115)
-    V      = DAFA's rule on this batch's class-wise mean of q, plus 1e-8 on the diagonal, with
-             lam = target_lambda                            (losses.py:117-125, 258-294)
+    V      = DAFA's rule on this batch's class-wise mean of q, plus 1e-8 on the diagonal, lam = 1
+                                                            (losses.py:117-125, 258-294)
     strong = V_{y_i} < mean_i V_{y_i}                       the mean over the batch's samples (:127)
     y_t    ~ uniform over the classes != y_i                (:135-141)
     x'     = PGD from x + 0.001 N(0, I) in W_{y_i} eps, step W_{y_i} step:
@@ -24,8 +24,10 @@ eps 0.031, step 0.007, wd 5e-4, lr 0.1, batch 128, Nesterov on: ``train.py:20``)
 here); ResNet-18, seed 3 (the script).
 
 Where this differs from the code (params choose where it is a choice):
-- ``target_lambda`` (1.0): the code's batch weights take the default lam of
-  ``calculate_class_weights_from_clean`` (losses.py:258), not ``--dafa_lambda``;
+- no setting for the lam of the batch weights V (the code: the default 1.0 of
+  ``calculate_class_weights_from_clean``, losses.py:258, not ``--dafa_lambda``): V = 1 + lam T with
+  T the batch's transfer sums, so V_{y_i} < mean V iff T_{y_i} < mean T for every lam > 0 (lam = 0
+  would target no sample: DAFA's attack); lam = 1 is used;
 - the target is drawn as (y + U{1, ..., C-1}) mod C, one draw (the same distribution as the code's
   redraw-until-different loop, another random stream);
 - the code's 1e-10 offsets (losses.py:153-154, 188-190) are dropped: log_softmax(z + 1e-10) is
@@ -52,14 +54,13 @@ DIAGONAL_FLOOR = 1e-8
 """Added to the diagonal of the batch's class similarity (``losses.py:282``, its ``epsilon``)."""
 
 
-def strong_samples(natural_probs: Tensor, y: Tensor, num_classes: int, lam: float,
-                   rule: str = "algorithm") -> Tensor:
+def strong_samples(natural_probs: Tensor, y: Tensor, num_classes: int, rule: str = "algorithm") -> Tensor:
     """(B,) bool: the samples TRIX attacks with a target, those whose class has a batch weight
     V_{y_i} below the batch's sample mean of V_{y_i}; ``natural_probs`` (B, C) clean predictions."""
     prob_sum = torch.zeros(num_classes, num_classes, device=y.device).index_add_(0, y, natural_probs.float())
-    count = torch.bincount(y, minlength=num_classes).float()
+    count = torch.zeros(num_classes, device=y.device).index_add_(0, y, torch.ones_like(y, dtype=torch.float))
     similarity = class_similarity(prob_sum, count) + DIAGONAL_FLOOR * torch.eye(num_classes, device=y.device)
-    batch_weights = dafa_weights(similarity, lam, rule)[y]  # (B,) V_{y_i}
+    batch_weights = dafa_weights(similarity, 1.0, rule)[y]  # (B,) V_{y_i}; any lam > 0 splits alike
     return batch_weights < batch_weights.mean()
 
 
@@ -97,7 +98,7 @@ class TRIX(DAFA):
         num_classes = self.ctx.num_classes
         with torch.no_grad():
             natural_probs = F.softmax(student(batch.x).float(), dim=1)  # (B, C), eval mode
-        targeted = strong_samples(natural_probs, batch.y, num_classes, self.cfg.target_lambda, self.cfg.weight_rule)
+        targeted = strong_samples(natural_probs, batch.y, num_classes, self.cfg.weight_rule)
         y_target = random_other_class(batch.y, num_classes)
         self._count(targeted, batch.y)
         return mixed_objective(natural_probs, targeted, y_target)

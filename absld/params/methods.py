@@ -282,11 +282,10 @@ class DafaConfig(MethodConfig):
 class TrixConfig(DafaConfig):
     """TRIX (Medi et al., arXiv 2507.07768), as the official code (Fairness-a11y/TRIX) runs it: DAFA
     whose attack is targeted (towards a random other class, descending CE) for the samples of the
-    batch's strong classes and TRADES' untargeted KL attack for the others (:mod:`absld.methods.trix`)."""
+    batch's strong classes and TRADES' untargeted KL attack for the others (:mod:`absld.methods.trix`).
+    Its per-batch split has no setting of its own: the lam of its batch weights (the code: 1.0) moves
+    no class across the batch mean."""
 
-    target_lambda: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 1.0
-    """lam of the per-batch weights that split strong from weak classes (losses.py:258's default;
-    the code does not pass --dafa_lambda)."""
     train: TrainOverride = Field(
         default_factory=lambda: TrainOverride(epochs=150, weight_decay=5e-4, nesterov=True, milestones=[139, 144])
     )
