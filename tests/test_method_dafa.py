@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from absld.data import Batch, TensorLoader
@@ -108,13 +109,23 @@ def test_dafa_without_reweight_leaves_the_ce_term_unweighted():
     assert hand_loss(method) == pytest.approx(sum(ce) / 2 + 6.0 * sum(boundary) / 2, rel=1e-6)
 
 
-def test_dafa_kl_target_keeps_its_gradient_through_s_of_x():
-    """TRADES differentiates through S(x): with beta only, the input gradient of S(x) is not zero."""
+@pytest.mark.parametrize("detach_target", [False, True])
+def test_dafa_kl_is_differentiated_through_its_target_s_of_x(detach_target):
+    """KL(S(x) || S(x')) with S(x) not detached, as TRADES and the official losses.py:72-73; the
+    detached variant shows that the comparison tells the two apart."""
+    method = dafa(beta=6.0)
+    method.weights = torch.tensor([1.3, 0.9, 0.8], dtype=torch.float64)
     student = FixedAffine(STUDENT_W, STUDENT_B)
     batch, x_adv = hand_batch()
-    out = dafa(beta=1.0).loss(student, batch, x_adv, None)
-    out.loss.backward()
-    assert float(student.linear.weight.grad.abs().sum()) > 0
+    (ours,) = torch.autograd.grad(method.loss(student, batch, x_adv, None).loss, student.linear.weight)
+    logits_nat, logits_adv = student(batch.x), student(x_adv)
+    target = F.softmax(logits_nat, dim=1)
+    target = target.detach() if detach_target else target
+    kl_i = (target * (target.log() - F.log_softmax(logits_adv, dim=1))).sum(1)
+    ce_i = F.cross_entropy(logits_nat, batch.y, reduction="none")
+    expected_loss = (torch.tensor([1.3, 0.8]) * ce_i).mean() + 6.0 * kl_i.mean()
+    (expected,) = torch.autograd.grad(expected_loss, student.linear.weight)
+    assert torch.allclose(ours, expected, atol=1e-6) is (not detach_target)
 
 
 # ----------------------------------------------------------------------------------------------

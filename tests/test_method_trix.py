@@ -170,3 +170,15 @@ def test_the_recipe_is_the_codes_150_epochs():
     assert (cfg.epochs, cfg.weight_decay, cfg.nesterov) == (150, 5e-4, True)
     assert [round(learning_rate(cfg, e), 6) for e in (139, 140, 144, 145, 150)] == [0.1, 0.01, 0.01, 0.001, 0.001]
     assert math.isclose(Params().distill.trix.lam, 1.0) and Params().distill.trix.warmup == 70
+
+
+def test_a_loaded_state_keeps_the_epochs_targeted_counts(monkeypatch):
+    from .test_method_dafa import round_trip
+
+    spy_on_pgd(monkeypatch)
+    straight = trix()
+    straight.perturb(LogOf(), prediction_batch(), None)  # in the middle of an epoch
+    resumed = trix()
+    resumed.load_state_dict(round_trip(straight.state_dict()))
+    log = resumed.on_epoch_end(1)
+    assert log == straight.on_epoch_end(1) and [log[f"targeted/{k}"] for k in range(C)] == [0.0, 0.0, 1.0]
