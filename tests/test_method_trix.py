@@ -182,3 +182,26 @@ def test_a_loaded_state_keeps_the_epochs_targeted_counts(monkeypatch):
     resumed.load_state_dict(round_trip(straight.state_dict()))
     log = resumed.on_epoch_end(1)
     assert log == straight.on_epoch_end(1) and [log[f"targeted/{k}"] for k in range(C)] == [0.0, 0.0, 1.0]
+
+
+def test_the_distill_stage_writes_the_weights_the_similarity_and_their_figure(tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.conftest import profile_params_text
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(profile_params_text("tiny"))
+    params["distill"]["methods"] = ["trix"]  # in the matrix: its outputs go to results/, not the scratch
+    params["distill"]["trix"].update(warmup=1, train={"epochs": None, "weight_decay": None, "nesterov": None,
+                                                      "milestones": None})  # the tiny recipe, 3 epochs
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert CliRunner().invoke(main, ["prepare"]).exit_code == 0
+    result = CliRunner().invoke(main, ["distill", "--method", "trix", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "results" / "distill" / "trix" / "seed0"
+    weights = out.joinpath("weights.csv").read_text().splitlines()
+    assert weights[0] == "epoch,class,w,targeted" and len(weights) == 1 + 3 * 10
+    assert len(out.joinpath("class_similarity.csv").read_text().splitlines()) == 1 + 10 * 10
+    assert (tmp_path / "plots" / "distill" / "trix" / "seed0" / "trix_state.png").is_file()
