@@ -30,6 +30,8 @@ COLORS: dict[str, str] = {
     "frl_rwrm": "#c7a000",
     "cfa": "#8c564b",
     "wat": "#637939",
+    "dafa": "#bcbd22",
+    "trix": "#7b4173",
 }
 """Hex colour of the teacher and of every method of :data:`absld.vocab.METHOD_LABELS`, in table order."""
 

@@ -25,6 +25,8 @@ METHOD_LABELS: dict[str, str] = {
     "frl_rwrm": "FRL-RWRM",
     "cfa": "CFA",
     "wat": "WAT",
+    "dafa": "DAFA",
+    "trix": "TRIX",
 }
 """Every distillation method (params name -> label), in the order tables list them."""
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_LABELS)

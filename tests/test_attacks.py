@@ -483,3 +483,20 @@ def test_pgd_inside_inference_mode_says_to_use_no_grad(task: Task) -> None:
     with torch.inference_mode(), pytest.raises(AttackError) as info:
         pgd(task.model, task.x[:4], ce_loss(task.y[:4]), eps=EPS, step=STEP, steps=1, start="none")
     assert str(info.value) == "pgd needs autograd: call it outside torch.inference_mode() (torch.no_grad() is fine)."
+
+
+def test_pgd_with_a_per_sample_step_moves_each_sample_by_its_own_step():
+    """DAFA's class-wise step: one signed-gradient step of size step_i, inside a wide radius."""
+    x = torch.full((3, 1, 2, 2), 0.5)
+    step = torch.tensor([0.01, 0.02, 0.04])
+    x_adv = pgd(nn.Flatten(), x, lambda logits: logits.sum(1), eps=0.1, step=step, steps=1, start="none")
+    assert (x_adv - x).flatten(1).tolist() == [[pytest.approx(s, abs=1e-6)] * 4 for s in step.tolist()]
+
+
+def test_pgd_refuses_a_per_sample_step_of_the_wrong_shape_or_sign():
+    x = torch.full((3, 1, 2, 2), 0.5)
+    with pytest.raises(AttackError, match="one step per sample"):
+        pgd(nn.Flatten(), x, lambda z: z.sum(1), eps=0.1, step=torch.full((2,), 0.01), steps=1, start="none")
+    with pytest.raises(AttackError, match="per-sample step must be finite and >= 0"):
+        pgd(nn.Flatten(), x, lambda z: z.sum(1), eps=0.1, step=torch.tensor([0.01, -0.01, 0.01]), steps=1,
+            start="none")

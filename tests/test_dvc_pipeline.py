@@ -59,7 +59,7 @@ def dvc_project(project: Path, params_text: str | None = None) -> Path:
     return project
 
 
-TINY_METHODS = ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa", "fair_ard", "fair_iad", "wat")
+TINY_METHODS = ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa", "fair_ard", "fair_iad", "wat", "dafa", "trix")
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         else:
             assert meta["select"] == "val_fair_best" and meta["selection_split"] == "validation"
         assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
-    for method in ("fair_ard", "fair_iad"):  # the class weights after each epoch
+    for method in ("fair_ard", "fair_iad", "dafa", "trix"):  # the class weights after each epoch
         rows = (project / "results" / "distill" / method / "seed0" / "weights.csv").read_text().strip().splitlines()
         assert rows[0] == "epoch,class,w" and len(rows) == 1 + 3 * 10
     for method, state in (("frl_rw", "frl_state"), ("frl_rwrm", "frl_state"), ("cfa", "cfa_state"), ("wat", "wat_state")):

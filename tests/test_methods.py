@@ -26,6 +26,7 @@ from absld.params import (
     ArdConfig,
     AttackConfig,
     CfaConfig,
+    DafaConfig,
     FairArdConfig,
     FairIadConfig,
     FairRsladConfig,
@@ -36,19 +37,21 @@ from absld.params import (
     RsladConfig,
     SatConfig,
     TradesConfig,
+    TrixConfig,
     WatConfig,
 )
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
 DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "fair_ard", "fair_iad", "reweighted_rslad"]
-NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa", "wat"]
+NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa", "wat", "dafa", "trix"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
     "adaad": AdaadConfig, "sat": SatConfig, "trades": TradesConfig,
     "fair_rslad": FairRsladConfig, "fair_ard": FairArdConfig, "fair_iad": FairIadConfig,
     "reweighted_rslad": ReweightedRsladConfig,
     "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig, "wat": WatConfig,
+    "dafa": DafaConfig, "trix": TrixConfig,
 }
 
 
@@ -319,6 +322,8 @@ OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "trades": _trades_objective, "adaad": _adaad_objective,
     "frl_rw": _trades_objective, "frl_rwrm": _trades_objective, "cfa": _trades_objective,  # before any update
     "wat": _trades_objective,
+    "dafa": _trades_objective,  # before the warm-up ends
+    "trix": _trades_objective,  # its targeted samples leave S(x) too
 }
 
 

@@ -29,6 +29,7 @@ SIZES = {  # the keys paper-smoke may change: sizes
     "distill.cfa.train.epochs", "distill.cfa.begin", "distill.cfa.validation.batch_size", "distill.cfa.validation.steps",
     "distill.fair_ard.train.epochs", "distill.fair_iad.train.epochs", "distill.fair_iad.begin",
     "distill.wat.train.epochs", "distill.wat.validation.batch_size", "distill.wat.validation.steps",
+    *(f"distill.{m}.{key}" for m in ("dafa", "trix") for key in ("train.epochs", "warmup")),
     "evaluate.n_samples", "evaluate.batch_size", "evaluate.pgd.steps", "evaluate.cw.steps",
     "analyze.n_bootstrap", "analyze.n_permutations",
 }

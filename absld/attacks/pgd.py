@@ -52,7 +52,7 @@ Start = Literal["uniform", "gaussian", "none"]
 """How PGD picks its first point; see the module docstring."""
 
 
-def _check_budget(eps: float | Tensor, step: float, steps: int) -> None:
+def _check_budget(eps: float | Tensor, step: float | Tensor, steps: int) -> None:
     """Reject budgets that are not numbers of the right sign, with a hint for a usual slip."""
     if isinstance(eps, Tensor):
         _check_sample_eps(eps)
@@ -62,31 +62,36 @@ def _check_budget(eps: float | Tensor, step: float, steps: int) -> None:
         raise AttackError(
             f"eps={eps!r} is larger than the [0, 1] pixel range; write it as a fraction of 255 (8/255, not 8)."
         )
-    if not (isinstance(step, numbers.Real) and math.isfinite(step) and step >= 0):
+    if isinstance(step, Tensor):
+        _check_sample_eps(step, "step")
+    elif not (isinstance(step, numbers.Real) and math.isfinite(step) and step >= 0):
         raise AttackError(f"step={step!r} must be a finite number >= 0 in pixel space (e.g. 2/255).")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise AttackError(f"steps={steps!r} must be an integer >= 0.")
 
 
-def _check_sample_eps(eps: Tensor) -> None:
-    """A per-sample radius: a 1-D tensor of finite values in [0, 1] (checked on the host: once per call)."""
+def _check_sample_eps(eps: Tensor, name: str = "eps") -> None:
+    """A per-sample radius (or step): a 1-D tensor of finite values in [0, 1] (checked on the host:
+    once per call)."""
     if eps.dim() != 1 or not eps.is_floating_point():
-        raise AttackError(f"a per-sample eps must be a 1-D float tensor (B,); got shape {tuple(eps.shape)}, "
+        raise AttackError(f"a per-sample {name} must be a 1-D float tensor (B,); got shape {tuple(eps.shape)}, "
                           f"dtype {eps.dtype}.")
     low, high = (float(eps.min()), float(eps.max())) if len(eps) else (0.0, 0.0)
     if not (math.isfinite(low) and math.isfinite(high) and low >= 0):
-        raise AttackError(f"per-sample eps must be finite and >= 0 in pixel space; got values in [{low}, {high}].")
+        raise AttackError(f"per-sample {name} must be finite and >= 0 in pixel space; got values in [{low}, {high}].")
     if high > 1:
-        raise AttackError(f"per-sample eps up to {high} is larger than the [0, 1] pixel range; write it as a "
+        raise AttackError(f"per-sample {name} up to {high} is larger than the [0, 1] pixel range; write it as a "
                           "fraction of 255.")
 
 
-def _radius(eps: float | Tensor, x: Tensor) -> float | Tensor:
-    """``eps`` broadcastable against ``x``: a float as is, a per-sample (B,) tensor as (B, 1, ..., 1)."""
+def _radius(eps: float | Tensor, x: Tensor, name: str = "eps") -> float | Tensor:
+    """``eps`` (or a step) broadcastable against ``x``: a float as is, a per-sample (B,) tensor as
+    (B, 1, ..., 1)."""
     if not isinstance(eps, Tensor):
         return eps
     if eps.shape != (x.shape[0],):
-        raise AttackError(f"a per-sample eps must have one radius per sample, shape ({x.shape[0]},); "
+        what = "radius" if name == "eps" else name
+        raise AttackError(f"a per-sample {name} must have one {what} per sample, shape ({x.shape[0]},); "
                           f"got {tuple(eps.shape)}.")
     return eps.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
@@ -132,7 +137,7 @@ def pgd(
     loss_fn: LossFn,
     *,
     eps: float | Tensor,
-    step: float,
+    step: float | Tensor,
     steps: int,
     start: Start,
     gauss_std: float = 0.001,
@@ -147,7 +152,8 @@ def pgd(
         loss_fn: ``logits (B, C) -> (B,)`` per-sample loss to maximise (see :mod:`absld.attacks.losses`).
         eps: radius of the L-inf ball, pixel space (8/255 in the papers); or a (B,) tensor, one
             radius per sample (FRL's remargin and CFA's class-wise radii, indexed by the true label).
-        step: size of each signed-gradient step, pixel space (2/255 in the papers).
+        step: size of each signed-gradient step, pixel space (2/255 in the papers); or a (B,)
+            tensor, one step per sample (DAFA's and TRIX's class-wise steps, step x w_{y_i}).
         steps: number of steps (0 returns the projected start point).
         start: ``"uniform"``, ``"gaussian"`` or ``"none"`` (see the module docstring).
         gauss_std: standard deviation of the ``"gaussian"`` start (0.001 in the official code).
@@ -173,6 +179,7 @@ def pgd(
     if noise is not None:
         noise = _check_noise(noise, x, start)
     radius = _radius(eps, x)
+    step_size = _radius(step, x, "step")
     lower, upper = _feasible_box(x, radius)  # computed once, used by every step
     x_adv = _start_point(x, radius, start, gauss_std, noise).detach()
     if steps == 0:
@@ -190,5 +197,5 @@ def pgd(
                     f"loss_fn must return one loss per sample, shape ({x.shape[0]},); got {tuple(loss.shape)}."
                 )
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            x_adv = torch.clamp(x_adv.detach() + step * grad.sign(), lower, upper)
+            x_adv = torch.clamp(x_adv.detach() + step_size * grad.sign(), lower, upper)
     return x_adv

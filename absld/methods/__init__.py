@@ -14,6 +14,7 @@ from .base import ClassAccuracy, MethodBase, MethodContext, StepOutput
 from .cfa import CFA
 from .fair_ard import FairARD
 from .fair_iad import FairIAD
+from .dafa import DAFA
 from .fair_rslad import FairRSLAD
 from .frl import FRLReweight, FRLReweightRemargin
 from .iad import IAD
@@ -21,12 +22,13 @@ from .reweighted_rslad import ReweightedRSLAD
 from .rslad import RSLAD
 from .sat import SAT
 from .trades import TRADES
+from .trix import TRIX
 from .wat import WAT
 
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
     for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, FairARD, FairIAD, ReweightedRSLAD,
-                FRLReweight, FRLReweightRemargin, CFA, WAT)
+                FRLReweight, FRLReweightRemargin, CFA, WAT, DAFA, TRIX)
 }
 
 

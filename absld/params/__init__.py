@@ -23,7 +23,7 @@ from .common import CONF, ConfigError, Device, KLReduction, NonNegInt, Num, Pixe
 from .runtime import RuntimeConfig  # noqa: F401
 from .data import AugmentConfig, DataConfig, SyntheticConfig  # noqa: F401
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig, TrainOverride  # noqa: F401
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DistillWeights, FairArdConfig, FairIadConfig, FairRsladConfig, FrlConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, WatConfig  # noqa: F401
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DafaConfig, DistillWeights, FairArdConfig, FairIadConfig, FairRsladConfig, FrlConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig  # noqa: F401
 from .distill import DistillConfig, SelectEvalConfig  # noqa: F401
 from .teacher import TeacherConfig  # noqa: F401
 from .evaluate import AutoAttackConfig, CwEvalConfig, EvalAttack, EvaluateConfig, FgsmConfig, PgdEvalConfig  # noqa: F401

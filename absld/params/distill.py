@@ -13,7 +13,7 @@ from pydantic import (
 from ..vocab import METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, WatConfig
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DafaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -75,6 +75,8 @@ class DistillConfig(Section):
     frl_rwrm: FrlRwrmConfig = Field(default_factory=FrlRwrmConfig)
     cfa: CfaConfig = Field(default_factory=CfaConfig)
     wat: WatConfig = Field(default_factory=WatConfig)
+    dafa: DafaConfig = Field(default_factory=DafaConfig)
+    trix: TrixConfig = Field(default_factory=TrixConfig)
 
 
     def method_config(self, name: str) -> MethodConfig:

@@ -318,3 +318,43 @@ class WatConfig(MethodConfig):
     @property
     def validates(self) -> bool:
         return True
+
+
+class DafaConfig(MethodConfig):
+    """DAFA (Lee et al., ICLR 2024), as the official code (rucy74/DAFA) runs it: TRADES whose CE term
+    and attack radius and step are scaled per class by weights W computed once, at the end of the
+    warm-up epoch, from the class-wise mean predictions on the training adversarial examples
+    (:mod:`absld.methods.dafa`). Defaults: arguments.py and scripts/trades_dafa.sh at HEAD c60ba83."""
+
+    beta: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 6.0
+    """TRADES weight of the KL term (arguments.py:57)."""
+    warmup: PosInt = 70
+    """The epoch during which the predictions are recorded and after which W is computed (--dafa_warmup)."""
+    lam: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 1.0
+    """Scale of the weight transfer (--dafa_lambda: 1.0 CIFAR-10; 1.5 CIFAR-100 and STL-10)."""
+    weight_rule: Literal["algorithm", "first_release"] = "algorithm"
+    """algorithm: the paper's Algorithm 2 and utils.py at HEAD; first_release: utils.py before 74657cd,
+    whose easier class loses p_k(j) p_j(j) instead of p_j(k) p_k(k)."""
+    reweight: bool = True
+    """W_{y_i} weighs each sample's CE term (the KL term is never weighted, as the code)."""
+    remargin: bool = True
+    """The attack radius and step of a sample are W_{y_i} eps and W_{y_i} step (the class-wise margin)."""
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=110, weight_decay=5e-4, nesterov=True, milestones=[99, 104])
+    )
+    """The code's recipe: 110 epochs, lr 0.1 x 0.1 from epoch 100 and x 0.01 from 105 ("bag_of_tricks"),
+    weight decay 5e-4, Nesterov (train.py:32 negates the --nesterov flag)."""
+
+
+class TrixConfig(DafaConfig):
+    """TRIX (Medi et al., arXiv 2507.07768), as the official code (Fairness-a11y/TRIX) runs it: DAFA
+    whose attack is targeted (towards a random other class, descending CE) for the samples of the
+    batch's strong classes and TRADES' untargeted KL attack for the others (:mod:`absld.methods.trix`).
+    Its per-batch split has no setting of its own: the lam of its batch weights (the code: 1.0) moves
+    no class across the batch mean."""
+
+    train: TrainOverride = Field(
+        default_factory=lambda: TrainOverride(epochs=150, weight_decay=5e-4, nesterov=True, milestones=[139, 144])
+    )
+    """The code's recipe: 150 epochs (arguments.py:32), lr x 0.1 from epoch 140 and x 0.01 from 145,
+    weight decay 5e-4, Nesterov (train.py:20)."""
