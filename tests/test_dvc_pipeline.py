@@ -83,7 +83,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         assert (project / "plots" / "distill" / method / "seed0" / "training.png").stat().st_size > 0
     for method in ("fair_ard", "fair_iad", "dafa", "trix"):  # the class weights after each epoch
         rows = (project / "results" / "distill" / method / "seed0" / "weights.csv").read_text().strip().splitlines()
-        assert rows[0] == "epoch,class,w" and len(rows) == 1 + 3 * 10
+        assert rows[0].startswith("epoch,class,w") and len(rows) == 1 + 3 * 10
     for method, state in (("frl_rw", "frl_state"), ("frl_rwrm", "frl_state"), ("cfa", "cfa_state"), ("wat", "wat_state")):
         rows = (project / "results" / "distill" / method / "seed0" / f"{state}.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + 3 * 10  # measured after each of the 3 epochs (FRL: the first is its hot start)
