@@ -27,6 +27,7 @@ COLORS: dict[str, str] = {
     "frl_rw": "#ff7f0e",
     "frl_rwrm": "#c7a000",
     "cfa": "#8c564b",
+    "b_mtard": "#bcbd22",
 }
 """Hex colour of the teacher and of every method of :data:`absld.vocab.METHOD_LABELS`, in table order."""
 

@@ -22,9 +22,13 @@ METHOD_LABELS: dict[str, str] = {
     "frl_rw": "FRL-RW",
     "frl_rwrm": "FRL-RWRM",
     "cfa": "CFA",
+    "b_mtard": "B-MTARD",
 }
 """Every distillation method (params name -> label), in the order tables list them."""
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_LABELS)
+CLEAN_TEACHER_METHODS: tuple[str, ...] = ("b_mtard",)
+"""The methods that distil from a second, clean (non-robust) teacher besides the robust one
+(params section ``teacher_clean``, DVC stage ``teacher-clean``); their classes say ``uses_clean_teacher``."""
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 DATASET_LABELS: dict[str, str] = {

@@ -10,10 +10,10 @@ from pydantic import (
     model_validator,
 )
 
-from ..vocab import METHOD_NAMES, MethodName
+from ..vocab import CLEAN_TEACHER_METHODS, METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig
+from .methods import AbsldConfig, AdaadConfig, BMtardConfig, ArdConfig, CfaConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -41,7 +41,9 @@ class SelectEvalConfig(EvalAttackConfig):
 
 
 class DistillConfig(Section):
-    methods: Annotated[list[MethodName], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(default_factory=lambda: list(METHOD_NAMES))
+    methods: Annotated[list[MethodName], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(
+        default_factory=lambda: [m for m in METHOD_NAMES if m not in CLEAN_TEACHER_METHODS])
+    """Default: every method but those that need a clean teacher (teacher_clean.source none by default)."""
     student: ModelConfig = Field(default_factory=ModelConfig)
     train_per_class: PosInt | None = None
     """Students train on a stratified subset of the prepared training split, this many images per
@@ -65,15 +67,19 @@ class DistillConfig(Section):
     frl_rw: FrlRwConfig = Field(default_factory=FrlRwConfig)
     frl_rwrm: FrlRwrmConfig = Field(default_factory=FrlRwrmConfig)
     cfa: CfaConfig = Field(default_factory=CfaConfig)
+    b_mtard: BMtardConfig = Field(default_factory=BMtardConfig)
 
 
     def method_config(self, name: str) -> MethodConfig:
-        """Method ``name``'s section, with ABSLD-style beta_milestones: null resolved to the
-        method's own LR milestones (distill.train changed by distill.<name>.train)."""
+        """Method ``name``'s section, with ABSLD-style beta_milestones (and B-MTARD's rate_milestones):
+        null resolved to the method's own LR milestones (distill.train changed by distill.<name>.train)."""
         cfg = getattr(self, name)
         if isinstance(cfg, RiskRuleConfig) and cfg.beta_milestones is None:
             milestones = cfg.train.apply(self.train).milestones
             return cfg.model_copy(update={"beta_milestones": list(milestones)})
+        if isinstance(cfg, BMtardConfig) and cfg.rate_milestones is None:
+            milestones = cfg.train.apply(self.train).milestones
+            return cfg.model_copy(update={"rate_milestones": list(milestones)})
         return cfg
 
     @model_validator(mode="after")
