@@ -271,17 +271,19 @@ def test_temperature_bounds_are_validated():
 # ---------------------------------------------------------------------------------------------------
 # (d) the state survives a resume exactly
 def test_state_round_trip_continues_exactly():
-    method = build()
+    cfg = BMtardConfig(rate_milestones=[1])
+    method = build(cfg)
     step(method, X1, X1_ADV, Y1)
-    method.on_epoch_end(1)
+    method.on_epoch_end(1)  # both rates decayed
     buffer = io.BytesIO()
     torch.save(method.state_dict(), buffer)
     buffer.seek(0)
-    resumed = build()
+    resumed = build(cfg)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert step(resumed, X2, X2_ADV, Y2) == step(method, X2, X2_ADV, Y2)
     assert torch.equal(resumed.weights, method.weights) and torch.equal(resumed.tau, method.tau)
     assert torch.equal(resumed.initial_loss, method.initial_loss)
+    assert (resumed.weight_lr, resumed.temp_lr) == (method.weight_lr, method.temp_lr) == (0.0025, 0.0001)
 
 
 def test_the_initial_losses_are_those_of_the_first_batch_of_the_whole_run():
