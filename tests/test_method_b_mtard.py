@@ -27,7 +27,8 @@ from absld.params import AttackConfig, BMtardConfig, CleanTeacherConfig, ConfigE
 from absld.runtime import Runtime
 from absld.train.loop import fit
 from absld.vocab import CLEAN_TEACHER_METHODS
-from tests.test_stages import invoke, project, set_params  # noqa: F401 - the scratch-project fixture
+from tests.conftest import profile_params_text
+from tests.test_stages import invoke, set_params
 
 C = 3
 CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False)
@@ -283,7 +284,7 @@ def test_state_round_trip_continues_exactly():
     assert step(resumed, X2, X2_ADV, Y2) == step(method, X2, X2_ADV, Y2)
     assert torch.equal(resumed.weights, method.weights) and torch.equal(resumed.tau, method.tau)
     assert torch.equal(resumed.initial_loss, method.initial_loss)
-    assert (resumed.weight_lr, resumed.temp_lr) == (method.weight_lr, method.temp_lr) == (0.0025, 0.0001)
+    assert (resumed.weight_lr, resumed.temp_lr) == (method.weight_lr, method.temp_lr) == pytest.approx((0.0025, 0.0001))
 
 
 def test_the_initial_losses_are_those_of_the_first_batch_of_the_whole_run():
@@ -354,6 +355,14 @@ def test_natural_training_is_cross_entropy_on_the_clean_images():
 
 # ---------------------------------------------------------------------------------------------------
 # the teacher-clean stage and the distill stage
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """A scratch directory with the tiny profile's params.yaml (its data: generated)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(profile_params_text("tiny"))
+    return tmp_path
+
+
 def test_without_a_clean_teacher_the_stage_writes_a_constant_placeholder_and_constant_links(project):
     assert invoke("prepare").exit_code == 0
     assert invoke("teacher", "--clean").exit_code == 0
