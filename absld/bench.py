@@ -121,9 +121,15 @@ def ours_train_step(params: Params, method_name: str, settings: BenchSettings, r
     method_cfg = params.distill.method_config(method_name)
     uses_teacher = METHODS[method_name].uses_teacher
     student, teacher = _models(params, settings, rt, uses_teacher)
+    clean_teacher = None
+    if METHODS[method_name].uses_clean_teacher:  # B-MTARD: a random teacher_clean.model.arch as well
+        spec = DATASET_SPECS[params.data.dataset]
+        clean_teacher = build_model(params.teacher_clean.model.arch, num_classes=spec.num_classes,
+                                    in_channels=spec.image_shape[0])
+        clean_teacher = rt.to_device(clean_teacher).eval().requires_grad_(False)
     method = build_method(method_name, method_cfg, MethodContext(
         num_classes=DATASET_SPECS[params.data.dataset].num_classes, attack=params.distill.attack, teacher=teacher,
-        kl_reduction=params.distill.kl_reduction))
+        clean_teacher=clean_teacher, kl_reduction=params.distill.kl_reduction))
     optimizer = _optimizer(student, params)
     steps = settings.warmup + settings.repeats
     images, labels = random_data(params, settings.batch_size * steps, settings.seed)
@@ -134,7 +140,7 @@ def ours_train_step(params: Params, method_name: str, settings: BenchSettings, r
     batches = _forever(loader)
 
     def step() -> None:
-        out = method_loss(student, method, teacher, next(batches), rt)
+        out = method_loss(student, method, method.logits_teacher, next(batches), rt)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()

@@ -69,6 +69,40 @@ class Layout:
     def teacher_downloads(self) -> Path:
         return self.root / "checkpoints/teacher/downloads"
 
+    # the teacher-clean stage (B-MTARD's second, clean teacher)
+    @property
+    def teacher_clean_checkpoint(self) -> Path:
+        """The clean teacher, or a small constant placeholder when teacher_clean.source is none."""
+        return self.root / "models/teacher_clean.pt"
+
+    @property
+    def teacher_clean_info(self) -> Path:
+        return self.root / "models/teacher_clean.json"
+
+    @property
+    def teacher_clean_results(self) -> Path:
+        return self.root / "results/teacher_clean"
+
+    @property
+    def teacher_clean_resume(self) -> Path:
+        return self.root / "checkpoints/teacher_clean/last.pt"
+
+    @property
+    def teacher_clean_downloads(self) -> Path:
+        return self.root / "checkpoints/teacher_clean/downloads"
+
+    @property
+    def teacher_clean_links(self) -> Path:
+        """One small file per method (:meth:`teacher_clean_of`), written by the teacher-clean stage."""
+        return self.root / "models/teacher_clean_of"
+
+    def teacher_clean_of(self, method: str) -> Path:
+        """What ``method`` distils from besides the robust teacher: the clean teacher's sha256 for a method
+        that uses one, a constant line for every other. Each distill@<method>-<seed> stage depends on its
+        method's file, so a new clean teacher reruns the students that distil from it and no other
+        (dvc.yaml: DVC cannot give one matrix item a dependency that the others lack)."""
+        return self.teacher_clean_links / f"{method}.txt"
+
     # the distill stage
     def student_checkpoint(self, method: str, seed: int) -> Path:
         return self._students_root / "models/students" / method / f"seed{seed}.pt"

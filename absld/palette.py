@@ -32,6 +32,7 @@ COLORS: dict[str, str] = {
     "wat": "#637939",
     "dafa": "#bcbd22",
     "trix": "#7b4173",
+    "b_mtard": "#e7969c",
 }
 """Hex colour of the teacher and of every method of :data:`absld.vocab.METHOD_LABELS`, in table order."""
 

@@ -27,9 +27,13 @@ METHOD_LABELS: dict[str, str] = {
     "wat": "WAT",
     "dafa": "DAFA",
     "trix": "TRIX",
+    "b_mtard": "B-MTARD",
 }
 """Every distillation method (params name -> label), in the order tables list them."""
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_LABELS)
+CLEAN_TEACHER_METHODS: tuple[str, ...] = ("b_mtard",)
+"""The methods that distil from a second, clean (non-robust) teacher besides the robust one
+(params section ``teacher_clean``, DVC stage ``teacher-clean``); their classes say ``uses_clean_teacher``."""
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 DATASET_LABELS: dict[str, str] = {

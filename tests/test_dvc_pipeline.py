@@ -59,7 +59,7 @@ def dvc_project(project: Path, params_text: str | None = None) -> Path:
     return project
 
 
-TINY_METHODS = ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa", "fair_ard", "fair_iad", "wat", "dafa", "trix")
+TINY_METHODS = ("absld", "rslad", "sat", "frl_rw", "frl_rwrm", "cfa", "fair_ard", "fair_iad", "wat", "dafa", "trix", "b_mtard")
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from absld.params import (
     AdaadConfig,
     ArdConfig,
     AttackConfig,
+    BMtardConfig,
     CfaConfig,
     DafaConfig,
     FairArdConfig,
@@ -43,7 +44,8 @@ from absld.params import (
 
 C = 3  # classes in every test here
 B = 2  # samples in the hand-computed cases
-DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "fair_ard", "fair_iad", "reweighted_rslad"]
+DISTILLERS = ["rslad", "absld", "ard", "iad", "adaad", "fair_rslad", "fair_ard", "fair_iad", "reweighted_rslad",
+              "b_mtard"]
 NON_DISTILLERS = ["sat", "trades", "frl_rw", "frl_rwrm", "cfa", "wat", "dafa", "trix"]
 DEFAULT_CONFIGS = {
     "absld": AbsldConfig, "rslad": RsladConfig, "ard": ArdConfig, "iad": IadConfig,
@@ -51,7 +53,7 @@ DEFAULT_CONFIGS = {
     "fair_rslad": FairRsladConfig, "fair_ard": FairArdConfig, "fair_iad": FairIadConfig,
     "reweighted_rslad": ReweightedRsladConfig,
     "frl_rw": FrlRwConfig, "frl_rwrm": FrlRwrmConfig, "cfa": CfaConfig, "wat": WatConfig,
-    "dafa": DafaConfig, "trix": TrixConfig,
+    "dafa": DafaConfig, "trix": TrixConfig, "b_mtard": BMtardConfig,
 }
 
 
@@ -281,16 +283,18 @@ def conv_setup(name: str, seed: int = 0):
     teacher = TinyConv(seed + 100).eval()
     student = TinyConv(seed).eval()
     uses_teacher = METHODS[name].uses_teacher
+    clean_teacher = TinyConv(seed + 200).eval() if METHODS[name].uses_clean_teacher else None
     method = build_method(name, DEFAULT_CONFIGS[name](),
-                          MethodContext(num_classes=C, attack=ATTACK, teacher=teacher if uses_teacher else None))
+                          MethodContext(num_classes=C, attack=ATTACK, teacher=teacher if uses_teacher else None,
+                                        clean_teacher=clean_teacher))
     generator = torch.Generator().manual_seed(seed + 7)
     x = torch.rand(16, 3, 8, 8, generator=generator)
     y = torch.randint(0, C, (16,), generator=generator)
     batch = Batch(x=x, y=y, index=torch.arange(16))
     teacher_logits = None
-    if uses_teacher:
+    if method.logits_teacher is not None:  # as the loop does
         with torch.no_grad():
-            teacher_logits = teacher(x)
+            teacher_logits = method.logits_teacher(x)
     return method, student, teacher, batch, teacher_logits
 
 
@@ -324,6 +328,7 @@ OBJECTIVES: dict[str, Callable[..., Tensor]] = {
     "wat": _trades_objective,
     "dafa": _trades_objective,  # before the warm-up ends
     "trix": _trades_objective,  # its targeted samples leave S(x) too
+    "b_mtard": _ce_objective,
 }
 
 
@@ -393,7 +398,7 @@ def _move_state(name: str, method: MethodBase) -> None:
         method.log = [{"epoch": 1, "class": 0, "tau_adv": 1.0, "tau_nat": 1.0,
                        "risk_adv": 2.0, "risk_nat": 1.0, "beta": 0.1}]
     # every method also accumulates whatever it accumulates during one step
-    teacher = method.teacher
+    teacher = method.logits_teacher
     student = FixedAffine(STUDENT_W, STUDENT_B)
     batch, x_adv = hand_batch()
     teacher_logits = teacher(batch.x).detach() if teacher is not None else None

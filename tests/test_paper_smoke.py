@@ -20,7 +20,8 @@ from tests.conftest import profile_params_text
 from tests.fixtures import write_cifar10
 
 SIZES = {  # the keys paper-smoke may change: sizes
-    "data.val_per_class", "teacher.eval.n_samples", "teacher.eval.batch_size", "teacher.eval.steps",
+    "data.val_per_class", "teacher_clean.train_per_class", "teacher_clean.train.epochs", "teacher_clean.train.batch_size",
+    "teacher.eval.n_samples", "teacher.eval.batch_size", "teacher.eval.steps",
     "distill.train_per_class", "distill.train.epochs", "distill.train.batch_size", "distill.attack.steps",
     "distill.select_eval.n_samples", "distill.select_eval.batch_size", "distill.select_eval.steps",
     "distill.ard.train.epochs", "distill.iad.train.epochs", "distill.adaad.train.epochs",
@@ -70,6 +71,7 @@ def test_the_paper_configuration_runs_end_to_end_on_the_cpu(tmp_path, monkeypatc
     invoke("check")
     invoke("prepare")
     invoke("teacher")
+    invoke("teacher", "--clean")  # B-MTARD's clean teacher (the DVC stage teacher-clean)
     assert json.loads((tmp_path / "models" / "teacher.json").read_text())["sha256"] == params["teacher"]["sha256"]
     for method in params["distill"]["methods"]:
         invoke("distill", "--method", method, "--seed", "0")

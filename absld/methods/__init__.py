@@ -10,6 +10,7 @@ from typing import Any
 from .absld import ABSLD, update_temperatures
 from .adaad import AdaAD
 from .ard import ARD
+from .b_mtard import BMTARD
 from .base import ClassAccuracy, MethodBase, MethodContext, StepOutput
 from .cfa import CFA
 from .fair_ard import FairARD
@@ -18,6 +19,7 @@ from .dafa import DAFA
 from .fair_rslad import FairRSLAD
 from .frl import FRLReweight, FRLReweightRemargin
 from .iad import IAD
+from .natural import Natural
 from .reweighted_rslad import ReweightedRSLAD
 from .rslad import RSLAD
 from .sat import SAT
@@ -28,8 +30,10 @@ from .wat import WAT
 METHODS: dict[str, type[MethodBase]] = {
     cls.name: cls
     for cls in (ABSLD, RSLAD, ARD, IAD, AdaAD, SAT, TRADES, FairRSLAD, FairARD, FairIAD, ReweightedRSLAD,
-                FRLReweight, FRLReweightRemargin, CFA, WAT, DAFA, TRIX)
+                FRLReweight, FRLReweightRemargin, CFA, WAT, DAFA, TRIX, BMTARD)
 }
+"""The student methods, in the vocabulary's order. :class:`Natural` (plain training of B-MTARD's clean
+teacher) is no student method and not listed."""
 
 
 def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
@@ -39,5 +43,5 @@ def build_method(name: str, cfg: Any, ctx: MethodContext) -> MethodBase:
     return METHODS[name](cfg, ctx)
 
 
-__all__ = ["METHODS", "ClassAccuracy", "MethodBase", "MethodContext", "StepOutput", "build_method",
+__all__ = ["METHODS", "ClassAccuracy", "MethodBase", "MethodContext", "Natural", "StepOutput", "build_method",
            "update_temperatures"]

@@ -3,7 +3,7 @@
 A method is only its math. The loop (:mod:`absld.train`) owns batches, optimiser, schedule,
 precision, checkpoints and logging, and calls per batch::
 
-    teacher_logits = teacher(x)                 # clean inputs, eval mode, no grad (if uses_teacher)
+    teacher_logits = logits_teacher(x)          # clean inputs, eval mode, no grad (if any)
     student.train(method.attack_mode == "train")                                  # the authors' BN mode
     x_adv = method.perturb(student, batch, teacher_logits)                        # inner max
     student.train(); out = method.loss(student, batch, x_adv, teacher_logits)    # outer loss
@@ -23,6 +23,10 @@ from ``output_state()``.
 Precision: the student's attack and loss run under ``runtime.amp``; the teacher is handed to the
 method wrapped at its own precision (every pass of it, clean or attacked, float32 unless
 ``distill.teacher_amp``), and ``ctx.validate`` measures in float32 unless ``distill.measure_amp``.
+``logits_teacher`` is the network whose clean-input logits the loop passes: the teacher for every
+single-teacher method; B-MTARD, which distils a second, clean teacher on x and its robust teacher
+on x' only, names its clean teacher (``uses_clean_teacher``; ``ctx.clean_teacher``, made by the DVC
+stage ``teacher-clean``).
 
 ``attack_mode`` is part of a method's definition: the BatchNorm mode of the student while its
 adversarial examples are generated, as in the authors' code. ``"eval"`` (running statistics, left
@@ -76,6 +80,8 @@ class MethodContext:
     num_classes: int
     attack: AttackConfig
     teacher: nn.Module | None = None
+    clean_teacher: nn.Module | None = None
+    """The second, clean (non-robust) teacher of the methods that say ``uses_clean_teacher`` (B-MTARD)."""
     kl_reduction: str = "element_mean"
     student: nn.Module | None = None
     """The model being trained (methods that average or measure it between epochs)."""
@@ -106,6 +112,7 @@ class MethodBase:
 
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = False
+    uses_clean_teacher: ClassVar[bool] = False
     attack_mode: ClassVar[Literal["eval", "train"]] = "eval"
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
@@ -113,6 +120,9 @@ class MethodBase:
         self.ctx = ctx
         if self.uses_teacher and ctx.teacher is None:
             raise ValueError(f"method {self.name!r} distils from a teacher, but none was given")
+        if self.uses_clean_teacher and ctx.clean_teacher is None:
+            raise ValueError(f"method {self.name!r} distils from a clean teacher too, but none was given "
+                             "(MethodContext.clean_teacher; the teacher_clean section of params.yaml)")
 
     def validate(self) -> ClassAccuracy:
         """``ctx.validate`` with the method's ``cfg.validation`` attack; a clear error without one."""
@@ -135,6 +145,16 @@ class MethodBase:
     @property
     def teacher(self) -> nn.Module | None:
         return self.ctx.teacher
+
+    @property
+    def clean_teacher(self) -> nn.Module | None:
+        return self.ctx.clean_teacher
+
+    @property
+    def logits_teacher(self) -> nn.Module | None:
+        """The network whose logits on the clean batch the loop passes to ``perturb``/``loss`` as
+        ``teacher_logits`` (None: none are computed): the teacher, unless a method says otherwise."""
+        return self.teacher
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}

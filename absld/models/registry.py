@@ -7,6 +7,7 @@ from typing import Literal, Protocol
 
 from torch import nn
 
+from absld.models.cifar_resnet import resnet56
 from absld.models.common import ImageClassifier, ModelError
 from absld.models.mobilenet_v2 import mobilenet_v2
 from absld.models.preact_resnet import preact_resnet18
@@ -15,7 +16,7 @@ from absld.models.small_cnn import mini_cnn, small_cnn, tiny_cnn
 from absld.models.wide_resnet import wrn34_10
 
 ModelName = Literal[
-    "resnet18", "preact_resnet18", "mobilenet_v2", "wrn34_10", "small_cnn", "mini_cnn", "tiny_cnn"
+    "resnet18", "preact_resnet18", "mobilenet_v2", "wrn34_10", "resnet56", "small_cnn", "mini_cnn", "tiny_cnn"
 ]
 """The registered architecture names (use in config models so typos fail validation)."""
 
@@ -38,6 +39,7 @@ MODELS: dict[str, ModelConstructor] = {
     "preact_resnet18": preact_resnet18,
     "mobilenet_v2": mobilenet_v2,
     "wrn34_10": wrn34_10,
+    "resnet56": resnet56,
     "small_cnn": small_cnn,
     "mini_cnn": mini_cnn,
     "tiny_cnn": tiny_cnn,

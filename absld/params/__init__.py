@@ -19,13 +19,15 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from typing import Annotated
 
+from ..vocab import CLEAN_TEACHER_METHODS
+
 from .common import CONF, ConfigError, Device, KLReduction, NonNegInt, Num, Pixels, PosInt, Prob, Radius, Section, Selection, TeacherMethod, TeacherSource, TemperatureMode, _distinct, flatten, fraction_of_255  # noqa: F401
 from .runtime import RuntimeConfig  # noqa: F401
 from .data import AugmentConfig, DataConfig, SyntheticConfig  # noqa: F401
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig, TrainOverride  # noqa: F401
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DafaConfig, DistillWeights, FairArdConfig, FairIadConfig, FairRsladConfig, FrlConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig  # noqa: F401
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, BMtardConfig, CfaConfig, DafaConfig, DistillWeights, FairArdConfig, FairIadConfig, FairRsladConfig, FrlConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig  # noqa: F401
 from .distill import DistillConfig, SelectEvalConfig  # noqa: F401
-from .teacher import TeacherConfig  # noqa: F401
+from .teacher import CleanTeacherConfig, TeacherConfig  # noqa: F401
 from .evaluate import AutoAttackConfig, CwEvalConfig, EvalAttack, EvaluateConfig, FgsmConfig, PgdEvalConfig  # noqa: F401
 from .analyze import AnalyzeConfig  # noqa: F401
 
@@ -40,6 +42,7 @@ class Params(Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teacher_clean: CleanTeacherConfig = Field(default_factory=CleanTeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
@@ -51,6 +54,16 @@ class Params(Section):
             raise ValueError(f"distill methods {', '.join(needing)} measure the student on the validation split "
                              "after every epoch, but data.val_per_class is 0; set it > 0 (the official FRL code "
                              "holds out 300 images per class, CFA's 2%)")
+        return self
+
+    @model_validator(mode="after")
+    def _clean_teacher_for_methods_that_need_one(self) -> "Params":
+        needing = [name for name in self.distill.methods if name in CLEAN_TEACHER_METHODS]
+        if needing and self.teacher_clean.source == "none":
+            raise ValueError(f"distill.methods holds {', '.join(needing)}, which distils from a clean teacher too, but "
+                             "teacher_clean.source is none; set teacher_clean.source to train (plain training with "
+                             "teacher_clean.train) or file (teacher_clean.path or .url with teacher_clean.sha256), "
+                             f"or remove {', '.join(needing)} from distill.methods")
         return self
 
 

@@ -17,7 +17,7 @@ from .common import NonNegInt, PosInt, Section, _distinct
 PAPER_BASELINES: tuple[str, ...] = ("rslad", "ard", "iad", "adaad", "sat", "trades", "fair_rslad",
                                      "reweighted_rslad", "frl_rw", "frl_rwrm", "cfa")
 """The baselines of the paper's table."""
-NEWER_BASELINES: tuple[str, ...] = ("fair_ard", "fair_iad", "wat", "dafa", "trix")
+NEWER_BASELINES: tuple[str, ...] = ("fair_ard", "fair_iad", "wat", "dafa", "trix", "b_mtard")
 """The robust-fairness methods a reviewer of a reproduction expects beside them (not in the paper's
 table); with PAPER_BASELINES, conf/config.yaml distill.methods without absld."""
 

@@ -13,7 +13,7 @@ from pydantic import (
 from ..vocab import METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
-from .methods import AbsldConfig, AdaadConfig, ArdConfig, CfaConfig, DafaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig
+from .methods import AbsldConfig, AdaadConfig, ArdConfig, BMtardConfig, CfaConfig, DafaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -41,7 +41,8 @@ class SelectEvalConfig(EvalAttackConfig):
 
 
 class DistillConfig(Section):
-    methods: Annotated[list[MethodName], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(default_factory=lambda: list(METHOD_NAMES))
+    methods: Annotated[list[MethodName], AfterValidator(lambda v: _distinct(v, "methods"))] = Field(
+        default_factory=lambda: list(METHOD_NAMES))
     student: ModelConfig = Field(default_factory=ModelConfig)
     train_per_class: PosInt | None = None
     """Students train on a stratified subset of the prepared training split, this many images per
@@ -77,15 +78,19 @@ class DistillConfig(Section):
     wat: WatConfig = Field(default_factory=WatConfig)
     dafa: DafaConfig = Field(default_factory=DafaConfig)
     trix: TrixConfig = Field(default_factory=TrixConfig)
+    b_mtard: BMtardConfig = Field(default_factory=BMtardConfig)
 
 
     def method_config(self, name: str) -> MethodConfig:
-        """Method ``name``'s section, with ABSLD-style beta_milestones: null resolved to the
-        method's own LR milestones (distill.train changed by distill.<name>.train)."""
+        """Method ``name``'s section, with ABSLD-style beta_milestones (and B-MTARD's rate_milestones):
+        null resolved to the method's own LR milestones (distill.train changed by distill.<name>.train)."""
         cfg = getattr(self, name)
         if isinstance(cfg, RiskRuleConfig) and cfg.beta_milestones is None:
             milestones = cfg.train.apply(self.train).milestones
             return cfg.model_copy(update={"beta_milestones": list(milestones)})
+        if isinstance(cfg, BMtardConfig) and cfg.rate_milestones is None:
+            milestones = cfg.train.apply(self.train).milestones
+            return cfg.model_copy(update={"rate_milestones": list(milestones)})
         return cfg
 
     @model_validator(mode="after")

@@ -358,3 +358,34 @@ class TrixConfig(DafaConfig):
     )
     """The code's recipe: 150 epochs (arguments.py:32), lr x 0.1 from epoch 140 and x 0.01 from 145,
     weight decay 5e-4, Nesterov (train.py:20)."""
+
+
+class BMtardConfig(MethodConfig):
+    """B-MTARD (Zhao, Wang, Wei; TPAMI 2024): distil a clean teacher on x and the robust teacher on x',
+    the two KL terms weighted by loss-ratio-balanced weights and the two teachers' temperatures moved
+    to balance their entropies after every step (:mod:`absld.methods.b_mtard`). The defaults are the
+    official ``resnet18_mtard_cifar10.py`` (zhaoshiji123/MTARD-extension, HEAD 93506d6)."""
+
+    weight_init: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0, lt=1)] = 0.5
+    """The robust (adversarial) term's initial weight; the clean term's is 1 - weight_init (lines 47-50)."""
+    weight_lr: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0, le=1)] = 0.025
+    """Step of the weights towards the normalised loss ratios, every batch (line 83: weight_learn_rate)."""
+    temp_init: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    """Both teachers' initial temperature (lines 90-91)."""
+    temp_lr: Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0)] = 0.001
+    """Step of each temperature per batch, against the sign of the entropy gap (line 84: temp_learn_rate);
+    0: fixed temperatures, i.e. MTARD (ECCV 2022) with temperature temp_init."""
+    temp_min: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 1.0
+    temp_max: Annotated[float, BeforeValidator(_parse_fraction), Field(gt=0)] = 10.0
+    """Each temperature is clamped to [temp_min, temp_max] after each update (lines 93-94, 133-134)."""
+    rate_milestones: list[PosInt] | None = None
+    """Epochs at whose end weight_lr and temp_lr are multiplied by rate_gamma; null: the method's LR
+    milestones (the code decays both with the learning rate, lines 234-238)."""
+    rate_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _temperature_bounds(self) -> "BMtardConfig":
+        if not self.temp_min <= self.temp_init <= self.temp_max:
+            raise ValueError(f"need temp_min <= temp_init <= temp_max, got {self.temp_min}, "
+                             f"{self.temp_init}, {self.temp_max}")
+        return self

@@ -23,6 +23,7 @@ from .loop import FitResult, fit
 from .plots import plot_class_state, plot_training
 from ..figures import plot_temperatures
 from .selection import chosen_weights, selection
+from .teacher_links import recorded_digest
 
 
 def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, code: str,
@@ -36,6 +37,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     train_cfg = method_cfg.train.apply(cfg.train)
     chosen = selection(cfg, method_name, train_cfg, prepared, rt, seed)
     teacher, teacher_sha = _teacher(method_name, prepared, rt, params.data.dataset, layout, cfg.teacher_amp)
+    clean_teacher, clean_sha = _clean_teacher(params, method_name, prepared, rt, layout, cfg.teacher_amp)
     _check_validation_split(method_name, method_cfg, prepared)
     if layout.ad_hoc:
         echo(layout.scratch_note(str(ModelId.student(method_name, seed))))
@@ -44,8 +46,8 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     validate = _validation(student, prepared, rt, seed, cfg.measure_amp) if method_cfg.validates else None
     validation_pass = _validation_pass(student, prepared, rt, seed, cfg.measure_amp) if method_cfg.validates else None
     method = build_method(method_name, method_cfg, MethodContext(
-        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, kl_reduction=cfg.kl_reduction,
-        student=student, validate=validate, validation_pass=validation_pass))
+        num_classes=prepared.num_classes, attack=cfg.attack, teacher=teacher, clean_teacher=clean_teacher,
+        kl_reduction=cfg.kl_reduction, student=student, validate=validate, validation_pass=validation_pass))
     images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "distill.train_per_class")
     loader = data_lib.TensorLoader(
         images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True,
@@ -56,7 +58,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
                      cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction",
                                                           "select", "select_eval"}),
                      params.data.augment.model_dump(), prepared.manifest["sha256"],
-                     prepared.manifest["train_indices"][:50], teacher_sha)
+                     prepared.manifest["train_indices"][:50], teacher_sha, *([clean_sha] if clean_sha else []))
     resume = layout.distill_resume(method_name, seed)
     with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}", config=_run_config(params, method_name, seed),
                  resume=(resume.parent, key), echo=echo) as tracker:
@@ -73,7 +75,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         state, meta = chosen_weights(cfg, method_name, method, result, train_cfg, chosen.rule, echo)
         student.load_state_dict(state)
         _write_student(params, method_name, seed, student, method, result, meta, prepared.class_names,
-                       teacher_sha, tracker, layout)
+                       teacher_sha, tracker, layout, clean_sha)
         tracker.complete()
     echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{meta['select']}' "
          f"(epoch {meta['selected_epoch']}) -> {layout.student_checkpoint(method_name, seed)}")
@@ -156,6 +158,34 @@ def _teacher(method_name: str, prepared: data_lib.Prepared, rt: Runtime, dataset
     return AtPrecision(frozen, rt, bf16=bf16).eval(), sha256_file(path)
 
 
+def _clean_teacher(params: Params, method_name: str, prepared: data_lib.Prepared, rt: Runtime,
+                   layout: Layout, bf16: bool) -> tuple[torch.nn.Module | None, str | None]:
+    """The frozen clean teacher of a method that distils from one (B-MTARD), at the teachers' one
+    precision (float32 unless ``bf16``: distill.teacher_amp), and its sha256, checked against what
+    the teacher-clean stage recorded for the method (its DVC dependency); (None, None) for every
+    other method."""
+    if not METHODS[method_name].uses_clean_teacher:
+        return None, None
+    remake = "run `absld teacher --clean` (or `dvc repro teacher-clean`)"
+    if params.teacher_clean.source == "none":
+        raise StageError(f"{method_name} distils from a clean teacher too, but teacher_clean.source is none; set it to "
+                         f"train or file (teacher_clean.path/url and sha256), then {remake}")
+    path = layout.teacher_clean_checkpoint
+    recorded = recorded_digest(layout, method_name)
+    if not path.is_file() or recorded is None:
+        raise StageError(f"{path} or its record {layout.teacher_clean_of(method_name)} is missing; {remake}")
+    digest = sha256_file(path)
+    if digest != recorded:
+        raise StageError(f"{path} (sha256 {digest[:12]}...) is not the clean teacher recorded in "
+                         f"{layout.teacher_clean_of(method_name)} ({recorded[:12]}...); {remake}")
+    teacher = load_checkpoint(path)
+    check_fits(teacher, num_classes=prepared.num_classes, in_channels=prepared.in_channels,
+               image_shape=prepared.manifest["image_shape"], what=f"the clean teacher {path}",
+               dataset=params.data.dataset, fix=f"make the clean teacher for this dataset ({remake})")
+    frozen = rt.to_device(teacher).eval().requires_grad_(False)
+    return AtPrecision(frozen, rt, bf16=bf16).eval(), digest
+
+
 def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
     """The W&B run's config: this student's settings (:func:`absld.tracking.student_config`)."""
     return {**student_config(params, method_name, seed), "data": params.data.model_dump(mode="json"),
@@ -164,7 +194,7 @@ def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
 
 def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,
                    result: FitResult, selection_meta: dict[str, Any], class_names: list[str],
-                   teacher_sha: str | None, tracker: Tracker, layout: Layout) -> None:
+                   teacher_sha: str | None, tracker: Tracker, layout: Layout, clean_sha: str | None = None) -> None:
     """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures."""
     epochs, chosen_epoch = len(result.history), selection_meta["selected_epoch"]
     results, figures, history = layout.distill_results(method_name, seed), layout.distill_plots(method_name, seed), \
@@ -189,12 +219,15 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
         tracker.log_image(figure, str(png))
     write_json(results / "metrics.json", metrics)
     checkpoint = layout.student_checkpoint(method_name, seed)
+    extra_meta = {"teacher_clean_sha256": clean_sha} if clean_sha else {}
     save_checkpoint(checkpoint, student.cpu(), method=method_name, seed=seed, dataset=params.data.dataset,
-                    teacher_sha256=teacher_sha, **selection_meta)
+                    teacher_sha256=teacher_sha, **extra_meta, **selection_meta)
     tracker.summary({"selected_epoch": chosen_epoch, "select": selection_meta["select"],
                      "selection_on_test_set": selection_meta["selection_on_test_set"],
                      "checkpoint_sha256": sha256_file(checkpoint)})  # what `absld report` selects runs by
     tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [layout.data_dir(params.data.dataset) / "manifest.json"])
     tracker.use_artifact("teacher", "model", [layout.teacher_checkpoint, layout.teacher_info])
+    if clean_sha:
+        tracker.use_artifact("teacher-clean", "model", [layout.teacher_clean_checkpoint, layout.teacher_clean_info])
     tracker.log_artifact(artifact_name(str(ModelId.student(method_name, seed))), "model", [checkpoint],
                          metadata=selection_meta)

@@ -141,7 +141,7 @@ def fit(
         else:
             tqdm.write(f"[{desc}] {ckpt_path} belongs to other params, data or code: starting afresh")
 
-    teacher = method.teacher
+    teacher = method.logits_teacher  # whose clean-input logits the method gets (B-MTARD: its clean teacher)
     say = tqdm.write if rt.is_main else (lambda message: None)  # data-parallel: rank 0 speaks
     loss_model = distributed.wrap(model, rt.device) if rt.world > 1 else None  # after the resume: same weights
     attack_model = model

@@ -1,6 +1,12 @@
 """The teacher stage: train the teacher (PGD-AT or TRADES, resumable) or get it from elsewhere, a
 checkpoint file or URL (sha256-checked) or RobustBench, then check its clean and PGD accuracy.
 
+The teacher-clean stage (``clean=True``) makes B-MTARD's second, clean teacher the same way from
+``teacher_clean`` (plain cross-entropy training, or a checksummed file), into files of its own, so
+that neither teacher is remade when the other's params change. With ``teacher_clean.source: none``
+it writes a small constant placeholder; either way it writes one line per method
+(:meth:`absld.layout.Layout.teacher_clean_of`) that the distill stages depend on.
+
 The imported weights are always loaded into this project's own architecture (strictly, every
 key), so an imported teacher behaves exactly like a trained one downstream. Files are loaded with
 ``torch.load(..., weights_only=True)``: a checkpoint can never run code.
@@ -16,15 +22,16 @@ from torch import nn
 
 from .. import data as data_lib
 from ..attacks.accuracy import class_accuracy, first_n
-from ..params import Params, TeacherConfig
+from ..params import AttackConfig, CleanTeacherConfig, Params, TeacherConfig, TrainConfig
 from ..errors import StageError, UserError
-from ..io import atomic_path, sha256_file, short_hash, write_csv, write_json
+from ..io import atomic_path, sha256_file, short_hash, write_csv, write_json, write_torch
 from ..layout import Layout
-from ..methods import MethodContext, build_method
+from ..methods import MethodContext, Natural, build_method
 from ..models import ModelError, build_model, load_weights, save_checkpoint
 from ..runtime import Runtime, seed_everything, setup
 from ..tracking import Tracker
 from .loop import FitResult, fit
+from .teacher_links import write_links
 
 
 class TeacherImportError(UserError, RuntimeError):
@@ -42,16 +49,16 @@ def _state_dict_from(obj: object, source: str) -> dict:
 
 
 def load_into(arch: str, state_dict: dict, *, num_classes: int, in_channels: int,
-              mean: list[float] | None, std: list[float] | None, source: str) -> nn.Module:
+              mean: list[float] | None, std: list[float] | None, source: str, section: str = "teacher") -> nn.Module:
     model = build_model(arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
     try:
         load_weights(model, state_dict, source=source)
     except ModelError as exc:
-        raise TeacherImportError(f"{exc}; set teacher.model.arch to the checkpoint's architecture") from None
+        raise TeacherImportError(f"{exc}; set {section}.model.arch to the checkpoint's architecture") from None
     return model.eval()
 
 
-def fetch(url: str, directory: Path) -> Path:
+def fetch(url: str, directory: Path, section: str = "teacher") -> Path:
     """Download ``url`` into ``directory`` (atomically) unless it is already there."""
     target = directory / Path(url.split("?")[0]).name
     if target.is_file():
@@ -62,35 +69,35 @@ def fetch(url: str, directory: Path) -> Path:
     except Exception as exc:
         raise TeacherImportError(
             f"cannot download {url} ({exc.__class__.__name__}: {exc}); download it by hand and set "
-            "teacher.path to the file instead of teacher.url"
+            f"{section}.path to the file instead of {section}.url"
         ) from None
     return target
 
 
-def check_sha256(path: Path, expected: str) -> str:
+def check_sha256(path: Path, expected: str, section: str = "teacher") -> str:
     got = sha256_file(path)
     if got != expected.lower():
         raise TeacherImportError(
-            f"{path}: sha256 {got} does not match teacher.sha256 {expected}; the file is not the "
+            f"{path}: sha256 {got} does not match {section}.sha256 {expected}; the file is not the "
             "expected checkpoint (a broken download or other weights). Delete it and fetch it "
-            "again, or correct teacher.sha256 if you meant to use these weights"
+            f"again, or correct {section}.sha256 if you meant to use these weights"
         )
     return got
 
 
 def import_file(path: Path, sha256: str, *, arch: str, num_classes: int, in_channels: int,
-                mean: list[float] | None, std: list[float] | None) -> tuple[nn.Module, str]:
-    """Verify ``path``'s sha256, then load its weights into ``arch``."""
+                mean: list[float] | None, std: list[float] | None, section: str = "teacher") -> tuple[nn.Module, str]:
+    """Verify ``path``'s sha256, then load its weights into ``arch`` (``section``: whose params, for messages)."""
     if not path.is_file():
-        raise TeacherImportError(f"teacher.path {str(path)!r} does not exist")
-    digest = check_sha256(path, sha256)
+        raise TeacherImportError(f"{section}.path {str(path)!r} does not exist")
+    digest = check_sha256(path, sha256, section)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TeacherImportError(f"{path}: cannot be read as a weights-only checkpoint ({exc})") from None
     state = _state_dict_from(obj, str(path))
     return load_into(arch, state, num_classes=num_classes, in_channels=in_channels, mean=mean,
-                     std=std, source=str(path)), digest
+                     std=std, source=str(path), section=section), digest
 
 
 ROBUSTBENCH_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
@@ -126,9 +133,13 @@ def import_robustbench(model_id: str, dataset: str, *, arch: str, num_classes: i
 
 
 def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[str], None],
-                stop_after: int | None = None) -> None:
+                stop_after: int | None = None, clean: bool = False) -> None:
     """Train or import the teacher, check it on the test split and write models/teacher.{pt,json} and
-    results/teacher/ (``code``: the stage's code digest, part of the resume fingerprint)."""
+    results/teacher/ (``code``: the stage's code digest, part of the resume fingerprint); ``clean``:
+    the same for the clean teacher of ``teacher_clean`` (:func:`run_clean_teacher`)."""
+    if clean:
+        run_clean_teacher(params, layout, code=code, echo=echo, stop_after=stop_after)
+        return
     cfg = params.teacher
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
@@ -144,27 +155,92 @@ def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[st
             info.update(method=cfg.method, epochs=len(result.history), seed=cfg.seed)
         else:
             model, result = _import(params, prepared, info, layout), None
-        model = rt.to_device(model).eval()
-        images, labels = first_n(prepared.test_images, prepared.test_labels, cfg.eval.n_samples)
-        acc = class_accuracy(model, images, labels, prepared.num_classes, rt, eps=cfg.eval.eps, step=cfg.eval.step,
-                             steps=cfg.eval.steps, batch_size=cfg.eval.batch_size, seed=None, desc="teacher")
-        metrics = {"clean_acc": acc.clean_total, "pgd_acc": acc.robust_total, "n": acc.n}
-        if cfg.source != "train":
-            _check_published(cfg, metrics)
-        info.update(metrics)
-        info["eval"] = cfg.eval.model_dump(mode="json")
-        save_checkpoint(layout.teacher_checkpoint, model.cpu(),
-                        **{k: v for k, v in info.items() if k not in ("eval", "arch")})
-        write_json(layout.teacher_info, info)
-        write_json(layout.teacher_results / "metrics.json", metrics)
-        write_csv(layout.teacher_results / "train_log.csv", (result.history if result else None) or [{"epoch": 0}])
-        tracker.summary({f"teacher/{k}": v for k, v in metrics.items()})
-        tracker.use_artifact(f"data-{params.data.dataset}", "dataset",
-                             [layout.data_dir(params.data.dataset) / "manifest.json"])
-        tracker.log_artifact("teacher", "model", [layout.teacher_checkpoint, layout.teacher_info], metadata=metrics)
+        metrics = _check_and_write(params, cfg, model, result, info, prepared, rt, tracker, layout, "teacher")
         tracker.complete()
     echo(f"teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, PGD-{cfg.eval.steps} {metrics['pgd_acc']:.2%} "
          f"on {metrics['n']} test images -> {layout.teacher_checkpoint}")
+
+
+def _files(layout: Layout, role: str) -> tuple[Path, Path, Path]:
+    """(checkpoint, info, results folder) of ``role`` (teacher | teacher_clean)."""
+    if role == "teacher":
+        return layout.teacher_checkpoint, layout.teacher_info, layout.teacher_results
+    return layout.teacher_clean_checkpoint, layout.teacher_clean_info, layout.teacher_clean_results
+
+
+def _check_and_write(params: Params, cfg: TeacherConfig | CleanTeacherConfig, model: nn.Module,
+                     result: FitResult | None, info: dict, prepared: data_lib.Prepared, rt: Runtime,
+                     tracker: Tracker, layout: Layout, role: str) -> dict:
+    """Measure ``model`` on the test split (clean and PGD), stop if an imported one is far from its
+    published accuracy, then write its checkpoint, info, metrics and training log; the metrics."""
+    checkpoint, info_path, results = _files(layout, role)
+    model = rt.to_device(model).eval()
+    images, labels = first_n(prepared.test_images, prepared.test_labels, cfg.eval.n_samples)
+    acc = class_accuracy(model, images, labels, prepared.num_classes, rt, eps=cfg.eval.eps, step=cfg.eval.step,
+                         steps=cfg.eval.steps, batch_size=cfg.eval.batch_size, seed=None, desc=role)
+    metrics = {"clean_acc": acc.clean_total, "pgd_acc": acc.robust_total, "n": acc.n}
+    if cfg.source != "train":
+        _check_published(cfg, metrics)
+    info.update(metrics)
+    info["eval"] = cfg.eval.model_dump(mode="json")
+    save_checkpoint(checkpoint, model.cpu(), **{k: v for k, v in info.items() if k not in ("eval", "arch")})
+    write_json(info_path, info)
+    write_json(results / "metrics.json", metrics)
+    write_csv(results / "train_log.csv", (result.history if result else None) or [{"epoch": 0}])
+    tracker.summary({f"{role}/{k}": v for k, v in metrics.items()})
+    tracker.use_artifact(f"data-{params.data.dataset}", "dataset",
+                         [layout.data_dir(params.data.dataset) / "manifest.json"])
+    tracker.log_artifact(role.replace("_", "-"), "model", [checkpoint, info_path], metadata=metrics)
+    return metrics
+
+
+PLACEHOLDER = {"placeholder": "no clean teacher: teacher_clean.source is none"}
+"""The teacher-clean stage's checkpoint when there is no clean teacher: constant bytes, so that nothing
+downstream reruns, and not a model (load_checkpoint refuses it, naming the missing keys)."""
+
+
+def run_clean_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[str], None],
+                      stop_after: int | None = None) -> None:
+    """teacher_clean: train (plain CE) or import B-MTARD's clean teacher, check it on the test split and
+    write models/teacher_clean.{pt,json}, results/teacher_clean/ and models/teacher_clean_of/; with
+    source none, a constant placeholder in their place."""
+    cfg = params.teacher_clean
+    if cfg.source == "none":
+        write_torch(layout.teacher_clean_checkpoint, PLACEHOLDER)
+        write_json(layout.teacher_clean_info, {"source": "none"})
+        write_json(layout.teacher_clean_results / "metrics.json", {"source": "none"})
+        write_csv(layout.teacher_clean_results / "train_log.csv", [{"epoch": 0}])
+        write_links(layout, None)
+        echo(f"teacher_clean.source none: no clean teacher (placeholder {layout.teacher_clean_checkpoint})")
+        return
+    rt = setup(params.runtime)
+    prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
+    info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
+    run_config = params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher_clean"})
+    key = _clean_resume_key(params, prepared, code)
+    resume = (layout.teacher_clean_resume.parent, key) if cfg.source == "train" else None
+    with Tracker(params, "teacher", name="teacher-clean", config=run_config, resume=resume, echo=echo) as tracker:
+        if cfg.source == "train":
+            trained = _fit(params, cfg, Natural(cfg, MethodContext(num_classes=prepared.num_classes, attack=AttackConfig())),
+                           cfg.train, prepared, rt, tracker, layout.teacher_clean_resume, key, echo, stop_after,
+                           "teacher_clean", layout.logs / "teacher_clean.csv")
+            if trained is None:
+                return
+            model, result = trained
+            info.update(method="natural", epochs=len(result.history), seed=cfg.seed)
+        else:
+            model, result = _import_file(cfg, prepared, info, layout.teacher_clean_downloads, "teacher_clean"), None
+        metrics = _check_and_write(params, cfg, model, result, info, prepared, rt, tracker, layout, "teacher_clean")
+        write_links(layout, sha256_file(layout.teacher_clean_checkpoint))
+        tracker.complete()
+    echo(f"clean teacher ({cfg.source}): clean {metrics['clean_acc']:.2%}, PGD-{cfg.eval.steps} "
+         f"{metrics['pgd_acc']:.2%} on {metrics['n']} test images -> {layout.teacher_clean_checkpoint}")
+
+
+def _clean_resume_key(params: Params, prepared: data_lib.Prepared, code: str) -> str:
+    """The fingerprint of the clean teacher's resumable training (its checkpoint and its W&B run)."""
+    return short_hash(code, "teacher_clean", params.teacher_clean.model_dump(mode="json", exclude={"eval"}),
+                      params.data.augment.model_dump(), prepared.manifest["sha256"], prepared.manifest["train_indices"][:50])
 
 
 def _resume_key(params: Params, prepared: data_lib.Prepared, code: str) -> str:
@@ -177,23 +253,30 @@ def _train(params: Params, prepared: data_lib.Prepared, rt: Runtime, tracker: Tr
            echo: Callable[[str], None], stop_after: int | None) -> tuple[torch.nn.Module, FitResult] | None:
     """teacher.source train: PGD-AT or TRADES, resumable; None when stopped before the last epoch."""
     cfg = params.teacher
+    method_cfg = getattr(cfg, cfg.method)
+    method = build_method(cfg.method, method_cfg, MethodContext(num_classes=prepared.num_classes, attack=cfg.attack))
+    return _fit(params, cfg, method, method_cfg.train.apply(cfg.train), prepared, rt, tracker, layout.teacher_resume,
+                _resume_key(params, prepared, code), echo, stop_after, "teacher", layout.logs / "teacher.csv",
+                desc=f"teacher/{cfg.method}")
+
+
+def _fit(params: Params, cfg: TeacherConfig | CleanTeacherConfig, method, train_cfg: TrainConfig,
+         prepared: data_lib.Prepared, rt: Runtime, tracker: Tracker, checkpoint: Path, key: str,
+         echo: Callable[[str], None], stop_after: int | None, section: str, timings_log: Path,
+         desc: str | None = None) -> tuple[torch.nn.Module, FitResult] | None:
+    """Train a fresh ``cfg.model`` with ``method`` (resumable from ``checkpoint``); None when stopped early."""
     seed_everything(cfg.seed)
     mean, std = (prepared.mean, prepared.std) if cfg.model.normalize else (None, None)
     model = rt.to_device(build_model(cfg.model.arch, num_classes=prepared.num_classes,
                                      in_channels=prepared.in_channels, mean=mean, std=std))
-    method_cfg = getattr(cfg, cfg.method)
-    train_cfg = method_cfg.train.apply(cfg.train)
-    method = build_method(cfg.method, method_cfg, MethodContext(num_classes=prepared.num_classes, attack=cfg.attack))
-    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, "teacher.train_per_class")
+    images, labels = prepared.training_subset(cfg.train_per_class, params.data.split_seed, f"{section}.train_per_class")
     loader = data_lib.TensorLoader(
         images, labels, batch_size=train_cfg.batch_size, device=rt.device, shuffle=True, drop_last=False,
         crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip, seed=cfg.seed,
         channels_last=rt.channels_last,
     )
-    result = fit(model, method, loader, train_cfg, rt, checkpoint=layout.teacher_resume,
-                 fingerprint=_resume_key(params, prepared, code),
-                 on_epoch=tracker.log, stop_after=stop_after, desc=f"teacher/{cfg.method}",
-                 timings_log=layout.logs / "teacher.csv")
+    result = fit(model, method, loader, train_cfg, rt, checkpoint=checkpoint, fingerprint=key,
+                 on_epoch=tracker.log, stop_after=stop_after, desc=desc or section, timings_log=timings_log)
     if not rt.is_main:  # data-parallel training: the process of rank 0 evaluates and writes
         return None
     if len(result.history) < train_cfg.epochs:
@@ -206,12 +289,9 @@ def _import(params: Params, prepared: data_lib.Prepared, info: dict, layout: Lay
     """teacher.source file or robustbench: the checksummed weights in our architecture (``info`` gets
     where they came from and their sha256)."""
     cfg = params.teacher
-    mean, std = (prepared.mean, prepared.std) if cfg.model.normalize else (None, None)
     shape = dict(num_classes=prepared.num_classes, in_channels=prepared.in_channels)
     if cfg.source == "file":
-        path = fetch(cfg.url, layout.teacher_downloads) if cfg.url else Path(cfg.path)
-        model, digest = import_file(path, cfg.sha256, arch=cfg.model.arch, mean=mean, std=std, **shape)
-        info.update(file=str(cfg.url or cfg.path), sha256=digest)
+        model = _import_file(cfg, prepared, info, layout.teacher_downloads, "teacher")
     else:
         model, digest = import_robustbench(cfg.robustbench_id, params.data.dataset, arch=cfg.model.arch,
                                            model_dir=layout.teacher_downloads, **shape)
@@ -219,7 +299,18 @@ def _import(params: Params, prepared: data_lib.Prepared, info: dict, layout: Lay
     return model
 
 
-def _check_published(cfg: TeacherConfig, metrics: dict) -> None:
+def _import_file(cfg: TeacherConfig | CleanTeacherConfig, prepared: data_lib.Prepared, info: dict,
+                 downloads: Path, section: str) -> torch.nn.Module:
+    """source file: ``cfg.path`` or ``cfg.url`` (downloaded into ``downloads``), sha256-checked, in ``cfg.model``."""
+    mean, std = (prepared.mean, prepared.std) if cfg.model.normalize else (None, None)
+    path = fetch(cfg.url, downloads, section) if cfg.url else Path(cfg.path)
+    model, digest = import_file(path, cfg.sha256, arch=cfg.model.arch, num_classes=prepared.num_classes,
+                                in_channels=prepared.in_channels, mean=mean, std=std, section=section)
+    info.update(file=str(cfg.url or cfg.path), sha256=digest)
+    return model
+
+
+def _check_published(cfg: TeacherConfig | CleanTeacherConfig, metrics: dict) -> None:
     """An imported teacher far from its published clean accuracy stops the stage (nothing written)."""
     if cfg.published_clean_acc is None:
         return
