@@ -9,8 +9,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from absld.params import load_profile
 from pipeline.cli import main
-from tests.conftest import profile_params_text
+from tests.conftest import REPO, profile_params_text
 
 
 @pytest.fixture()
@@ -374,13 +375,14 @@ def test_a_colour_teacher_for_a_grey_student_is_refused_before_training(gray_pro
     assert files(gray_project) == before
 
 
+TINY_METHODS = load_profile("tiny", conf=REPO / "conf").distill.methods  # the project fixture's profile
 MISSING_STUDENT_CASES = [  # (model id, words of the one-line hint, words it must not hold)
     ("absld/seed0", ["absld distill --method absld --seed 0", "dvc repro distill@absld-0"], ["scratch"]),
     ("absld/seed7", ["seed 7 is not in seeds [0]", "absld distill --method absld --seed 7",
                      "dvc exp run -S profile=tiny -S 'seeds=[0,7]'", str(Path("scratch/models/students/absld/seed7.pt"))],
      ["distill@"]),
-    ("trades/seed0", ["method trades is not in distill.methods [absld, rslad, sat, frl_rw, frl_rwrm, cfa]",
-                      "-S 'distill.methods=[absld,rslad,sat,frl_rw,frl_rwrm,cfa,trades]'",
+    ("trades/seed0", [f"method trades is not in distill.methods [{', '.join(TINY_METHODS)}]",
+                      f"-S 'distill.methods=[{','.join(TINY_METHODS)},trades]'",
                       "absld distill --method trades --seed 0"], ["distill@", "seeds="]),
 ]
 

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from torch import Tensor, nn
 
@@ -261,7 +262,7 @@ def test_the_defaults_are_the_official_scripts():
     cfg = Params().distill.b_mtard
     assert (cfg.weight_init, cfg.weight_lr, cfg.temp_init, cfg.temp_lr, cfg.temp_min, cfg.temp_max, cfg.rate_gamma) == (
         0.5, 0.025, 1.0, 0.001, 1.0, 10.0, 0.1)
-    assert Params().teacher_clean.model.arch == "resnet56" and Params().teacher_clean.source == "none"
+    assert Params().teacher_clean.model.arch == "resnet56" and Params().teacher_clean.source == "train"
 
 
 def test_temperature_bounds_are_validated():
@@ -308,9 +309,9 @@ def test_b_mtard_needs_both_teachers_and_the_vocabulary_says_so():
 
 def test_the_check_refuses_b_mtard_without_a_clean_teacher_and_accepts_it_with_one():
     with pytest.raises(ConfigError, match="teacher_clean.source is none"):
-        parse_params({"distill": {"methods": ["rslad", "b_mtard"]}})
+        parse_params({"distill": {"methods": ["rslad", "b_mtard"]}, "teacher_clean": {"source": "none"}})
     parse_params({"distill": {"methods": ["rslad", "b_mtard"]}, "teacher_clean": {"source": "train"}})
-    assert "b_mtard" not in Params().distill.methods
+    assert "b_mtard" in Params().distill.methods and Params().teacher_clean.source == "train"  # the paper's DAG
 
 
 def test_a_clean_teacher_from_a_file_needs_its_checksum():
@@ -363,7 +364,14 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+def without_b_mtard(project) -> None:
+    """The tiny profile without B-MTARD and without a clean teacher."""
+    methods = [m for m in yaml.safe_load((project / "params.yaml").read_text())["distill"]["methods"] if m != "b_mtard"]
+    set_params(project, **{"teacher_clean.source": "none", "distill.methods": methods})
+
+
 def test_without_a_clean_teacher_the_stage_writes_a_constant_placeholder_and_constant_links(project):
+    without_b_mtard(project)
     assert invoke("prepare").exit_code == 0
     assert invoke("teacher", "--clean").exit_code == 0
     first = {p.name: p.read_bytes() for p in sorted((project / "models").rglob("*")) if p.is_file()}
@@ -405,6 +413,7 @@ def test_a_trained_clean_teacher_is_recorded_for_b_mtard_alone_and_b_mtard_disti
 
 
 def test_distilling_b_mtard_without_a_clean_teacher_says_how_to_get_one(project):
+    without_b_mtard(project)  # then trained ad hoc
     assert invoke("prepare").exit_code == 0
     save_checkpoint(project / "models/teacher.pt", build_model("tiny_cnn", num_classes=10, in_channels=3))
     result = invoke("distill", "--method", "b_mtard", "--seed", "0")
