@@ -203,7 +203,7 @@ def test_tiny_profile_runs_the_dag_through_dvc_exp_run(tmp_path):
         values = chart["content"]["data"]["values"]
         assert {v["rev"] for v in values} == {"HEAD", "beta-half"}, name
     classwise = plots["plots/analyze/classwise/pgd.csv"][0]["content"]
-    assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", "ABSLD", "RSLAD", "SAT", "FRL-RW", "FRL-RWRM", "CFA"}
+    assert {v["model"] for v in classwise["data"]["values"]} == {"Teacher", *(METHOD_LABELS[m] for m in TINY_METHODS)}
     assert [layer["encoding"]["yOffset"]["field"] for layer in classwise["spec"]["layer"]] == ["model", "model"]
     assert classwise["facet"]["column"]["field"] == "panel" and "row" not in classwise["facet"]  # revisions side by side
     assert {"lo", "hi", "attack"} <= set(classwise["data"]["values"][0])
