@@ -190,6 +190,13 @@ def test_the_cifar100_profile_holds_out_cfas_official_validation_split():
     assert load_profile("paper", conf=REPO / "conf").data.val_per_class == 100
 
 
+def test_dafa_and_trix_take_their_codes_cifar100_lambda():
+    """rucy74/DAFA arguments.py:62 (and TRIX's fork): --dafa_lambda 1.0 on CIFAR-10, 1.5 on CIFAR-100."""
+    for name in ("dafa", "trix"):
+        assert getattr(load_profile("cifar100", conf=REPO / "conf").distill, name).lam == 1.5
+        assert getattr(load_profile("paper", conf=REPO / "conf").distill, name).lam == 1.0
+
+
 @pytest.mark.parametrize("profile, classes", [("cifar100", 100), ("tinyimagenet", 200)])
 def test_cfas_weight_average_starts_in_the_many_class_profiles(profile, classes):
     """With 100 or 200 classes the worst validation class's PGD accuracy is 0 (25 images each), so
