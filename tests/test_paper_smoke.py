@@ -21,6 +21,7 @@ from tests.fixtures import write_cifar10
 
 SIZES = {  # the keys paper-smoke may change: sizes
     "data.val_per_class", "teacher_clean.train_per_class", "teacher_clean.train.epochs", "teacher_clean.train.batch_size",
+    "teacher_clean.eval.n_samples", "teacher_clean.eval.batch_size", "teacher_clean.eval.steps",
     "teacher.eval.n_samples", "teacher.eval.batch_size", "teacher.eval.steps",
     "distill.train_per_class", "distill.train.epochs", "distill.train.batch_size", "distill.attack.steps",
     "distill.select_eval.n_samples", "distill.select_eval.batch_size", "distill.select_eval.steps",
