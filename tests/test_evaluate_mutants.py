@@ -657,6 +657,27 @@ def test_protocol_precision_needs_evaluate_amp_and_an_autocast(amp: bool, availa
     assert cascade.protocol(cfg_of(amp=amp), available)["precision"] == precision
 
 
+@pytest.mark.parametrize(("amp", "tf32", "precision"), [
+    (False, True, "tf32"), (True, True, "bf16-autocast"), (False, False, "float32")])
+def test_protocol_says_tf32_where_the_float32_passes_run_as_tf32(amp: bool, tf32: bool, precision: str) -> None:
+    assert cascade.protocol(cfg_of(amp=amp), True, tf32=tf32)["precision"] == precision
+
+
+def test_tf32_is_active_only_on_cuda_with_torchs_tf32_switches_on(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert not cascade.tf32_active(torch.device("cpu"))
+    assert cascade.tf32_active(torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    matmul = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: set and restored by hand
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert not cascade.tf32_active(torch.device("cuda"))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert cascade.tf32_active(torch.device("cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def test_protocol_default_assumes_autocast_is_available() -> None:
     assert cascade.protocol(cfg_of(amp=True))["precision"] == "bf16-autocast"
 

@@ -71,17 +71,30 @@ def _check_budget(eps: float | Tensor, step: float | Tensor, steps: int) -> None
 
 
 def _check_sample_eps(eps: Tensor, name: str = "eps") -> None:
-    """A per-sample radius (or step): a 1-D tensor of finite values in [0, 1] (checked on the host:
-    once per call)."""
+    """A per-sample radius (or step): a 1-D float tensor (checked on the host: shape and dtype) of
+    finite values in [0, 1] (checked on the device, without waiting for it: a per-sample radius
+    comes from a method's class-wise state in every training step, and reading its values on the
+    host would stall the GPU once per step. On the CPU a bad value raises here; on CUDA it fails
+    the step with the same message at the next synchronisation)."""
     if eps.dim() != 1 or not eps.is_floating_point():
         raise AttackError(f"a per-sample {name} must be a 1-D float tensor (B,); got shape {tuple(eps.shape)}, "
                           f"dtype {eps.dtype}.")
-    low, high = (float(eps.min()), float(eps.max())) if len(eps) else (0.0, 0.0)
-    if not (math.isfinite(low) and math.isfinite(high) and low >= 0):
-        raise AttackError(f"per-sample {name} must be finite and >= 0 in pixel space; got values in [{low}, {high}].")
-    if high > 1:
-        raise AttackError(f"per-sample {name} up to {high} is larger than the [0, 1] pixel range; write it as a "
-                          "fraction of 255.")
+    _assert_on_device(torch.isfinite(eps).all() & (eps >= 0).all(),
+                      f"per-sample {name} must be finite and >= 0 in pixel space.")
+    _assert_on_device((eps <= 1).all(), f"per-sample {name} larger than 1 is outside the [0, 1] pixel range; "
+                                        "write it as a fraction of 255.")
+
+
+def _assert_on_device(condition: Tensor, message: str) -> None:
+    """Fail with ``message`` unless ``condition`` (a 0-d bool tensor) holds, without a host sync:
+    ``torch._assert_async`` (an :class:`AttackError` on the CPU, where it is checked at once)."""
+    if condition.device.type != "cpu":
+        torch._assert_async(condition, message)
+        return
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise AttackError(message) from None
 
 
 def _radius(eps: float | Tensor, x: Tensor, name: str = "eps") -> float | Tensor:

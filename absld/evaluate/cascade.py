@@ -128,16 +128,25 @@ def _package_version(distribution: str) -> str | None:
         return None
 
 
-def protocol(cfg: EvaluateConfig, autocast_available: bool = True) -> dict[str, Any]:
+def tf32_active(device: torch.device) -> bool:
+    """Whether float32 convolutions and matmuls on ``device`` run as TF32 (CUDA, unless
+    runtime.deterministic switched it off: :func:`absld.runtime.setup`)."""
+    return device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+def protocol(cfg: EvaluateConfig, autocast_available: bool = True, tf32: bool = False) -> dict[str, Any]:
     """How the records of ``cfg`` are made: everything but the model that can change a verdict.
 
     ``autocast_available``: whether the runtime has bf16 autocast at all (``Runtime.amp``: CUDA with
     runtime.amp); ``precision`` is ``bf16-autocast`` only when both it and evaluate.amp are on.
-    Keys: ``precision`` (``float32`` | ``bf16-autocast``), ``cascade``, ``seed``, ``eps`` (fraction), ``attacks`` (evaluate.attacks) and, per
+    ``tf32``: whether the float32 passes run their convolutions and matmuls as TF32 (CUDA's
+    default here, :func:`tf32_active`): ``precision`` is then ``tf32``, not ``float32`` (10 mantissa
+    bits in the products; a verdict near the decision boundary can differ from a true float32 one).
+    Keys: ``precision`` (``float32`` | ``tf32`` | ``bf16-autocast``), ``cascade``, ``seed``, ``eps`` (fraction), ``attacks`` (evaluate.attacks) and, per
     attack in it, its settings (``fgsm``, ``pgd``, ``cw``, ``aa``; ``aa`` adds ``package_version`` of
     its backend and ``standard``: whether it is the standard AutoAttack). JSON-able, stable key order.
     """
-    precision = "bf16-autocast" if cfg.amp and autocast_available else "float32"
+    precision = "bf16-autocast" if cfg.amp and autocast_available else ("tf32" if tf32 else "float32")
     out: dict[str, Any] = {"precision": precision, "cascade": cfg.cascade, "seed": cfg.seed, "eps": float(cfg.eps),
                            "attacks": list(cfg.attacks)}
     for attack in cfg.attacks:
@@ -392,4 +401,4 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt:
     correct[WORST] = robust_to_all
     return Records(model=desc, index=np.arange(n, dtype=np.int64), y=np.asarray(labels, dtype=np.int64),
                    correct=correct, eps=float(cfg.eps), cascade=cfg.cascade, seconds=seconds,
-                   protocol=protocol(cfg, rt.amp), evaluated=evaluated)
+                   protocol=protocol(cfg, rt.amp, tf32_active(rt.device)), evaluated=evaluated)

@@ -22,7 +22,7 @@ from ..runtime import Runtime, setup
 from ..tracking import Tracker, artifact_name, class_key, student_config
 from ..vocab import ModelId
 from ..attacks.accuracy import first_n
-from .cascade import evaluate_model, protocol, summarize_records
+from .cascade import evaluate_model, protocol, summarize_records, tf32_active
 from .plots import plot_classwise
 from .progress import EvalProgress
 from .records import Records
@@ -56,7 +56,7 @@ def run_evaluate(params: Params, model_id: str, layout: Layout, *, code: str, ec
               "evaluate": cfg.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "runtime": params.runtime.model_dump(mode="json"), "checkpoint_sha256": checkpoint_sha}
     key = short_hash(code, model_id, checkpoint_sha, prepared.manifest["sha256"], cfg.model_dump(mode="json"),
-                     protocol(cfg, rt.amp), params.runtime.model_dump(mode="json"), str(rt.device))
+                     protocol(cfg, rt.amp, tf32_active(rt.device)), params.runtime.model_dump(mode="json"), str(rt.device))
     progress = EvalProgress(layout.eval_resume(model_id), key, every_seconds=progress_every)
     progress.load()
     with Tracker(params, "evaluate", name=f"evaluate-{model_id}", config=config,

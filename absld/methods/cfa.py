@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from ..attacks import ce_loss, kl_to_target, pgd
 from ..data import Batch
+from .risk import class_sums
 from ..distributed import all_reduce_sum
 from .base import Artefacts, MethodBase, StepOutput
 from .losses import kl
@@ -116,8 +117,8 @@ class CFA(MethodBase):
             out = StepOutput(loss, logits_adv=logits_adv, logits_nat=logits_nat,
                              stats={"loss_natural": ce.mean().detach(), "loss_robust": boundary.mean().detach()})
         hits = (logits_adv.detach().argmax(1) == batch.y).float()  # t_k: train mode, before the update
-        self.correct.index_add_(0, batch.y, hits)
-        self.count.index_add_(0, batch.y, torch.ones_like(hits))
+        self.correct += class_sums(hits, batch.y, len(self.count))
+        self.count += class_sums(torch.ones_like(hits), batch.y, len(self.count))
         return out
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

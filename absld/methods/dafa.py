@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from ..attacks import LossFn, kl_to_target, pgd
 from ..data import Batch
+from .risk import class_sums
 from ..distributed import all_reduce_sum
 from .base import Artefacts, MethodBase, StepOutput, per_class_rows
 from .losses import kl
@@ -150,8 +151,8 @@ class DAFA(MethodBase):
         """Add the train-mode adversarial predictions (B, C) to their true classes' sums."""
         if self.prob_sum.device != y.device:
             self.prob_sum, self.count = self.prob_sum.to(y.device), self.count.to(y.device)
-        self.prob_sum.index_add_(0, y, adv_probs.float())
-        self.count.index_add_(0, y, torch.ones_like(y, dtype=self.count.dtype))
+        self.prob_sum += class_sums(adv_probs.float(), y, len(self.count))
+        self.count += class_sums(torch.ones_like(y, dtype=self.count.dtype), y, len(self.count))
 
     # ---- between epochs
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

@@ -130,7 +130,8 @@ class FRLReweight(MethodBase):
             return pgd(student, batch.x, kl_to_target(natural_probs), eps=attack.eps, step=attack.step,
                        steps=attack.steps, start="gaussian")
         eps = self._on(batch.y.device)[2][batch.y]  # (B,) eps_{y_i}
-        step = float(eps.max()) / 4 if self.cfg.step_rule == "max_eps_quarter" else attack.step
+        # the batch's largest radius over 4, as a (B,) tensor: no host read of it in the step
+        step = (eps.amax() / 4).expand_as(eps) if self.cfg.step_rule == "max_eps_quarter" else attack.step
         return pgd(student, batch.x, kl_to_target(natural_probs), eps=eps, step=step, steps=attack.steps,
                    start="gaussian")
 

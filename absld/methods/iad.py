@@ -11,6 +11,9 @@ teacher can be trusted on each adversarial example::
 as in TRADES. Both KL terms are summed over the classes and averaged over the batch (batchmean),
 as the official ``IAD-I.py`` computes them, whatever ``distill.kl_reduction`` says: that switch is
 for the methods whose reference code takes the element mean.)
+From epoch ``begin + 1`` on, the introspection term and its natural forward S(x) run in every
+step (the branch is the epoch's, not the batch's): a batch on which the teacher gave P_T(y|x') = 1
+exactly to every sample adds a zero term then, where a value-dependent branch would skip S(x).
 Two hooks serve Fair-IAD (:mod:`absld.methods.fair_iad`): :meth:`IAD.sample_weights` (per-sample
 weights on both terms; None here) and :attr:`IAD.trust_beta` (the exponent of a_i).
 """
@@ -50,9 +53,13 @@ class IAD(MethodBase):
         """Per-sample loss weights (B,), or None for unweighted (IAD)."""
         return None
 
+    def introspecting(self) -> bool:
+        """Whether the epoch being trained is after ``begin`` (the introspection term is in the loss)."""
+        return self.epoch > self.cfg.begin
+
     def reliability(self, x_adv: Tensor, y: Tensor) -> Tensor:
         """``a_i = P_T(y_i | x'_i) ** beta`` (B,) once introspection has begun, else ones."""
-        if self.epoch <= self.cfg.begin:
+        if not self.introspecting():
             return torch.ones(len(y), device=y.device)
         with torch.no_grad():
             teacher_adv_probs = F.softmax(self.teacher(x_adv).float(), dim=1)  # (B, C)
@@ -67,7 +74,8 @@ class IAD(MethodBase):
         distill = t * t * weighted_kl(soft_labels(teacher_logits, t), student_adv / t, weight, reduction)
         trust = self.reliability(x_adv, batch.y)  # (B,)
         stats = {"kl_adv": distill.detach(), "teacher_trust": trust.mean().detach()}
-        if bool((trust < 1).any()):
+        if self.introspecting():  # decided by the epoch, never by the values: no host read, and under
+            # data-parallel training every process takes the same branch (SyncBatchNorm's collectives)
             student_nat = student(batch.x).float()  # (B, C)
             distrust = 1 - trust if weight is None else (1 - trust) * weight  # (B,)
             introspection = weighted_kl(F.softmax(student_nat, dim=1), student_adv, distrust, reduction)

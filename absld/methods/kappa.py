@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..attacks import LossFn, Start, pgd
 from ..data import Batch
+from .risk import class_sums
 from ..distributed import all_reduce_sum
 from .base import Artefacts, per_class_rows
 
@@ -99,8 +100,8 @@ class KappaReweighting:
     def _accumulate(self, kappa: Tensor, y: Tensor) -> None:
         if self.kappa_sum.device != y.device:
             self.kappa_sum, self.count = self.kappa_sum.to(y.device), self.count.to(y.device)
-        self.kappa_sum.index_add_(0, y, kappa)
-        self.count.index_add_(0, y, torch.ones_like(kappa))
+        self.kappa_sum += class_sums(kappa, y, len(self.count))
+        self.count += class_sums(torch.ones_like(kappa), y, len(self.count))
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         logs = super().on_epoch_end(epoch)  # type: ignore[misc]

@@ -6,6 +6,19 @@ import torch
 from torch import Tensor
 
 
+def class_sums(values: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """``out[k] = sum_{i : y_i = k} values[i]``: (C,) for values (B,), (C, K) for values (B, K).
+
+    In the values' dtype and bit-reproducible on every device: a one-hot mask times the values,
+    summed over the batch by one reduction, where ``index_add_`` adds with atomics on CUDA (its
+    order, and so its last bits, change from run to run). No host sync, no matmul (which TF32 or
+    an enclosing autocast would round)."""
+    hot = (y[:, None] == torch.arange(num_classes, device=y.device)).to(values.dtype)  # (B, C)
+    if values.dim() == 1:
+        return (hot * values[:, None]).sum(0)
+    return (hot[:, :, None] * values[:, None, :]).sum(0)
+
+
 class ClassRisk:
     """``R[k] = sum_{i in epoch, y_i = k} loss_i`` (no grad), reset each epoch."""
 
@@ -19,7 +32,7 @@ class ClassRisk:
             self.total = torch.zeros(self.num_classes, device=loss.device)
         elif self.total.device != loss.device:
             self.total = self.total.to(loss.device)
-        self.total.index_add_(0, y, loss)
+        self.total += class_sums(loss, y, self.num_classes)
 
     def value(self) -> Tensor:
         """The sums so far; under data-parallel training, over every process's share (a collective:

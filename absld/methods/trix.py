@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..attacks import LossFn
 from ..data import Batch
+from .risk import class_sums
 from ..distributed import all_reduce_sum
 from .dafa import DAFA, class_similarity, dafa_weights
 from .base import StepOutput
@@ -57,8 +58,8 @@ DIAGONAL_FLOOR = 1e-8
 def strong_samples(natural_probs: Tensor, y: Tensor, num_classes: int, rule: str = "algorithm") -> Tensor:
     """(B,) bool: the samples TRIX attacks with a target, those whose class has a batch weight
     V_{y_i} below the batch's sample mean of V_{y_i}; ``natural_probs`` (B, C) clean predictions."""
-    prob_sum = torch.zeros(num_classes, num_classes, device=y.device).index_add_(0, y, natural_probs.float())
-    count = torch.zeros(num_classes, device=y.device).index_add_(0, y, torch.ones_like(y, dtype=torch.float))
+    prob_sum = class_sums(natural_probs.float(), y, num_classes)  # (C, C)
+    count = class_sums(torch.ones_like(y, dtype=torch.float), y, num_classes)  # (C,)
     similarity = class_similarity(prob_sum, count) + DIAGONAL_FLOOR * torch.eye(num_classes, device=y.device)
     batch_weights = dafa_weights(similarity, 1.0, rule)[y]  # (B,) V_{y_i}; any lam > 0 splits alike
     return batch_weights < batch_weights.mean()
@@ -106,8 +107,8 @@ class TRIX(DAFA):
     def _count(self, targeted: Tensor, y: Tensor) -> None:
         if self.seen.device != y.device:
             self.targeted_sum, self.seen = self.targeted_sum.to(y.device), self.seen.to(y.device)
-        self.targeted_sum.index_add_(0, y, targeted.float())
-        self.seen.index_add_(0, y, torch.ones_like(y, dtype=self.seen.dtype))
+        self.targeted_sum += class_sums(targeted.float(), y, len(self.seen))
+        self.seen += class_sums(torch.ones_like(y, dtype=self.seen.dtype), y, len(self.seen))
         self._targeted_fraction = targeted.float().mean()
 
     def loss(self, student: nn.Module, batch: Batch, x_adv: Tensor,

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from ..attacks import kl_to_target, pgd
 from ..data import Batch
+from .risk import class_sums
 from .base import Artefacts, StepOutput
 from .losses import kl
 from .trades import TRADES
@@ -141,7 +142,7 @@ class WAT(TRADES):
                                     (logits_adv.argmax(1) == y).float()]).double()  # (4, B)
                 if not sums:
                     sums.append(torch.zeros(4, num_classes, dtype=torch.float64, device=y.device))
-                sums[0].index_add_(1, y, rows)
+                sums[0] += class_sums(rows.T, y, num_classes).T
 
         self.validation_pass(measure_batch)
         totals = sums[0].cpu() if sums else torch.zeros(4, num_classes, dtype=torch.float64)
