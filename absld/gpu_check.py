@@ -523,13 +523,18 @@ def part_busy(ctx: Context, sink: dict[str, Any], budget: Budget) -> None:
 
 
 def _device_intervals(prof: Any) -> list[tuple[float, float, str]]:
-    """(start_us, end_us, name) of every device-side event (kernels, memcpy, memset) in the profile."""
+    """(start_us, end_us, name) of every device-side event (kernels, memcpy, memset) in the profile;
+    not the ``gpu_user_annotation`` ranges that record_function (e.g. the optimiser's) projects onto the
+    device timeline: they span gaps between kernels."""
     from torch.autograd import DeviceType
 
     out = []
     for event in prof.events():
-        if getattr(event, "device_type", None) == DeviceType.CUDA:
-            out.append((float(event.time_range.start), float(event.time_range.end), str(event.name)))
+        if getattr(event, "device_type", None) != DeviceType.CUDA or getattr(event, "is_user_annotation", False):
+            continue
+        if "annotation" in str(getattr(event, "activity_type", None) or ""):
+            continue
+        out.append((float(event.time_range.start), float(event.time_range.end), str(event.name)))
     return out
 
 

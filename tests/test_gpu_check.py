@@ -149,3 +149,19 @@ def test_phases_are_the_times_between_consecutive_marks():
     events = [(m, Event(t)) for m, t in zip(marks, step1)] + [(m, Event(t)) for m, t in zip(marks, step2)]
     assert gpu_check._phases(events) == {"attack": 10, "backward": 6, "loss": 1.5, "optimizer": 1, "rest": 1,
                                          "teacher": 2.5}
+
+
+def test_busy_time_counts_device_kernels_not_cpu_ops_nor_annotations():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(device, start, end, name="k", annotation=False, activity="kernel"):
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end), name=name,
+                               is_user_annotation=annotation, activity_type=activity)
+
+    prof = SimpleNamespace(events=lambda: [
+        event(DeviceType.CUDA, 0, 4), event(DeviceType.CPU, 0, 100, "aten::conv2d"),
+        event(DeviceType.CUDA, 0, 50, "Optimizer.step#SGD.step", activity="gpu_user_annotation"),
+        event(DeviceType.CUDA, 0, 50, "user range", annotation=True), event(DeviceType.CUDA, 10, 12, "memcpy")])
+    assert gpu_check._device_intervals(prof) == [(0.0, 4.0, "k"), (10.0, 12.0, "memcpy")]
