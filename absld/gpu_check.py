@@ -385,7 +385,7 @@ def part_bench(ctx: Context, sink: dict[str, Any], budget: Budget) -> None:
     rows = sink.setdefault("rows", [])
 
     def on_result(kind: str, name: str, row: dict[str, Any]) -> None:
-        rows.append({"kind": kind, "name": name, "row": _jsonable(dict(row))})
+        rows.append({"kind": kind, "name": name, "row": _jsonable(row)})
         budget.check()
 
     sink["bench"] = _jsonable(bench.run_bench(params, methods, settings, on_result))
@@ -664,7 +664,8 @@ def part_sharing(ctx: Context, sink: dict[str, Any], budget: Budget) -> None:
         budget.check()
         rows = _run_workers(config, count)
         span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
-        runs[str(count)] = {"aggregate_img_s": sum(r["images"] for r in rows) / span,
+        images = sum(r["images"] for r in rows)
+        runs[str(count)] = {"aggregate_img_s": images / span, "images": images,
                             "per_process_img_s": [r["images"] / r["seconds"] for r in rows], "span_s": span}
     if "1" in runs:
         alone = runs["1"]["aggregate_img_s"]
@@ -865,8 +866,9 @@ def table(report: dict[str, Any]) -> str:
              f"{'part':<10} {'status':<8} {'s':>6}  figures"]
     for name, entry in report["parts"].items():
         figures = _headline(name, entry.get("result") or {})
-        status = entry["status"] + (f": {entry['reason']}" if entry["status"] == "skipped" else "")
-        lines.append(f"{name:<10} {status:<8} {entry['seconds']:>6.1f}  {figures[0] if figures else ''}")
+        if entry["status"] == "skipped":
+            figures = [f"({entry['reason']})"]
+        lines.append(f"{name:<10} {entry['status']:<8} {entry['seconds']:>6.1f}  {figures[0] if figures else ''}")
         lines += [f"{'':<27}{line}" for line in figures[1:]]
         if entry["status"] in ("cut", "error"):
             lines.append(f"{'':<27}{entry['status']}: {entry['reason']}")
@@ -884,9 +886,11 @@ def _headline(name: str, result: dict[str, Any]) -> list[str]:
         train = (result.get("bench") or {}).get("train_step")
         if train is None:
             train = {r["name"]: r["row"] for r in result.get("rows", []) if r["kind"] == "train_step"}
+        if not isinstance(train, dict):
+            return []
         return [f"{method:<16} " + "  ".join(f"{k} {num(v)}" for k, v in row.items()
                                              if isinstance(v, (int, float)) and not isinstance(v, bool))
-                for method, row in train.items()]
+                for method, row in train.items() if isinstance(row, dict)]
     if name == "busy" and "busy_fraction" in result:
         phases = ", ".join(f"{k} {v:.1f}" for k, v in result.get("phases_ms", {}).items())
         return [f"busy {100 * result['busy_fraction']:.0f} % of {1e3 * result['wall_s_per_step']:.1f} ms/step, "

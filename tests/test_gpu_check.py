@@ -18,6 +18,7 @@ def invoke(args: list[str]):
     return CliRunner().invoke(main, ["gpu-check", *args])
 
 
+@pytest.mark.slow  # about 20 s on two quiet cores (the sharing part starts three worker processes)
 def test_the_cpu_smoke_run_writes_every_part_and_prints_the_table(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the profiles are conf/profile/*.yaml of the project
     out = tmp_path / "gpu.json"
@@ -36,7 +37,8 @@ def test_the_cpu_smoke_run_writes_every_part_and_prints_the_table(tmp_path, monk
     assert bench["bench"]["train_step"]["absld"] == bench["rows"][0]["row"]
     sharing = report["parts"]["sharing"]["result"]["runs"]
     assert set(sharing) == {"1", "2"} and len(sharing["2"]["per_process_img_s"]) == 2
-    assert all(run["aggregate_img_s"] > 0 for run in sharing.values())
+    assert all(run["aggregate_img_s"] == pytest.approx(run["images"] / run["span_s"]) for run in sharing.values())
+    assert sharing["2"]["images"] == 2 * sharing["1"]["images"] > 0
     precision = report["parts"]["precision"]["result"]
     assert set(precision["attacks"]) == {"pgd@8/255", "cw@8/255"}
     for row in precision["attacks"].values():
@@ -45,7 +47,7 @@ def test_the_cpu_smoke_run_writes_every_part_and_prints_the_table(tmp_path, monk
     soft = precision["soft_labels"]["tiny_cnn"]
     assert soft["tau"] == 0.5 and soft["kl_mean"] >= 0 and 0 < soft["max_abs_prob_diff"] < 0.1
     lines = result.output.splitlines()
-    assert any(line.startswith("matmul") and "skipped: needs CUDA" in line for line in lines)
+    assert any(line.startswith("matmul") and "skipped" in line and "(needs CUDA)" in line for line in lines)
     assert any(line.startswith("bench") and "ours_img_s" in line for line in lines)
     assert any("2 processes:" in line and "img/s in all" in line for line in lines)
     assert any("pgd@8/255: fp32" in line for line in lines) and lines[-1] == f"-> {out}"
@@ -54,7 +56,7 @@ def test_the_cpu_smoke_run_writes_every_part_and_prints_the_table(tmp_path, monk
 def test_without_cuda_it_stops_with_one_line_saying_it_needs_a_gpu(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    result = invoke(["--output", str(tmp_path / "gpu.json")])
+    result = invoke(["--part", "matmul", "--output", str(tmp_path / "gpu.json")])
     assert result.exit_code == 1 and "needs a CUDA GPU" in result.output and "--cpu-smoke" in result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "gpu.json").exists()
 
@@ -68,13 +70,14 @@ def test_a_budget_of_zero_cuts_every_part_before_it_starts(tmp_path, monkeypatch
     assert {name: p["status"] for name, p in parts.items()} == {
         "matmul": "skipped", "bench": "cut", "busy": "skipped", "graph": "skipped", "sharing": "cut", "precision": "cut"}
     assert all(p["seconds"] < 1 and p["result"] == {} for name, p in parts.items())
+    assert all(parts[name]["reason"] == "needs CUDA" for name in gpu_check.CUDA_ONLY)
     assert "cut: budget of 0 s reached" in result.output
 
 
 def test_a_part_that_overruns_its_budget_is_cut_and_keeps_what_it_measured(monkeypatch):
     def slow_part(ctx, sink, budget):
         sink["first"] = 1.0
-        while True:  # never checks its budget: the alarm must stop it
+        for _ in range(500):  # 5 s, never checking its budget: the alarm must stop it
             time.sleep(0.01)
 
     def failing_part(ctx, sink, budget):
@@ -165,3 +168,21 @@ def test_busy_time_counts_device_kernels_not_cpu_ops_nor_annotations():
         event(DeviceType.CUDA, 0, 50, "Optimizer.step#SGD.step", activity="gpu_user_annotation"),
         event(DeviceType.CUDA, 0, 50, "user range", annotation=True), event(DeviceType.CUDA, 10, 12, "memcpy")])
     assert gpu_check._device_intervals(prof) == [(0.0, 4.0, "k"), (10.0, 12.0, "memcpy")]
+
+
+def test_the_soft_label_shift_is_the_kl_from_fp32_to_bf16_at_tau():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    x = torch.randn(10, 6) * 3
+    ctx = SimpleNamespace(device=torch.device("cpu"), scale=SimpleNamespace(precision_batch=3))
+    shift = gpu_check._soft_label_shift(model, x, 0.5, ctx)
+    with torch.no_grad():
+        p32 = torch.softmax(model(x) / 0.5, dim=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            p16 = torch.softmax(model(x).float() / 0.5, dim=1)
+    kl = (p32 * (p32.log() - p16.log())).sum(dim=1)
+    assert shift["kl_mean"] == pytest.approx(float(kl.mean()), rel=1e-2) and shift["kl_max"] == pytest.approx(float(kl.max()), rel=1e-2)
+    assert shift["max_abs_prob_diff"] == pytest.approx(float((p32 - p16).abs().max()), rel=1e-2)
+    assert shift["kl_mean"] > 0 and shift["tau"] == 0.5
