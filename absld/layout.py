@@ -191,3 +191,8 @@ class Layout:
     @property
     def bench_json(self) -> Path:
         return self.root / "results/bench.json"
+
+    @property
+    def gpu_check_json(self) -> Path:
+        """``absld gpu-check``'s figures (not a DVC output: times differ on every run)."""
+        return self.root / "results/gpu_check.json"
