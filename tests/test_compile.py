@@ -225,3 +225,52 @@ def test_every_methods_compiled_step_fits_the_variant_budget_and_attacks_without
     assert graphs[0] == graphs[1] <= compiled.VARIANTS_PER_SIZE
     attack_backward = [shapes for phase, shapes in recorder.backward if phase == "attack"]
     assert attack_backward and all([s for s in shapes if s is not None] == [(16, 3, 16, 16)] for shapes in attack_backward)
+
+
+def attack_flops(arch: str, batch: int, frozen_weights: bool) -> tuple[float, float]:
+    """FLOPs per image of one PGD step on ``arch`` (eval mode, 32x32 inputs) compiled as the training
+    loop's attack compiles it (``frozen_weights``) or with the weights requiring grad (as before):
+    ``torch.utils.flop_counter`` over the AOT forward and backward graphs as they run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from absld.attacks.losses import ce_loss
+    from absld.attacks.pgd import pgd
+
+    flops = {"forward": 0, "backward": 0}
+
+    def counting(kind):
+        def compiler(gm, example_inputs):
+            gm.real_recompile() if hasattr(gm, "real_recompile") else None
+
+            def run(args):
+                with FlopCounterMode(display=False) as counter:
+                    out = gm.forward(*args)  # not gm(...): the counter's module hooks trip on a graph module
+                flops[kind] += counter.get_total_flops()
+                return out
+
+            run._boxed_call = True
+            return run
+        return compiler
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, in_channels=3).eval()
+    student = torch.compile(model, backend=aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward")),
+                            dynamic=False, fullgraph=True)
+    attack = compiled.FrozenParameters(student) if frozen_weights else student
+    x, y = torch.rand(batch, 3, 32, 32), torch.arange(batch) % 10
+    pgd(attack, x, ce_loss(y), eps=8 / 255, step=2 / 255, steps=1, start="uniform")
+    torch._dynamo.reset()
+    return flops["forward"] / batch, flops["backward"] / batch
+
+
+@pytest.mark.parametrize("arch", ["tiny_cnn", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_the_compiled_attacks_backward_costs_one_forward_where_weight_gradients_cost_two(arch):
+    """``pytest -s -k costs_one_forward`` prints the GFLOP per image and attack step (docs/speed.md)."""
+    forward, backward = attack_flops(arch, 2, frozen_weights=True)
+    forward_before, backward_before = attack_flops(arch, 2, frozen_weights=False)
+    print(f"\n{arch}: forward {forward / 1e9:.3f} GFLOP/image/step; backward {backward_before / 1e9:.3f} "
+          f"with the weights' gradients, {backward / 1e9:.3f} without")
+    assert forward == forward_before > 0
+    assert backward == pytest.approx(forward, rel=0.02)  # the input gradient: about one forward
+    assert backward_before == pytest.approx(2 * forward, rel=0.02)  # + the weight gradients: one more
