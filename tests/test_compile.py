@@ -274,3 +274,13 @@ def test_the_compiled_attacks_backward_costs_one_forward_where_weight_gradients_
     assert forward == forward_before > 0
     assert backward == pytest.approx(forward, rel=0.02)  # the input gradient: about one forward
     assert backward_before == pytest.approx(2 * forward, rel=0.02)  # + the weight gradients: one more
+
+
+def test_the_budget_is_an_error_without_fullgraph_too(recorder):
+    """The loss of data-parallel training is compiled without fullgraph (DDP's graph): there the
+    recompile limit alone must stop a fall-back to eager."""
+    budgeted = compiled.Budgeted(torch.compile(torch.nn.Linear(3, 2), backend="aot_eager", dynamic=False),
+                                 limit=1, what="one")
+    budgeted(torch.rand(4, 3))
+    with pytest.raises(CompileError, match="more than 1 compiled variants"):
+        budgeted(torch.rand(5, 3))

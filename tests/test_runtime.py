@@ -59,3 +59,18 @@ def test_a_bad_cpu_bf16_is_one_line_naming_the_value_and_what_is_allowed(value):
     message = str(info.value)
     assert "runtime.cpu_bf16" in message and repr(value) in message and "true, false or auto" in message
     assert "\n" not in message
+
+
+def test_on_cuda_cpu_bf16_is_ignored_and_the_cpu_not_probed(monkeypatch):
+    def probe():
+        raise AssertionError("the CPU was probed")
+
+    monkeypatch.setattr(absld.runtime, "cpu_has_native_bf16", probe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:  # setup sets these on CUDA
+        rt = setup(RuntimeConfig(device="cuda", cpu_bf16="auto", amp=False, channels_last=False))
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert rt.device.type == "cuda" and (rt.amp, rt.channels_last) == (False, False)
