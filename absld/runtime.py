@@ -44,6 +44,12 @@ class Runtime:
             return self.autocast()
         return torch.autocast(device_type=self.device.type, enabled=False)
 
+    def resolved(self) -> dict[str, object]:
+        """What the runtime settings came to on this machine (``runtime.cpu_bf16: auto`` included),
+        for a stage's W&B config."""
+        return {"device": str(self.device), "bf16_autocast": self.amp, "channels_last": self.channels_last,
+                "compile": self.compile, "world": self.world}
+
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
         if self.channels_last:
@@ -71,6 +77,18 @@ def progress_enabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: AVX512-BF16 or AMX-BF16, as torch's own CPU
+    feature detection reports them (``torch.cpu.get_capabilities()``)."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_cpu_bf16(value: bool | str) -> bool:
+    """``runtime.cpu_bf16`` for this machine: ``auto`` is :func:`cpu_has_native_bf16`."""
+    return cpu_has_native_bf16() if value == "auto" else bool(value)
+
+
 class DeviceError(UserError, RuntimeError):
     """The requested device cannot be used."""
 
@@ -92,6 +110,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         if use_cuda:
             torch.cuda.set_device(device)
         rank, world = distributed.init(device.type)
+    cpu_bf16 = False if use_cuda else resolve_cpu_bf16(cfg.cpu_bf16)
     if use_cuda:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -102,8 +121,8 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     return Runtime(
         device=device,
-        amp=bool(cfg.amp if use_cuda else cfg.cpu_bf16),
-        channels_last=bool(cfg.channels_last if use_cuda else cfg.cpu_bf16),
+        amp=bool(cfg.amp) if use_cuda else cpu_bf16,
+        channels_last=bool(cfg.channels_last) if use_cuda else cpu_bf16,
         progress=progress_enabled(),
         nan_policy=cfg.nan_policy,
         compile=cfg.compile,

@@ -379,14 +379,23 @@ def test_pgd_reports_the_logits_of_every_step_before_its_update():
 
 
 def test_pgd20_under_bf16_autocast_is_as_strong_as_in_float32(task: Task) -> None:
-    """The bf16 path (runtime.amp, evaluate.amp) must not weaken the attack: PGD-20 robust accuracy
-    of a fixed trained model under CPU bf16 autocast is within 0.5 points of float32 on 1,000 images
-    (same random starts, verdicts in float32), while bf16 does change the adversarial examples."""
+    """The bf16 path (runtime.amp, evaluate.amp; on the CPU runtime.cpu_bf16, which
+    ``cpu_bf16: auto`` turns on where the CPU has native bf16) must not weaken the attack: PGD-20
+    robust accuracy of a fixed trained model under exactly that runtime (bf16 autocast, model and
+    inputs channels_last) is within 0.5 points of float32 on 1,000 images (same random starts,
+    verdicts in float32), while bf16 does change the adversarial examples."""
+    from absld.params import RuntimeConfig
+    from absld.runtime import setup
+
     x, y = task.x, task.y
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
     fp32 = pgd(task.model, x, ce_loss(y), eps=EPS, step=STEP, steps=20, start="uniform", noise=noise)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        bf16 = pgd(task.model, x, ce_loss(y), eps=EPS, step=STEP, steps=20, start="uniform", noise=noise)
+    fast = setup(RuntimeConfig(device="cpu", cpu_bf16=True))
+    assert fast.amp and fast.channels_last
+    model = fast.to_device(copy.deepcopy(task.model))
+    with fast.autocast():
+        bf16 = pgd(model, x.contiguous(memory_format=torch.channels_last), ce_loss(y), eps=EPS, step=STEP,
+                   steps=20, start="uniform", noise=noise.contiguous(memory_format=torch.channels_last))
     assert not torch.equal(fp32, bf16)  # the autocast really ran the attack in bf16
     robust_fp32, robust_bf16 = accuracy(task.model, fp32, y), accuracy(task.model, bf16, y)
     assert 0.05 < robust_fp32 < accuracy(task.model, x, y)  # the attack bites but does not saturate

@@ -60,7 +60,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
                      params.data.augment.model_dump(), prepared.manifest["sha256"],
                      prepared.manifest["train_indices"][:50], teacher_sha, *([clean_sha] if clean_sha else []))
     resume = layout.distill_resume(method_name, seed)
-    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}", config=_run_config(params, method_name, seed),
+    with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}", config=_run_config(params, method_name, seed, rt),
                  resume=(resume.parent, key), echo=echo) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=resume,
                      fingerprint=key, select_fn=chosen.score, select_epochs=chosen.epochs,
@@ -186,10 +186,11 @@ def _clean_teacher(params: Params, method_name: str, prepared: data_lib.Prepared
     return AtPrecision(frozen, rt, bf16=bf16).eval(), digest
 
 
-def _run_config(params: Params, method_name: str, seed: int) -> dict[str, Any]:
-    """The W&B run's config: this student's settings (:func:`absld.tracking.student_config`)."""
+def _run_config(params: Params, method_name: str, seed: int, rt: Runtime) -> dict[str, Any]:
+    """The W&B run's config: this student's settings (:func:`absld.tracking.student_config`) and
+    what the runtime settings came to on this machine (``runtime.cpu_bf16: auto``'s choice)."""
     return {**student_config(params, method_name, seed), "data": params.data.model_dump(mode="json"),
-            "runtime": params.runtime.model_dump(mode="json")}
+            "runtime": params.runtime.model_dump(mode="json"), "runtime_resolved": rt.resolved()}
 
 
 def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,

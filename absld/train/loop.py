@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import distributed
+from . import compiled
 from ..params import TrainConfig
 from ..data import Batch, TensorLoader
 from ..io import write_csv, write_torch
@@ -82,6 +83,13 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def sgd_implementation(device: torch.device) -> dict[str, bool]:
+    """SGD's kernel by device: on CUDA ``fused=True`` (one kernel for every parameter's update; torch
+    documents fused SGD for CUDA tensors of floating dtypes); elsewhere torch's default (on the CPU,
+    the per-parameter loop), so CPU runs stay bit-identical to the plain ``torch.optim.SGD``."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def fit(
     model: nn.Module,
     method: MethodBase,
@@ -118,7 +126,7 @@ def fit(
     """
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, **sgd_implementation(rt.device),
     )
     result = FitResult(history=[], final_state={})
     start_epoch = 1
@@ -128,6 +136,8 @@ def fit(
         if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # the saved groups carry the saving device's kernel choice
+                group.update({"foreach": None, "fused": None, **sgd_implementation(rt.device)})
             method.load_state_dict(state["method"])
             set_rng_state(state["rng"])
             result.history = list(state["history"])
@@ -145,9 +155,9 @@ def fit(
     say = tqdm.write if rt.is_main else (lambda message: None)  # data-parallel: rank 0 speaks
     loss_model = distributed.wrap(model, rt.device) if rt.world > 1 else None  # after the resume: same weights
     attack_model = model
-    if rt.compile:  # runtime.compile: one compiled module for the attack, one for the loss (DDP's, if any)
-        attack_model = torch.compile(model)
-        loss_model = torch.compile(loss_model) if loss_model is not None else attack_model
+    if rt.compile:  # runtime.compile: the attack's and the loss's views of one compiled student (compiled.py)
+        sizes = compiled.batch_sizes(len(loader.labels), loader.batch_size, loader.drop_last, rt.world)
+        attack_model, loss_model = compiled.compile_student(model, loss_model, sizes)
     trained_here = 0
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stop_after is not None and trained_here >= stop_after:

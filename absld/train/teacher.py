@@ -144,7 +144,8 @@ def run_teacher(params: Params, layout: Layout, *, code: str, echo: Callable[[st
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
     info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
-    run_config = params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher"})
+    run_config = {**params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher"}),
+                  "runtime_resolved": rt.resolved()}  # e.g. what runtime.cpu_bf16: auto came to here
     resume = (layout.teacher_resume.parent, _resume_key(params, prepared, code)) if cfg.source == "train" else None
     with Tracker(params, "teacher", config=run_config, resume=resume, echo=echo) as tracker:
         if cfg.source == "train":
@@ -216,7 +217,8 @@ def run_clean_teacher(params: Params, layout: Layout, *, code: str, echo: Callab
     rt = setup(params.runtime)
     prepared = data_lib.load_prepared(layout.data_dir(params.data.dataset))
     info: dict = {"source": cfg.source, "arch": cfg.model.arch, "dataset": params.data.dataset}
-    run_config = params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher_clean"})
+    run_config = {**params.model_dump(mode="json", include={"profile", "runtime", "data", "teacher_clean"}),
+                  "runtime_resolved": rt.resolved()}  # e.g. what runtime.cpu_bf16: auto came to here
     key = _clean_resume_key(params, prepared, code)
     resume = (layout.teacher_clean_resume.parent, key) if cfg.source == "train" else None
     with Tracker(params, "teacher", name="teacher-clean", config=run_config, resume=resume, echo=echo) as tracker:
