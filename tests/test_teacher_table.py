@@ -221,8 +221,8 @@ def test_the_distill_stage_writes_the_same_bytes_with_and_without_the_cached_tab
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(profile_params_text("tiny"))
-    set_params(tmp_path, **{"distill.teacher_logits": "table", "distill.train.epochs": 1,
-                            "distill.select": "last"})
+    set_params(tmp_path, **{"distill.teacher_logits": "table", "distill.train.epochs": 1, "distill.select": "last",
+                            "data.augment.crop_padding": 1, "teacher.train.epochs": 1, "teacher.train.milestones": []})
     assert invoke("prepare").exit_code == 0 and invoke("teacher").exit_code == 0
     runs, outputs = [], []
     for _ in range(2):
@@ -240,3 +240,16 @@ def test_the_distill_stage_writes_the_same_bytes_with_and_without_the_cached_tab
     named = [str(path) for stage in stages.values() for key in ("deps", "outs")
              for entry in stage.get(key, []) for path in (entry if isinstance(entry, dict) else [entry])]
     assert named and not [path for path in named if path.startswith("scratch")]
+
+
+def test_with_a_table_the_teacher_never_runs_during_rslad_training():
+    images, labels = _images(32, size=12)
+    teacher = _teacher()
+    loader = TensorLoader(images, labels, batch_size=16, shuffle=True, crop_padding=1, flip=True, seed=0)
+    table = build_table(teacher, loader, num_classes=4)
+    calls: list[int] = []
+    teacher.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    ctx = MethodContext(num_classes=4, attack=AttackConfig(eps="8/255", step="4/255", steps=1), teacher=teacher)
+    fit(build_model("tiny_cnn", num_classes=4, in_channels=3), build_method("rslad", RsladConfig(), ctx), loader,
+        TrainConfig(epochs=1, batch_size=16, lr=0.05, milestones=[]), CPU, teacher_table=table)
+    assert calls == []

@@ -1,4 +1,12 @@
-"""The tensor loader: uint8 images on the device, augmented whole batches at a time (airbench style)."""
+"""The tensor loader: uint8 images on the device, augmented whole batches at a time (airbench style).
+
+An epoch's random numbers (the order, then per batch the crop offsets ``dy``, ``dx`` and the flip
+mask, in that order, from one CPU generator seeded by ``(seed, epoch)``) are drawn when the epoch
+starts and copied to the device once (on CUDA from pinned memory, ``non_blocking``), so a step does
+no host-to-device copy and no host sync; the batches are bitwise those of drawing batch by batch.
+Each :class:`Batch` says which view of its images it holds (``crop``, ``flip``): the teacher's
+logit table (absld/train/teacher_table.py) is gathered by them.
+"""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         channels_last=rt.channels_last,
     )
     clean_logits, why = _clean_logits_source(cfg, method, loader, prepared.num_classes, train_cfg.epochs)
-    echo(f"{method_name}/seed{seed}: teacher logits {clean_logits} ({why})")
+    if clean_logits != "none":
+        echo(f"{method_name}/seed{seed}: the teacher's clean logits {clean_logits} ({why})")
     key = short_hash(code, method_name, seed, clean_logits, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
                      cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction",
                                                           "select", "select_eval"}),

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Collection
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,15 @@ from ..io import write_csv, write_torch
 from ..methods.base import MethodBase, StepOutput
 from ..runtime import Runtime, rng_state, set_rng_state
 from ..errors import UserError, interrupted
-from .teacher_table import LogitTable
+
+
+class LogitTable(Protocol):
+    """The teacher's clean logits looked up instead of computed (:class:`absld.train.teacher_table.LogitTable`;
+    named here by its shape only, so that the teacher stage, which trains in this loop, does not import it)."""
+
+    def lookup(self, batch: Batch) -> Tensor: ...  # (B, C) float32
+
+    def fits(self, loader: TensorLoader) -> bool: ...
 
 CHECKPOINT_FORMAT = 1
 
@@ -269,7 +277,7 @@ def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | Logit
     ``loss_model``: the student as the loss sees it (its DistributedDataParallel wrapper; the
     attack, whose backward passes must not synchronise gradients, uses ``model`` itself)."""
     teacher_logits = None
-    if isinstance(teacher, LogitTable) and method.reads_teacher_logits:
+    if teacher is not None and not isinstance(teacher, nn.Module) and method.reads_teacher_logits:
         teacher_logits = teacher.lookup(batch)  # (B, C) float32
     elif teacher is not None and method.reads_teacher_logits:
         with torch.no_grad():

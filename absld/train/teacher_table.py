@@ -99,7 +99,7 @@ class LogitTable:
         if batch.crop is None or batch.flip is None:
             view = torch.zeros_like(batch.index)
         else:
-            view = batch.crop * self.n_flips + batch.flip.long() if self.n_flips == 2 else batch.crop
+            view = batch.crop * self.n_flips + batch.flip.long()  # flip is all False without flips
         return self.logits[batch.index, view]
 
     def fits(self, loader: TensorLoader) -> bool:
