@@ -65,7 +65,8 @@ def shard(batch: BatchT, rank: int, world: int) -> BatchT:
     if world == 1:
         return batch
     keep = slice(rank, None, world)
-    return replace(batch, x=batch.x[keep], y=batch.y[keep], index=batch.index[keep])  # type: ignore[attr-defined]
+    views = {name: getattr(batch, name)[keep] for name in ("crop", "flip") if getattr(batch, name, None) is not None}
+    return replace(batch, x=batch.x[keep], y=batch.y[keep], index=batch.index[keep], **views)  # type: ignore[attr-defined]
 
 
 def loss_scale(local: int, total: int, world: int) -> float:

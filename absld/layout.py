@@ -15,7 +15,9 @@ from .vocab import ModelId
 SCRATCH = "scratch"
 """Where a student outside the DVC matrix (distill.methods x seeds) goes: ``scratch/`` mirrors
 ``models/``, ``results/`` and ``plots/`` for it, is gitignored, and no stage reads it, so an ad-hoc
-`absld distill`/`absld evaluate` leaves the study and DVC's view of it as they were."""
+`absld distill`/`absld evaluate` leaves the study and DVC's view of it as they were. (One cache lives there
+too: the teachers' clean-logit tables, :meth:`Layout.teacher_table`, which the distill stages read when
+present and whose presence changes no result.)"""
 
 OUTPUT_ROOTS = ("data", "models", "results", "plots", "checkpoints", "logs", SCRATCH)
 """The folders the stages write into (each under the project directory)."""
@@ -112,6 +114,11 @@ class Layout:
 
     def distill_resume(self, method: str, seed: int) -> Path:
         return self.root / "checkpoints/distill" / method / f"seed{seed}" / "last.pt"
+
+    def teacher_table(self, key: str) -> Path:
+        """The cached clean-logit table of a teacher (absld/train/teacher_table.py), shared by its students:
+        under the gitignored scratch/, no DVC dep or out, keyed by everything that can change its bits."""
+        return self.root / SCRATCH / "teacher_logits" / f"{key}.pt"
 
     def distill_plots(self, method: str, seed: int) -> Path:
         return self._students_root / "plots/distill" / method / f"seed{seed}"

@@ -40,5 +40,7 @@ from .prepared import (  # noqa: F401
 from .loader import (  # noqa: F401
     Batch,
     TensorLoader,
+    crop_flip,
+    draw_augmentation,
     random_crop_flip,
 )

@@ -45,6 +45,11 @@ class AdaAD(MethodBase):
     name = "adaad"
     uses_teacher = True
 
+    @property
+    def reads_teacher_logits(self) -> bool:
+        """The clean teacher logits enter only the (1 - alpha) term: with alpha = 1 (the paper's) never."""
+        return self.cfg.alpha < 1
+
     def perturb(self, student: nn.Module, batch: Batch, teacher_logits: Tensor | None) -> Tensor:
         attack = self.ctx.attack
         pair = _StudentAndTeacher(student, self.teacher)

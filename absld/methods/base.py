@@ -3,7 +3,8 @@
 A method is only its math. The loop (:mod:`absld.train`) owns batches, optimiser, schedule,
 precision, checkpoints and logging, and calls per batch::
 
-    teacher_logits = logits_teacher(x)          # clean inputs, eval mode, no grad (if any)
+    teacher_logits = logits_teacher(x)          # clean inputs, eval mode, no grad (if any and reads_teacher_logits;
+                                                # or gathered from a table of them: distill.teacher_logits)
     student.train(method.attack_mode == "train")                                  # the authors' BN mode
     x_adv = method.perturb(student, batch, teacher_logits)                        # inner max
     student.train(); out = method.loss(student, batch, x_adv, teacher_logits)    # outer loss
@@ -114,6 +115,9 @@ class MethodBase:
     uses_teacher: ClassVar[bool] = False
     uses_clean_teacher: ClassVar[bool] = False
     attack_mode: ClassVar[Literal["eval", "train"]] = "eval"
+    reads_teacher_logits: bool = True
+    """Whether ``perturb``/``loss`` read ``teacher_logits`` (the clean batch's); False: the loop passes
+    None and spends neither the teacher's clean forward nor a logit table on it (AdaAD with alpha 1)."""
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
         self.cfg = cfg

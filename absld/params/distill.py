@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +14,10 @@ from ..vocab import METHOD_NAMES, MethodName
 from .common import KLReduction, Pixels, PosInt, Section, Selection, _distinct
 from .training import AttackConfig, EvalAttackConfig, ModelConfig, TrainConfig
 from .methods import AbsldConfig, AdaadConfig, ArdConfig, BMtardConfig, CfaConfig, DafaConfig, FairArdConfig, FairIadConfig, FairRsladConfig, FrlRwConfig, FrlRwrmConfig, IadConfig, MethodConfig, ReweightedRsladConfig, RiskRuleConfig, RsladConfig, SatConfig, TradesConfig, TrixConfig, WatConfig
+
+
+TeacherLogits = Literal["live", "table", "auto"]
+"""Where the distillation methods' clean teacher logits come from (``distill.teacher_logits``)."""
 
 
 class SelectEvalConfig(EvalAttackConfig):
@@ -56,6 +60,14 @@ class DistillConfig(Section):
     """Every teacher pass (its soft labels on clean inputs; AdaAD's and IAD's passes on attacked
     inputs) under runtime.amp's bf16 autocast; false: float32, as the official codes run them (the
     student's attack and loss follow runtime.amp either way)."""
+    teacher_logits: TeacherLogits = "auto"
+    """The teacher's logits on the clean batch: live (its forward every step), table (computed once for
+    every training image x crop offset x flip, then gathered; absld/train/teacher_table.py), or auto (the
+    table where it fits teacher_table_gib and a student trains at least as many epochs as there are
+    views, 162 for crop padding 4; live otherwise). Live and table differ by floating-point rounding only."""
+    teacher_table_gib: Annotated[float, Field(ge=0)] = 4.0
+    """The largest teacher-logit table (GiB, float32, on the training device) that teacher_logits: auto
+    builds; a larger one means live."""
     measure_amp: bool = False
     """The measurements between epochs (FRL's and CFA's validation PGD, the checkpoint-selection PGD)
     under runtime.amp's bf16 autocast; false: float32, as the official codes and evaluate.amp's default."""

@@ -24,6 +24,7 @@ from .plots import plot_class_state, plot_training
 from ..figures import plot_temperatures
 from .selection import chosen_weights, selection
 from .teacher_links import recorded_digest
+from .teacher_table import cached_table, choose
 
 
 def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, code: str,
@@ -54,19 +55,27 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         crop_padding=params.data.augment.crop_padding, flip=params.data.augment.flip, seed=seed,
         channels_last=rt.channels_last,
     )
-    key = short_hash(code, method_name, seed, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
+    clean_logits, why = _clean_logits_source(cfg, method, loader, prepared.num_classes, train_cfg.epochs)
+    if clean_logits != "none":
+        echo(f"{method_name}/seed{seed}: the teacher's clean logits {clean_logits} ({why})")
+    key = short_hash(code, method_name, seed, clean_logits, method_cfg.model_dump(mode="json"), train_cfg.model_dump(),
                      cfg.model_dump(mode="json", include={"student", "train_per_class", "attack", "kl_reduction",
                                                           "select", "select_eval"}),
                      params.data.augment.model_dump(), prepared.manifest["sha256"],
                      prepared.manifest["train_indices"][:50], teacher_sha, *([clean_sha] if clean_sha else []))
     resume = layout.distill_resume(method_name, seed)
+    table = None
+    if clean_logits == "table":
+        source_sha = clean_sha if method.logits_teacher is clean_teacher else teacher_sha
+        table = cached_table(method.logits_teacher, source_sha, loader, prepared.num_classes,
+                             cache=layout.teacher_table, bf16=cfg.teacher_amp and rt.amp, write=rt.is_main, echo=echo)
     with Tracker(params, "distill", name=f"distill-{method_name}-seed{seed}", config=_run_config(params, method_name, seed, rt),
                  resume=(resume.parent, key), echo=echo) as tracker:
         result = fit(student, method, loader, train_cfg, rt, checkpoint=resume,
                      fingerprint=key, select_fn=chosen.score, select_epochs=chosen.epochs,
                      on_epoch=lambda row: tracker.log(name_classes(row, prepared.class_names)),
                      stop_after=stop_after, desc=f"{method_name}/seed{seed}",
-                     timings_log=layout.logs / f"distill/{method_name}/seed{seed}.csv")
+                     timings_log=layout.logs / f"distill/{method_name}/seed{seed}.csv", teacher_table=table)
         if not rt.is_main:  # data-parallel training: the process of rank 0 writes
             return
         if len(result.history) < train_cfg.epochs:
@@ -82,6 +91,16 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
     if meta["selection_on_test_set"]:
         echo("note: this checkpoint was selected on the test set (the official script's rule); "
              "its test-set numbers are not a held-out estimate")
+
+
+def _clean_logits_source(cfg: Any, method: Any, loader: data_lib.TensorLoader, num_classes: int,
+                         epochs: int) -> tuple[str, str]:
+    """Where the method's clean teacher logits come from: ``none`` (no teacher, or a method that never
+    reads them), ``live`` or ``table`` (distill.teacher_logits, :func:`absld.train.teacher_table.choose`),
+    with the reason."""
+    if method.logits_teacher is None or not method.reads_teacher_logits:
+        return "none", "the method never reads the teacher's clean logits"
+    return choose(cfg.teacher_logits, loader, num_classes, epochs, cfg.teacher_table_gib)
 
 
 def _check_validation_split(method_name: str, method_cfg: Any, prepared: data_lib.Prepared) -> None:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Collection
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,15 @@ from ..io import write_csv, write_torch
 from ..methods.base import MethodBase, StepOutput
 from ..runtime import Runtime, rng_state, set_rng_state
 from ..errors import UserError, interrupted
+
+
+class LogitTable(Protocol):
+    """The teacher's clean logits looked up instead of computed (:class:`absld.train.teacher_table.LogitTable`;
+    named here by its shape only, so that the teacher stage, which trains in this loop, does not import it)."""
+
+    def lookup(self, batch: Batch) -> Tensor: ...  # (B, C) float32
+
+    def fits(self, loader: TensorLoader) -> bool: ...
 
 CHECKPOINT_FORMAT = 1
 
@@ -105,6 +114,7 @@ def fit(
     stop_after: int | None = None,
     desc: str = "train",
     timings_log: str | Path | None = None,
+    teacher_table: LogitTable | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` for ``cfg.epochs`` epochs (resuming from ``checkpoint``).
 
@@ -123,6 +133,8 @@ def fit(
         stop_after: stop after this many epochs in this call (tests of resume; preemptible hosts).
         timings_log: the untracked CSV of :attr:`FitResult.timings` (``logs/``), rewritten after every
             epoch and read back on resume, so every column survives any number of resumes.
+        teacher_table: the clean logits of ``method.logits_teacher`` on every image and view of ``loader``
+            (:mod:`absld.train.teacher_table`), gathered each step instead of the teacher's forward.
     """
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -152,6 +164,10 @@ def fit(
             tqdm.write(f"[{desc}] {ckpt_path} belongs to other params, data or code: starting afresh")
 
     teacher = method.logits_teacher  # whose clean-input logits the method gets (B-MTARD: its clean teacher)
+    if teacher_table is not None:  # the same logits, gathered (distill.teacher_logits: table)
+        if not teacher_table.fits(loader):
+            raise ValueError("teacher_table was built for other images or another augmentation than the loader's")
+        teacher = teacher_table
     say = tqdm.write if rt.is_main else (lambda message: None)  # data-parallel: rank 0 speaks
     loss_model = distributed.wrap(model, rt.device) if rt.world > 1 else None  # after the resume: same weights
     attack_model = model
@@ -260,16 +276,20 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, method
     write_torch(path, state)
 
 
-def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | None, batch: Batch,
+def method_loss(model: nn.Module, method: MethodBase, teacher: nn.Module | LogitTable | None, batch: Batch,
                 rt: Runtime, loss_model: nn.Module | None = None) -> StepOutput:
     """One batch's forward work: the teacher's logits on the clean batch (once; at the teacher's
     own precision, :class:`absld.runtime.AtPrecision`: float32 unless distill.teacher_amp, since ABSLD
-    divides them by temperatures down to 0.25), the method's attack with the student in its authors' BatchNorm
+    divides them by temperatures down to 0.25; gathered from a :class:`LogitTable` of them when
+    ``teacher`` is one; not at all for a method that never reads them, ``reads_teacher_logits``),
+    the method's attack with the student in its authors' BatchNorm
     mode, then its loss with the student in train mode; both under ``rt.autocast()``.
     ``loss_model``: the student as the loss sees it (its DistributedDataParallel wrapper; the
     attack, whose backward passes must not synchronise gradients, uses ``model`` itself)."""
     teacher_logits = None
-    if teacher is not None:
+    if teacher is not None and not isinstance(teacher, nn.Module) and method.reads_teacher_logits:
+        teacher_logits = teacher.lookup(batch)  # (B, C) float32
+    elif teacher is not None and method.reads_teacher_logits:
         with torch.no_grad():
             teacher_logits = teacher(batch.x).float()  # (B, C)
     model.train(method.attack_mode == "train")
