@@ -16,7 +16,15 @@ from tests.conftest import profile_params_text
 def test_bench_times_ours_and_the_reference_loop_and_writes_bench_json(tmp_path, monkeypatch):
     from tests.conftest import REPO
 
+    import absld.bench
+
     monkeypatch.chdir(REPO)  # the projection reads the paper profile from conf/
+    # the projection's own timings (the paper's AutoAttack on two models: minutes) made up here;
+    # teacher_rows and attack_speeds are tested on their own
+    monkeypatch.setattr(absld.bench, "projection_measurements", lambda *a: {
+        "teachers": {"teacher": {"img_s": 10.0}, "teacher_clean": {"img_s": 100.0}},
+        "projection_attacks": {a: {"img_s": 50.0} for a in ("fgsm", "pgd", "cw", "aa")},
+        "teacher_attacks": {a: {"img_s": 5.0} for a in ("fgsm", "pgd", "cw", "aa")}})
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--profile", "tiny", "--method", "absld", "--method", "trades",
                                        "--student", "tiny_cnn", "--teacher", "tiny_cnn", "--batch-size", "16",
@@ -44,7 +52,8 @@ def test_bench_times_ours_and_the_reference_loop_and_writes_bench_json(tmp_path,
     projection = bench["projection"]
     rows = {(r["kind"], r["name"]): r for r in projection["rows"]}
     assert rows["train", "absld"]["hours"] > 0 and rows["train", "teacher_clean"]["hours"] > 0
-    assert rows["evaluate", "aa teacher"]["hours"] > 0
+    assert rows["evaluate", "aa teacher"]["hours"] == pytest.approx(10_000 / 5.0 / 3600)
+    assert rows["train", "absld"]["hours"] == pytest.approx(49_000 * 300 / absld["ours_fp32_img_s"] / 3600)  # CPU: fp32
     assert "train rslad" in projection["not_measured"]  # not benched in this run
     assert projection["assumptions"]["device"] == bench["device"] and projection["assumptions"]["batch_size"] == 16
     assert not projection["assumptions"]["models_match_paper"]
@@ -104,3 +113,15 @@ def test_bench_with_an_unknown_profile_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["bench", "--profile", "quik", "--output", str(tmp_path / "b.json")])
     assert result.exit_code == 1 and "profile 'quik' is not one of" in result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "b.json").exists()
+
+
+def test_teacher_rows_time_the_teachers_recipes_on_their_architectures():
+    from absld.bench import BenchSettings, fast_runtime, teacher_rows
+    from absld.params import load_profile
+    from absld.runtime import setup
+    from tests.conftest import REPO
+
+    params = load_profile("tiny", conf=REPO / "conf")
+    rows = teacher_rows(params, BenchSettings("tiny_cnn", "tiny_cnn", 8, warmup=0, repeats=1), setup(fast_runtime(params.runtime)))
+    assert rows["teacher"]["arch"] == params.teacher.model.arch and rows["teacher"]["method"] == params.teacher.method
+    assert rows["teacher_clean"]["method"] == "natural" and all(r["img_s"] > 0 for r in rows.values())

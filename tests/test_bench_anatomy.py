@@ -25,8 +25,15 @@ def tiny():
     return load_profile("tiny", conf=REPO / "conf")
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "fp32"])
-@pytest.mark.parametrize("name", list(METHODS))
+QUICK = {("absld", True), ("absld", False), ("adaad", True), ("b_mtard", False), ("iad", True)}
+"""Checked in the quick suite (ABSLD both ways; AdaAD's and IAD's teachers inside the attack; B-MTARD's
+two teachers); every other method and precision in the slow one."""
+CASES = [pytest.param(name, fast, id=f"{name}-{'fast' if fast else 'fp32'}",
+                      marks=() if (name, fast) in QUICK else pytest.mark.slow)
+         for name in METHODS for fast in (True, False)]
+
+
+@pytest.mark.parametrize(("name", "fast"), CASES)
 def test_the_anatomy_step_computes_method_loss_s_loss(tiny, name, fast):
     """Two identical rigs (same seed): one batch through :func:`absld.train.loop.method_loss`, the
     same batch through the anatomy's phases, the same random draws: the same loss, bit for bit."""
