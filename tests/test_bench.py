@@ -9,7 +9,6 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from tests.conftest import profile_params_text
 
 
 @pytest.mark.slow
