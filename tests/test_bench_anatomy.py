@@ -49,6 +49,7 @@ def test_the_anatomy_step_computes_method_loss_s_loss(tiny, name, fast):
 
 
 def test_the_anatomy_puts_each_phase_s_time_where_it_is_spent(tiny):
+    """The attack sleeps 0.5 s, the loss 0.25 s: each phase's seconds hold its own sleep."""
     rt = setup(fp32_runtime(tiny.runtime))
     rig = ours_step(tiny, "rslad", SETTINGS, rt, steps=4)
     perturb = rig.method.perturb
@@ -57,11 +58,17 @@ def test_the_anatomy_puts_each_phase_s_time_where_it_is_spent(tiny):
         time.sleep(0.5)
         return perturb(*args, **kwargs)
 
-    rig.method.perturb = slow_perturb
+    loss = rig.method.loss
+
+    def slow_loss(*args, **kwargs):
+        time.sleep(0.25)
+        return loss(*args, **kwargs)
+
+    rig.method.perturb, rig.method.loss = slow_perturb, slow_loss
     out = anatomy(rig, warmup=0, repeats=2)
     assert list(out) == list(PHASES)
-    assert out["attack"]["seconds"] >= 0.5
-    assert max(out, key=lambda phase: out[phase]["seconds"]) == "attack"  # the sleep went nowhere else
+    assert out["attack"]["seconds"] >= 0.5 and 0.25 <= out["loss"]["seconds"] < out["attack"]["seconds"]
+    assert max(out, key=lambda phase: out[phase]["seconds"]) == "attack"  # each sleep in its own phase
     assert sum(row["share"] for row in out.values()) == pytest.approx(1.0)
 
 
