@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from absld.bench import REFERENCE_METHODS, BenchSettings, run_bench
+from absld.bench import PHASES, REFERENCE_METHODS, BenchSettings, run_bench
+from absld.bench_projection import format_table
 from absld.params import load_profile
 from absld.io import write_json
 from absld.vocab import METHOD_NAMES
@@ -26,42 +27,69 @@ from .common import LAYOUT, load, params_option, user_errors
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per step (default: distill.train.batch_size).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Untimed steps before timing (allocations, kernel choice).")
+              help="Untimed steps (rounds, for the interleaved steps) before timing: allocations, kernel choice.")
+@click.option("--pairs", type=click.IntRange(min=3), default=10, show_default=True,
+              help="Timed interleaved rounds (ours fast, ours fp32, reference) per method; the ratio is the "
+                   "median of the per-round ratios, with their interquartile range (at least 3).")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Timed steps; the figure is the batch size over their median time.")
+              help="Timed steps of the anatomy, the attacks and the teachers' steps; each figure is their median.")
+@click.option("--reference-workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader worker processes of the reference loop (the official scripts': 2; 0: it loads "
+                   "in its own process).")
+@click.option("--projection/--no-projection", default=True, show_default=True,
+              help="Also time the teachers' training steps and the paper's attacks on the teacher's "
+                   "architecture, and project the paper profile's table in device-hours.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=LAYOUT.bench_json, show_default=True,
               help="Where the figures go (JSON).")
 @user_errors
 def bench(params_path: str, profile: str | None, methods: tuple[str, ...], student: str | None, teacher: str | None,
-          batch_size: int | None, warmup: int, repeats: int, output: Path) -> None:
+          batch_size: int | None, warmup: int, pairs: int, repeats: int, reference_workers: int,
+          projection: bool, output: Path) -> None:
     """Time one training step of each method and each evaluation attack, in images per second.
 
     Each method's step runs three ways on random images of the dataset's shape with untrained
-    models: ours with the fast path (bf16 autocast and channels_last: runtime.amp on CUDA,
-    runtime.cpu_bf16 on the CPU), ours in fp32, and -- for absld, rslad and sat -- a reference loop
-    with the official scripts' structure (a two-worker DataLoader over PIL images with per-image
-    transforms, fp32, the attack written inline, ABSLD's per-sample Python loops for temperatures
-    and class risks); `ratio` is ours over the reference. The attacks are the evaluate section's, on
-    one batch. Not a DVC stage (times differ on every run); OUTPUT's layout: docs/speed.md.
+    models, interleaved round by round: ours with the fast path (bf16 autocast and channels_last:
+    runtime.amp on CUDA, runtime.cpu_bf16 on the CPU), ours in fp32, and -- for absld, rslad and
+    sat -- a reference loop with the official scripts' structure (a two-worker DataLoader over PIL
+    images with per-image transforms, fp32, the attack written inline, ABSLD's per-sample Python
+    loops). `ratio` is the median over the rounds of reference time / ours time, with its
+    interquartile range. Then the anatomy of our fast step (teacher, attack, loss, backward,
+    optimizer), its FLOPs and the rate achieved against the device's matmul peak; the evaluate
+    section's attacks on one batch; and the paper's table projected in device-hours. Not a DVC stage
+    (times differ on every run); OUTPUT's layout: docs/speed.md.
     """
     params = load(params_path) if profile is None else load_profile(profile)
     chosen = list(methods) or list(params.distill.methods)
     settings = BenchSettings(student or params.distill.student.arch, teacher or params.teacher.model.arch,
-                             batch_size or params.distill.train.batch_size, warmup, repeats)
+                             batch_size or params.distill.train.batch_size, warmup, repeats, pairs,
+                             projection=projection, reference_workers=reference_workers)
     click.echo(f"student {settings.student}, teacher {settings.teacher}, batch {settings.batch_size}, "
-               f"{params.data.dataset} shape, median of {repeats} steps after {warmup}")
-    result = run_bench(params, chosen, settings, on_result=_echo)
+               f"{params.data.dataset} shape; {pairs} interleaved rounds after {warmup}, anatomy and attacks: "
+               f"median of {repeats}")
+    paper = load_profile("paper") if projection else None
+    result = run_bench(params, chosen, settings, on_result=_echo, paper=paper)
     result["settings"]["profile"] = profile or params.profile
     write_json(output, result)
     click.echo(f"{result['device']}, {result['threads']} threads -> {output}")
 
 
 def _echo(kind: str, name: str, row: dict[str, Any]) -> None:
-    if kind == "attacks":
+    if kind == "peaks":
+        click.echo(f"  matmul peak: fast {row['fast_tflop_s']:.3f} TFLOP/s, fp32 {row['fp32_tflop_s']:.3f} ({row['how']})")
+    elif kind == "attacks":
         click.echo(f"  attack {name:<7} {row['img_s']:9.1f} img/s")
-        return
-    line = f"  train  {name:<14} ours {row['ours_img_s']:8.1f} img/s  fp32 {row['ours_fp32_img_s']:8.1f}"
-    if name in REFERENCE_METHODS:
-        line += (f"  reference {row['reference_img_s']:8.1f}  ratio {row['ratio']:.2f} "
-                 f"(fp32 {row['ratio_fp32']:.2f})")
-    click.echo(line)
+    elif kind == "projection":
+        click.echo("  projection of the paper profile's table (device-hours on this device):")
+        for line in format_table(row):
+            click.echo(line)
+    else:
+        line = f"  train  {name:<16} ours {row['ours_img_s']:8.1f} img/s  fp32 {row['ours_fp32_img_s']:8.1f}"
+        if name in REFERENCE_METHODS:
+            (lo, hi), (lo32, hi32) = row["ratio_iqr"], row["ratio_fp32_iqr"]
+            line += (f"  reference {row['reference_img_s']:8.1f}  ratio {row['ratio']:.2f} [IQR {lo:.2f}-{hi:.2f}] "
+                     f"(fp32 {row['ratio_fp32']:.2f} [{lo32:.2f}-{hi32:.2f}])")
+        click.echo(line)
+        shares = "  ".join(f"{p} {row['anatomy'][p]['share']:.0%}" for p in PHASES)
+        rate = row["achieved_tflop_s"]
+        click.echo(f"         anatomy: {shares}; {row['flops_per_image'] / 1e9:.3f} GFLOP/img, "
+                   f"{rate * 1e3:.1f} GFLOP/s" + (f" ({row['share_of_peak']:.0%} of peak)" if "share_of_peak" in row else ""))
