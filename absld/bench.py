@@ -737,3 +737,24 @@ def _device_name(device: torch.device) -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"cpu: {model}"
+
+
+def result_lines(kind: str, name: str, row: dict[str, Any]) -> list[str]:
+    """What ``absld bench`` prints of one result of :func:`run_bench` (its ``on_result`` calls)."""
+    from .bench_projection import format_table
+
+    if kind == "peaks":
+        return [f"  matmul peak: fast {row['fast_tflop_s']:.3f} TFLOP/s, fp32 {row['fp32_tflop_s']:.3f} ({row['how']})"]
+    if kind == "attacks":
+        return [f"  attack {name:<7} {row['img_s']:9.1f} img/s"]
+    if kind == "projection":
+        return ["  projection of the paper profile's table (device-hours on this device):", *format_table(row)]
+    line = f"  train  {name:<16} ours {row['ours_img_s']:8.1f} img/s  fp32 {row['ours_fp32_img_s']:8.1f}"
+    if name in REFERENCE_METHODS:
+        (lo, hi), (lo32, hi32) = row["ratio_iqr"], row["ratio_fp32_iqr"]
+        line += (f"  reference {row['reference_img_s']:8.1f}  ratio {row['ratio']:.2f} [IQR {lo:.2f}-{hi:.2f}] "
+                 f"(fp32 {row['ratio_fp32']:.2f} [{lo32:.2f}-{hi32:.2f}])")
+    shares = "  ".join(f"{p} {row['anatomy'][p]['share']:.0%}" for p in PHASES)
+    rate = row["achieved_tflop_s"]
+    return [line, f"         anatomy: {shares}; {row['flops_per_image'] / 1e9:.3f} GFLOP/img, {rate * 1e3:.1f} GFLOP/s"
+                  + (f" ({row['share_of_peak']:.0%} of peak)" if "share_of_peak" in row else "")]

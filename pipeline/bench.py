@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from absld.bench import PHASES, REFERENCE_METHODS, BenchSettings, run_bench
-from absld.bench_projection import format_table
+from absld.bench import BenchSettings, result_lines, run_bench
 from absld.params import load_profile
 from absld.io import write_json
 from absld.vocab import METHOD_NAMES
@@ -47,16 +46,13 @@ def bench(params_path: str, profile: str | None, methods: tuple[str, ...], stude
           projection: bool, output: Path) -> None:
     """Time one training step of each method and each evaluation attack, in images per second.
 
-    Each method's step runs three ways on random images of the dataset's shape with untrained
-    models, interleaved round by round: ours with the fast path (bf16 autocast and channels_last:
-    runtime.amp on CUDA, runtime.cpu_bf16 on the CPU), ours in fp32, and -- for absld, rslad and
-    sat -- a reference loop with the official scripts' structure (a two-worker DataLoader over PIL
-    images with per-image transforms, fp32, the attack written inline, ABSLD's per-sample Python
-    loops). `ratio` is the median over the rounds of reference time / ours time, with its
-    interquartile range. Then the anatomy of our fast step (teacher, attack, loss, backward,
-    optimizer), its FLOPs and the rate achieved against the device's matmul peak; the evaluate
-    section's attacks on one batch; and the paper's table projected in device-hours. Not a DVC stage
-    (times differ on every run); OUTPUT's layout: docs/speed.md.
+    Each method's step runs three ways on random images with untrained models, interleaved round by
+    round: ours with the fast path (bf16 autocast + channels_last: runtime.amp on CUDA, runtime.cpu_bf16
+    on the CPU), ours in fp32, and for absld, rslad and sat a reference loop shaped like the official
+    scripts (a DataLoader over PIL images, fp32, ABSLD's per-sample Python loops). `ratio`: the median
+    over rounds of reference time / ours time, with its interquartile range. Then our fast step's
+    anatomy (teacher, attack, loss, backward, optimizer), FLOPs and share of the device's matmul peak,
+    the evaluate section's attacks, and the paper's table projected in device-hours. Not a DVC stage.
     """
     params = load(params_path) if profile is None else load_profile(profile)
     chosen = list(methods) or list(params.distill.methods)
@@ -74,22 +70,4 @@ def bench(params_path: str, profile: str | None, methods: tuple[str, ...], stude
 
 
 def _echo(kind: str, name: str, row: dict[str, Any]) -> None:
-    if kind == "peaks":
-        click.echo(f"  matmul peak: fast {row['fast_tflop_s']:.3f} TFLOP/s, fp32 {row['fp32_tflop_s']:.3f} ({row['how']})")
-    elif kind == "attacks":
-        click.echo(f"  attack {name:<7} {row['img_s']:9.1f} img/s")
-    elif kind == "projection":
-        click.echo("  projection of the paper profile's table (device-hours on this device):")
-        for line in format_table(row):
-            click.echo(line)
-    else:
-        line = f"  train  {name:<16} ours {row['ours_img_s']:8.1f} img/s  fp32 {row['ours_fp32_img_s']:8.1f}"
-        if name in REFERENCE_METHODS:
-            (lo, hi), (lo32, hi32) = row["ratio_iqr"], row["ratio_fp32_iqr"]
-            line += (f"  reference {row['reference_img_s']:8.1f}  ratio {row['ratio']:.2f} [IQR {lo:.2f}-{hi:.2f}] "
-                     f"(fp32 {row['ratio_fp32']:.2f} [{lo32:.2f}-{hi32:.2f}])")
-        click.echo(line)
-        shares = "  ".join(f"{p} {row['anatomy'][p]['share']:.0%}" for p in PHASES)
-        rate = row["achieved_tflop_s"]
-        click.echo(f"         anatomy: {shares}; {row['flops_per_image'] / 1e9:.3f} GFLOP/img, "
-                   f"{rate * 1e3:.1f} GFLOP/s" + (f" ({row['share_of_peak']:.0%} of peak)" if "share_of_peak" in row else ""))
+    click.echo("\n".join(result_lines(kind, name, row)))
