@@ -272,7 +272,7 @@ class OursStep:
         teacher = method.logits_teacher
         clock.start()
         teacher_logits = None
-        if teacher is not None:
+        if teacher is not None and method.reads_teacher_logits:  # AdaAD with alpha 1 never reads them
             with torch.no_grad():
                 teacher_logits = teacher(batch.x).float()  # (B, C)
         clock.mark("teacher")
