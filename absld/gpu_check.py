@@ -378,7 +378,8 @@ def part_bench(ctx: Context, sink: dict[str, Any], budget: Budget) -> None:
     methods.sort(key=lambda m: m not in reference)  # the compared ones first: they survive a cut
     fields = {f.name for f in dataclasses.fields(bench.BenchSettings)}
     wanted = {"student": ctx.scale.student, "teacher": ctx.scale.teacher, "batch_size": ctx.scale.batch_size,
-              "warmup": ctx.scale.bench_warmup, "repeats": ctx.scale.bench_repeats}
+              "warmup": ctx.scale.bench_warmup, "repeats": ctx.scale.bench_repeats,
+              "projection": False}  # the projection is its own tool (scripts/project_paper_gpu.py, absld bench)
     settings = bench.BenchSettings(**{k: v for k, v in wanted.items() if k in fields})
     sink["methods"] = methods
     sink["settings"] = dataclasses.asdict(settings)
@@ -434,10 +435,13 @@ def training_step(params: Any, method_name: str, student_arch: str, teacher_arch
     mark = marks or (lambda phase: None)
     teacher_net = method.logits_teacher
 
-    def timed_teacher(x: torch.Tensor) -> torch.Tensor:
-        out = teacher_net(x)
-        mark("teacher")
-        return out
+    class TimedTeacher(torch.nn.Module):  # a module, as the loop tells a teacher from a logit table
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = teacher_net(x)
+            mark("teacher")
+            return out
+
+    timed_teacher = TimedTeacher()
 
     perturb = method.perturb
 

@@ -33,8 +33,9 @@ def test_the_cpu_smoke_run_writes_every_part_and_prints_the_table(tmp_path, monk
         assert report["parts"][name]["how"] == gpu_check.HOW[name]
     bench = report["parts"]["bench"]["result"]
     assert set(bench["bench"]["train_step"]) == {"absld", "trades"}  # run_bench's result, as it is
-    assert [(r["kind"], r["name"]) for r in bench["rows"]][:2] == [("train_step", "absld"), ("train_step", "trades")]
-    assert bench["bench"]["train_step"]["absld"] == bench["rows"][0]["row"]
+    steps = [r for r in bench["rows"] if r["kind"] == "train_step"]  # (the bench reports its matmul peaks first)
+    assert [r["name"] for r in steps] == ["absld", "trades"]
+    assert bench["bench"]["train_step"]["absld"] == steps[0]["row"]
     sharing = report["parts"]["sharing"]["result"]["runs"]
     assert set(sharing) == {"1", "2"} and len(sharing["2"]["per_process_img_s"]) == 2
     assert all(run["aggregate_img_s"] == pytest.approx(run["images"] / run["span_s"]) for run in sharing.values())

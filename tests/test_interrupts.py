@@ -38,6 +38,7 @@ def test_a_real_sigint_during_training_exits_130_with_one_line(project):
     child = (
         "import os, signal, time\n"
         "import absld.train.loop as loop\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as an interactive shell leaves it
         "def interrupted_epoch(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(30)\n"
