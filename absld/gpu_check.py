@@ -932,17 +932,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _device_name(device: torch.device) -> str:
+    """:func:`absld.bench._device_name`, with a CUDA query that cannot end the check."""
+    from . import bench
+
     if device.type == "cuda":
         return _cuda_quietly(lambda: torch.cuda.get_device_name(device)) or "cuda"
-    import platform
-
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"cpu: {model}"
+    return bench._device_name(device)
 
 
 if __name__ == "__main__":  # the sharing worker: python -m absld.gpu_check --worker

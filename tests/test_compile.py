@@ -8,35 +8,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 import torch._dynamo
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
-from absld.data import Batch, TensorLoader
+from absld.data import Batch
 from absld.methods import METHODS, MethodContext, build_method
 from absld.models import build_model
-from absld.params import AttackConfig, SatConfig, TradesConfig, TrainConfig
+from absld.params import AttackConfig, TrainConfig
 from absld.runtime import Runtime
 from absld.train import compiled
 from absld.train.compiled import CompileError, batch_sizes, compile_student, frozen
 from absld.train.loop import fit, method_loss, sgd_implementation
+from tests.test_train import tiny_setup
 
 COMPILED = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False, compile=True)
 
 
 def tiny(method: str = "trades", n: int = 48, seed: int = 0):
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 4
-    images = (rng.integers(0, 60, (n, 3, 16, 16)) + 40 * labels[:, None, None, None]).astype(np.uint8)
-    torch.manual_seed(seed)
-    model = build_model("tiny_cnn", num_classes=4, in_channels=3)
-    loader = TensorLoader(images, labels, batch_size=16, shuffle=True, crop_padding=2, flip=True, seed=seed)
-    cfg = {"sat": SatConfig(), "trades": TradesConfig()}[method]
-    ctx = MethodContext(num_classes=4, attack=AttackConfig(eps="8/255", step="4/255", steps=2))
-    return model, build_method(method, cfg, ctx), loader
+    """tests/test_train.py's tiny run with ``n`` images (n = 40 leaves a partial last batch)."""
+    return tiny_setup(method, seed, n)
 
 
 class Recorder:

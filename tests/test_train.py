@@ -18,10 +18,10 @@ from absld.train.loop import TrainingError, fit, learning_rate
 CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, progress=False)
 
 
-def tiny_setup(method: str = "trades", seed: int = 0):
+def tiny_setup(method: str = "trades", seed: int = 0, n: int = 48):
     rng = np.random.default_rng(0)
-    labels = np.arange(48) % 4
-    images = (rng.integers(0, 60, (48, 3, 16, 16)) + 40 * labels[:, None, None, None]).astype(np.uint8)
+    labels = np.arange(n) % 4
+    images = (rng.integers(0, 60, (n, 3, 16, 16)) + 40 * labels[:, None, None, None]).astype(np.uint8)
     torch.manual_seed(seed)
     model = build_model("tiny_cnn", num_classes=4, in_channels=3)
     loader = TensorLoader(images, labels, batch_size=16, shuffle=True, crop_padding=2, flip=True, seed=seed)
