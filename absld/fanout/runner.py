@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this Python's ``bin/`` first on PATH, so that DVC finds ``absld`` (the stages'
+    command) in the environment the fan-out runs in, activated or not."""
+    out = dict(env)
+    here = str(Path(sys.executable).parent)
+    path = out.get("PATH", "")
+    if here not in path.split(os.pathsep):
+        out["PATH"] = here + (os.pathsep + path if path else "")
+    return out
+
+
 def repro_command(stage: str) -> list[str]:
     return [dvc_executable(), "repro", "--single-item", stage]
 
@@ -64,32 +76,60 @@ def backoff(attempt: int, base: float = 1.0, cap: float = 15.0) -> float:
     return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-def run_stage(root: Path, stage: str, *, env: Mapping[str, str] | None = None, lock_retries: int = 8,
-              header: str = "", sleep: Callable[[float], None] = time.sleep,
-              command: list[str] | None = None) -> Outcome:
-    """Run ``stage`` in the project at ``root`` until it ends other than on DVC's lock, at most
-    ``1 + lock_retries`` times; its output (every attempt's) goes to :func:`log_path`, after
-    ``header``. ``command`` replaces ``dvc repro --single-item <stage>`` (tests)."""
-    log = log_path(root, stage)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = command or repro_command(stage)
-    child_env = dict(os.environ if env is None else env)
-    attempt = 0
-    with open(log, "a") as handle:
-        if header:
-            handle.write(header.rstrip("\n") + "\n")
-        while True:
-            attempt += 1
-            handle.write(f"$ {' '.join(cmd)}  (attempt {attempt})\n")
-            handle.flush()
-            result = subprocess.run(cmd, cwd=root, env=child_env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            handle.write(result.stdout)
-            handle.flush()
-            if result.returncode == 0 or not lock_failure(result.stdout) or attempt > lock_retries:
-                return Outcome(stage, result.returncode, attempt, log)
-            wait = backoff(attempt)
-            handle.write(f"[fanout] DVC's repository lock was taken; retry {attempt} of {lock_retries} "
-                         f"in {wait:.1f} s\n")
-            handle.flush()
-            sleep(wait)
+class StageRun:
+    """One item, run until it ends other than on DVC's lock, at most ``1 + lock_retries`` times.
+    Each attempt's output streams into :func:`log_path` (after ``header``), so that ``tail -f``
+    follows a long training. :meth:`stop` interrupts it as Ctrl-C would (SIGINT to the child's
+    process group: the stage saves its checkpoint, DVC releases its locks), from another thread or
+    a signal handler. ``command`` replaces ``dvc repro --single-item <stage>`` (tests)."""
+
+    def __init__(self, root: Path, stage: str, *, env: Mapping[str, str] | None = None, lock_retries: int = 8,
+                 header: str = "", sleep: Callable[[float], None] = time.sleep,
+                 command: list[str] | None = None) -> None:
+        self.root, self.stage, self.lock_retries, self.header, self.sleep = root, stage, lock_retries, header, sleep
+        self.env = child_env(os.environ if env is None else env)
+        self.cmd = command or repro_command(stage)
+        self.log = log_path(root, stage)
+        self.process: subprocess.Popen | None = None
+        self.stopped = False
+
+    def run(self) -> Outcome:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        with open(self.log, "a") as handle:
+            if self.header:
+                handle.write(self.header.rstrip("\n") + "\n")
+            while True:
+                attempt += 1
+                handle.write(f"$ {' '.join(self.cmd)}  (attempt {attempt})\n")
+                handle.flush()
+                begin = handle.tell()
+                self.process = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=handle,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+                returncode = self.process.wait()
+                handle.flush()
+                with open(self.log) as reader:
+                    reader.seek(begin)
+                    said = reader.read()
+                if (returncode == 0 or self.stopped or not lock_failure(said) or attempt > self.lock_retries):
+                    return Outcome(self.stage, returncode, attempt, self.log)
+                wait = backoff(attempt)
+                handle.write(f"[fanout] DVC's repository lock was taken; retry {attempt} of {self.lock_retries} "
+                             f"in {wait:.1f} s\n")
+                handle.flush()
+                self.sleep(wait)
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Interrupt the running attempt (no further attempt starts)."""
+        self.stopped = True
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def run_stage(root: Path, stage: str, **options) -> Outcome:
+    """:class:`StageRun` ``(root, stage, **options).run()``."""
+    return StageRun(root, stage, **options).run()
