@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import glob
 import hashlib
 import io
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UserError
+from .errors import StageError, UserError
 
 
 _UMASK = os.umask(0)
@@ -277,3 +278,35 @@ def sha256_file(path: str | Path) -> str:
 
 def md5_file(path: str | Path) -> str:
     return file_digest(path, "md5")
+
+
+def lock_path(name: str) -> Path:
+    """The lock file of stage ``name`` in this project: under the system's temporary directory, keyed
+    by the project's path, so that the project itself gets no scratch files."""
+    project = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "absld-locks" / f"{project}-{name.replace('/', '-')}.lock"
+
+
+@contextlib.contextmanager
+def stage_lock(name: str) -> Iterator[None]:
+    """Hold the stage's lock file (an exclusive, non-blocking ``flock``) while it runs; a
+    second process running the same stage stops with one line naming the first one's pid. The
+    kernel releases the lock when its holder dies, so a killed stage never leaves a stale lock."""
+    path = lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StageError(f"{name} is already running (pid {holder}, lock {path}); wait for it to finish "
+                             "or stop it before running it again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()

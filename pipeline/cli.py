@@ -11,6 +11,7 @@ from .bench import bench
 from .check import check
 from .distill import distill
 from .evaluate import evaluate
+from .fanout import fanout
 from .gpu_check import gpu_check
 from .prepare import prepare
 from .profiles import profiles
@@ -39,6 +40,7 @@ main.add_command(evaluate)
 main.add_command(analyze)
 main.add_command(report)
 main.add_command(bench)
+main.add_command(fanout)
 main.add_command(gpu_check)
 main.add_command(profiles)
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import hashlib
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 
 from absld.code import stage_digest
 from absld.params import Params, load_params
 from absld.distributed import is_main
-from absld.errors import Interrupted, StageError, UserError
-from absld.io import check_writable
+from absld.errors import Interrupted, UserError
+from absld.io import check_writable, stage_lock
 from absld.layout import OUTPUT_ROOTS, Layout
 from absld.tracking import check_tracking
 from absld.vocab import ModelId
@@ -80,38 +74,6 @@ def load(params_path: str) -> Params:
     """The validated params; first checks that W&B can log as WANDB_MODE asks (before any work)."""
     check_tracking()
     return load_params(params_path)
-
-
-def lock_path(name: str) -> Path:
-    """The lock file of stage ``name`` in this project: under the system's temporary directory, keyed
-    by the project's path, so that the project itself gets no scratch files."""
-    project = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "absld-locks" / f"{project}-{name.replace('/', '-')}.lock"
-
-
-@contextlib.contextmanager
-def stage_lock(name: str) -> Iterator[None]:
-    """Hold the stage's lock file (an exclusive, non-blocking ``flock``) while it runs; a
-    second process running the same stage stops with one line naming the first one's pid. The
-    kernel releases the lock when its holder dies, so a killed stage never leaves a stale lock."""
-    path = lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise StageError(f"{name} is already running (pid {holder}, lock {path}); wait for it to finish "
-                             "or stop it before running it again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
 
 
 def locked(name_of: Callable[..., str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -7,6 +7,12 @@ taken waits about 3 s and fails with "Unable to acquire lock" (``dvc/lock.py``).
 or finish together collide there. That failure happens before DVC runs anything or after it has
 recorded everything it will, and a rerun of an up-to-date stage is a no-op, so the retry is safe;
 every other failure is the stage's own and ends the item.
+
+By default each item also runs with DVC's own ``--wait-for-lock`` (DVC >= 3.50 has it), so DVC waits
+for the lock where it needs it instead of failing. That matters most at the end: without it, an
+item whose command has finished but that cannot take the lock to record its outputs fails, and its
+retry runs the command again (a student resumes from its last checkpoint in seconds; an evaluation
+starts over). The retry stays for ``wait_for_lock=False`` (``absld fanout --no-wait-for-lock``).
 """
 
 from __future__ import annotations
@@ -57,8 +63,9 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def repro_command(stage: str) -> list[str]:
-    return [dvc_executable(), "repro", "--single-item", stage]
+def repro_command(stage: str, wait_for_lock: bool = True) -> list[str]:
+    """``dvc [--wait-for-lock] repro --single-item <stage>``."""
+    return [dvc_executable(), *(["--wait-for-lock"] if wait_for_lock else []), "repro", "--single-item", stage]
 
 
 def log_path(root: Path, stage: str) -> Path:
@@ -81,14 +88,15 @@ class StageRun:
     Each attempt's output streams into :func:`log_path` (after ``header``), so that ``tail -f``
     follows a long training. :meth:`stop` interrupts it as Ctrl-C would (SIGINT to the child's
     process group: the stage saves its checkpoint, DVC releases its locks), from another thread or
-    a signal handler. ``command`` replaces ``dvc repro --single-item <stage>`` (tests)."""
+    a signal handler. ``wait_for_lock``: DVC waits for its lock itself (see the module's docstring).
+    ``command`` replaces ``dvc repro --single-item <stage>`` (tests)."""
 
     def __init__(self, root: Path, stage: str, *, env: Mapping[str, str] | None = None, lock_retries: int = 8,
-                 header: str = "", sleep: Callable[[float], None] = time.sleep,
+                 header: str = "", sleep: Callable[[float], None] = time.sleep, wait_for_lock: bool = True,
                  command: list[str] | None = None) -> None:
         self.root, self.stage, self.lock_retries, self.header, self.sleep = root, stage, lock_retries, header, sleep
         self.env = child_env(os.environ if env is None else env)
-        self.cmd = command or repro_command(stage)
+        self.cmd = command or repro_command(stage, wait_for_lock)
         self.log = log_path(root, stage)
         self.process: subprocess.Popen | None = None
         self.stopped = False

@@ -1,0 +1,44 @@
+"""What ``absld fanout`` does, behind its click command (``pipeline/fanout.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..params import load_params
+from .local import Pool, fan_out, make_slots, parse_gpus
+from .plan import build_plan, dvc_state
+
+
+def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gpu: int, lock_retries: int,
+        wait_for_lock: bool = True, dry_run: bool, echo: Callable[[str], None] = print) -> int:
+    """The fan-out's exit status: 0 when every stage ran and DVC finds the project up to date."""
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"no dvc.yaml in {root}: run absld fanout in the project's directory")
+    params = load_params(params_path)
+    plan = build_plan(root, params)
+    if dry_run:
+        for line in plan.lines():
+            echo(line)
+        return 0
+    if backend == "slurm":
+        raise UserError("the slurm backend is not wired in yet")
+    slots = make_slots(parse_gpus(gpus), per_gpu)
+    echo(f"{len(slots)} slots: {', '.join(slot.name for slot in slots)}")
+    pool = Pool(root, slots, lock_retries=lock_retries, wait_for_lock=wait_for_lock, echo=echo)
+    report, after = fan_out(root, lambda: build_plan(root, params), pool)
+    if report.interrupted:
+        echo("interrupted: each running stage saved its checkpoint; run absld fanout again to resume")
+        return 130
+    for name, stages in (("failed", report.failed), ("skipped (waits for a failure)", report.skipped),
+                         ("not started", report.not_started)):
+        if stages:
+            echo(f"{name}: {', '.join(stages)}")
+    _, stale = dvc_state(root)
+    if report.ok and not stale:
+        echo(f"{len(report.outcomes)} stages ran; dvc status: every stage up to date")
+        return 0
+    if stale:
+        echo(f"dvc status: still stale: {', '.join(sorted(stale))}")
+    return 1
