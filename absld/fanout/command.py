@@ -16,6 +16,7 @@ def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gp
     """The fan-out's exit status: 0 when every stage ran and DVC finds the project up to date."""
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"no dvc.yaml in {root}: run absld fanout in the project's directory")
+    slots = make_slots(parse_gpus(gpus), per_gpu) if backend == "local" and not (dry_run and gpus is None) else []
     params = load_params(params_path)
     plan = build_plan(root, params)
     if dry_run:
@@ -24,7 +25,6 @@ def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gp
         return 0
     if backend == "slurm":
         raise UserError("the slurm backend is not wired in yet")
-    slots = make_slots(parse_gpus(gpus), per_gpu)
     echo(f"{len(slots)} slots: {', '.join(slot.name for slot in slots)}")
     pool = Pool(root, slots, lock_retries=lock_retries, wait_for_lock=wait_for_lock, echo=echo)
     report, after = fan_out(root, lambda: build_plan(root, params), pool)
