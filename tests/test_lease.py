@@ -54,6 +54,16 @@ def line_of(stream, timeout: float = 20.0) -> str:
     return stream.readline()
 
 
+def outcome(process: subprocess.Popen, timeout: float = 20.0) -> tuple[str, str]:
+    """``process``'s stdout and stderr once it ends; killed, and a failure, after ``timeout`` seconds."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"still running (waiting?) after {timeout} s") from None
+
+
 def stop(*processes: subprocess.Popen) -> None:
     for process in processes:
         if process.poll() is None:
@@ -95,19 +105,18 @@ def test_a_third_process_waits_until_a_holder_exits_and_takes_its_gpu(locks):
         stop(first, second, *([third] if third else []))
 
 
-def test_the_wait_is_bounded_by_absld_gpu_wait(locks, monkeypatch):
+def test_the_wait_is_bounded_by_absld_gpu_wait(locks):
     first = holder("4")
     try:
         line_of(first.stdout)
-        monkeypatch.setenv("ABSLD_GPUS", "4")
-        monkeypatch.setenv("ABSLD_GPU_WAIT", "0.3")
-        said: list[str] = []
         started = time.monotonic()
-        with pytest.raises(lease.LeaseError, match=r"ABSLD_GPU_WAIT=0.3 s") as error:
-            lease.acquire(echo=said.append)
-        assert 0.3 <= time.monotonic() - started < 5
-        assert f"pid {first.pid}" in str(error.value) and len(said) == 1
-        assert "CUDA_VISIBLE_DEVICES" not in os.environ
+        waiter = holder("4", ABSLD_GPU_WAIT="0.3")
+        _, stderr = outcome(waiter)  # a wait without its bound fails here, not hangs
+        assert 0.3 <= time.monotonic() - started < 10 and waiter.returncode != 0
+        said, error = stderr.strip().splitlines()[0], stderr.strip().splitlines()[-1]
+        assert said.startswith("gpu lease: every GPU of ABSLD_GPUS=4 is held") and "at most 0.3 s" in said
+        assert error.startswith("absld.lease.LeaseError:") and "ABSLD_GPU_WAIT=0.3 s" in error
+        assert f"pid {first.pid}" in error
     finally:
         stop(first)
 
@@ -115,12 +124,12 @@ def test_the_wait_is_bounded_by_absld_gpu_wait(locks, monkeypatch):
 def test_a_killed_holder_frees_its_gpu(locks, monkeypatch):
     first = holder("2")
     line_of(first.stdout)
-    monkeypatch.setenv("ABSLD_GPUS", "2")
-    monkeypatch.setenv("ABSLD_GPU_WAIT", "0")
-    with pytest.raises(lease.LeaseError):
-        lease.acquire()  # held: the lock is real
+    second = holder("2", ABSLD_GPU_WAIT="0")
+    assert outcome(second)[0] == "" and second.returncode != 0  # held: the lock is real
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=20)
+    monkeypatch.setenv("ABSLD_GPUS", "2")
+    monkeypatch.setenv("ABSLD_GPU_WAIT", "0")
     assert lease.acquire().gpu == 2
     first.stdin.close()
 
@@ -147,6 +156,7 @@ def test_unset_absld_gpus_does_nothing(locks, monkeypatch):
 @pytest.mark.parametrize("value", ["0,,1", "a", "-1", "0,0", "1.5", "0;1", ","])
 def test_a_bad_absld_gpus_is_a_user_error_naming_it(locks, monkeypatch, value):
     monkeypatch.setenv("ABSLD_GPUS", value)
+    monkeypatch.setenv("ABSLD_GPU_WAIT", "0")  # a value taken for good fails the test, never waits
     with pytest.raises(UserError, match=f"ABSLD_GPUS={value!r}"):
         lease.acquire()
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
@@ -158,6 +168,16 @@ def test_a_bad_absld_gpu_wait_is_a_user_error_naming_it(locks, monkeypatch, valu
     monkeypatch.setenv("ABSLD_GPU_WAIT", value)
     with pytest.raises(UserError, match=f"ABSLD_GPU_WAIT={value!r}"):
         lease.acquire()
+
+
+def test_the_default_lock_directory_is_the_machines_per_user_not_the_projects(monkeypatch, tmp_path):
+    monkeypatch.delenv("ABSLD_GPU_LOCK_DIR", raising=False)
+    seen = set()
+    for project in ("a", "b"):
+        (tmp_path / project).mkdir()
+        monkeypatch.chdir(tmp_path / project)
+        seen.add(lease.lock_dir())
+    assert seen == {Path(f"/tmp/absld-gpu-locks-{os.getuid()}")}
 
 
 def test_good_values_parse():
@@ -192,6 +212,18 @@ def test_a_device_command_has_its_gpu_before_its_body_runs(locks, monkeypatch, t
     assert seen == ["6"], result.output
     assert "Error: stopped by the test" in result.output
     assert "gpu lease: GPU 6 of ABSLD_GPUS=6" in result.stderr and "CUDA_VISIBLE_DEVICES='6'" in result.stderr
+
+
+def test_without_absld_gpus_a_command_says_nothing_of_a_lease(locks, monkeypatch, tmp_path):
+    def spy(*_, **__):
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr("pipeline.distill.load", spy)
+    monkeypatch.delenv("ABSLD_GPUS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["distill", "--method", "absld", "--seed", "0"])
+    assert result.stderr.strip() == "Error: stopped by the test"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and not locks.exists()
 
 
 def test_a_bad_absld_gpus_stops_a_command_with_one_line(locks, monkeypatch):
