@@ -246,10 +246,9 @@ def test_help_never_waits_for_a_gpu(locks, monkeypatch):
 
 
 def test_the_commands_that_can_pick_a_cuda_device_are_the_leased_ones():
-    """A command whose code imports absld.runtime (the device's choice) or calls torch.cuda takes
-    the lease; one that computes on no device (check, prepare, analyze, ...) never waits for a GPU."""
+    """A command whose code imports absld.runtime (the device's choice) takes the lease; one that
+    computes on no device (check, prepare, analyze, ...) never waits for a GPU."""
     leased = {name for name, command in main.commands.items() if getattr(command.callback, "takes_gpu_lease", False)}
     device = {name for name, command in main.commands.items()
-              if "absld/runtime.py" in closure(command.callback.__module__, REPO)
-              or "absld/gpu_check.py" in closure(command.callback.__module__, REPO)}
+              if "absld/runtime.py" in closure(command.callback.__module__, REPO)}
     assert leased == device == set(BODIES)
