@@ -262,6 +262,8 @@ class Tracker:
             config=config,
             reinit="finish_previous",
         )
+        # which GPU ran it (a launcher's or the GPU lease's choice, absld/lease.py): never part of the run's id
+        self.run.config.update({"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}, allow_val_change=True)
         if resume is not None:
             write_json(self.run_id_file, {"fingerprint": resume[1], "id": self.run.id, "project": where.project})
         if stage in EPOCH_STAGES:  # curves against the epoch, also across a resumed run

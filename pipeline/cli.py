@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import click
 
-from absld import __version__
+from absld import __version__, lease
 
 from .analyze import analyze
 from .bench import bench
 from .check import check
+from .common import user_errors
 from .distill import distill
 from .evaluate import evaluate
 from .fanout import fanout
@@ -27,21 +30,29 @@ def main() -> None:
     Each sub-command is one DVC stage and reads its settings from params.yaml (composed by DVC
     from conf/config.yaml and one conf/profile/<name>.yaml); run the whole pipeline with `dvc
     repro`, select a profile with `dvc exp run -S profile=quick`, or try settings with `dvc exp
-    run -S key=value`. W&B, progress bars and CPU threads follow the environment (WANDB_*,
-    TQDM_DISABLE, OMP_NUM_THREADS).
+    run -S key=value`. W&B, progress bars, CPU threads and the GPU follow the environment (WANDB_*,
+    TQDM_DISABLE, OMP_NUM_THREADS, ABSLD_GPUS: the GPU lease, docs/speed.md).
     """
+
+
+def leased(command: click.Command) -> click.Command:
+    """A copy of ``command`` that takes its GPU lease (:func:`absld.lease.holding`) once its options
+    are parsed (``--help`` never waits) and before its body runs, so before any CUDA call."""
+    leased_command = copy.copy(command)
+    leased_command.callback = user_errors(lease.holding(command.callback, lambda line: click.echo(line, err=True)))
+    return leased_command
 
 
 main.add_command(check)
 main.add_command(prepare)
-main.add_command(teacher)
-main.add_command(distill)
-main.add_command(evaluate)
+main.add_command(leased(teacher))
+main.add_command(leased(distill))
+main.add_command(leased(evaluate))
 main.add_command(analyze)
 main.add_command(report)
-main.add_command(bench)
+main.add_command(leased(bench))
 main.add_command(fanout)
-main.add_command(gpu_check)
+main.add_command(leased(gpu_check))
 main.add_command(profiles)
 
 if __name__ == "__main__":  # pragma: no cover

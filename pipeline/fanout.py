@@ -27,10 +27,8 @@ def fanout(backend: str, gpus: str | None, per_gpu: int, lock_retries: int, wait
            dry_run: bool, params_path: str) -> None:
     """Run the stale stages of dvc.yaml in parallel, each as `dvc repro --single-item <stage>`.
 
-    The upstream (check, prepare, the teachers) runs first; then the students, longest first, each
-    student's evaluation after it, the teacher's as soon as it can, `analyze` last. DVC itself
-    records every result in dvc.lock, so `dvc status` is clean afterwards. Each stage's output is in
-    logs/fanout/<stage>.log, every start and end in logs/fanout/events.jsonl.
+    The upstream (check, prepare, teachers) first; then students longest first, each evaluation after
+    its model, analyze last. DVC records every result in dvc.lock. Logs: logs/fanout/ (docs/slurm.md).
     """
     from absld.fanout import command
 

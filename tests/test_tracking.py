@@ -34,9 +34,11 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
     monkeypatch.setenv("DVC_EXP_NAME", "exp-123")
     monkeypatch.setenv("WANDB_PROJECT", "proj")
     monkeypatch.setenv("WANDB_TAGS", "ablation, cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     params = Params.model_validate({"profile": "fashion"})
     with Tracker(params, "distill", name="distill-absld-seed0") as tracker:
         run = tracker.run
+        assert run.config["cuda_visible_devices"] == "3"  # the GPU it ran on (a launcher's or the lease's)
         assert run.group == "absld-fashion" and run.job_type == "distill"
         assert run.name == "exp-123-distill-absld-seed0" and run.project == "proj"
         assert set(run.tags) == {"ablation", "cpu"}
@@ -56,8 +58,9 @@ def test_offline_run_is_grouped_by_study_and_typed_by_stage(tmp_path, monkeypatc
             raise RuntimeError("inside the stage")
     # the same stage with the same settings (a killed run started again) resumes the same W&B run;
     # other settings make another run
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # resumed on another GPU: the same run, its GPU updated
     with Tracker(params, "distill", name="distill-absld-seed0") as again:
-        assert again.run.id == first_id
+        assert again.run.id == first_id and again.run.config["cuda_visible_devices"] == "5"
     with Tracker(params, "distill", name="distill-absld-seed0", config={"lr": 0.2}) as other:
         assert other.run.id != first_id
 

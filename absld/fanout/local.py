@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..lease import FANOUT_SLOT_ENV as SLOT_ENV  # every child's slot (gpu0.1: the second process on GPU 0)
 from .plan import Item, Plan, order_key
 from .runner import Outcome, StageRun
-
-SLOT_ENV = "ABSLD_FANOUT_SLOT"
-"""Set in every child: its slot's name (``gpu0.1``: the second process on GPU 0)."""
 
 
 @dataclass(frozen=True)
