@@ -16,8 +16,8 @@ shares, the class risks), ~1e-7 relative per operation in float32.
 - the fast tests below (one run of one process and one of two, :func:`scenarios`): ARD with the
   paper's attack (8/255, step 2/255, uniform start), every start recorded; IAD's introspection on a
   batch whose one share the teacher trusts fully (a branch decided by a process's values would
-  differ between the two); FRL with a student whose eval-mode logits depend on the process (a
-  stand-in for what makes a process's own measurement its own: BatchNorm's running statistics on
+  differ between the two); FRL and WAT with a student whose eval-mode logits depend on the process
+  (a stand-in for what makes a process's own measurement its own: BatchNorm's running statistics on
   the CPU, cuDNN's per-device choice of algorithm on CUDA).
 """
 
@@ -299,22 +299,52 @@ def _frl(rt) -> dict:
     return {"log": method.log, "state": method.state_dict()}
 
 
+def _wat(rt) -> dict:
+    """WAT: two epochs, its class costs measured by its own pass over 24 validation images after each."""
+    from types import SimpleNamespace
+
+    from absld.params import EvalAttackConfig
+    from absld.train.distill import _validation_pass
+
+    loader = TensorLoader(_images(32, 2), np.arange(32) % N_CLASSES, batch_size=16, shuffle=True, seed=0)
+    student = RankSkewedNet(seed=2)
+    validation = SimpleNamespace(val_images=_images(24, 3), val_labels=np.arange(24) % N_CLASSES, num_classes=N_CLASSES)
+    cfg = Params().distill.method_config("wat").model_copy(update={"validation": EvalAttackConfig(batch_size=10, steps=2)})
+    method = build_method("wat", cfg, MethodContext(
+        num_classes=N_CLASSES, attack=AttackConfig(eps="8/255", step="2/255", steps=2), student=student,
+        validation_pass=_validation_pass(student, validation, rt, seed=0, bf16=False)))
+    torch.manual_seed(0)
+    fit(student, method, loader, TrainConfig(epochs=2, batch_size=16, lr=0.05, milestones=[]), rt)
+    return {"log": method.log, "state": method.state_dict()}
+
+
 def scenarios(out: Path) -> None:
-    """One process of :func:`_ard`, :func:`_iad` and :func:`_frl` in turn; each process writes what it got."""
+    """One process of :func:`_ard`, :func:`_iad`, :func:`_frl` and :func:`_wat` in turn; each process
+    writes what it got."""
     rt = setup(RuntimeConfig(device="cpu", distributed=True))
-    torch.save({"world": rt.world, "ard": _ard(rt), "iad": _iad(rt), "frl": _frl(rt)}, out / f"rank{rt.rank}.pt")
+    torch.save({"world": rt.world, "ard": _ard(rt), "iad": _iad(rt), "frl": _frl(rt), "wat": _wat(rt)},
+               out / f"rank{rt.rank}.pt")
 
 
-def launch(function: str, out: Path, world: int, timeout: float = 120) -> None:
-    """``world`` processes of ``tests.test_distributed.<function>(out)``, started as torchrun starts them;
-    a process that fails or hangs (a collective one process skips) fails the test, and is ended."""
+def launch(function: str, out: Path, world: int) -> list[subprocess.Popen]:
+    """``world`` processes of ``tests.test_distributed.<function>(out)``, started as torchrun starts them
+    (one: a plain process, as without torchrun)."""
     port = free_port()
     code = f"from pathlib import Path; from tests.test_distributed import {function}; {function}(Path({str(out)!r}))"
     processes = []
     for rank in range(world):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE=str(world), OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        if world == 1:
+            for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
+                env.pop(name)
         processes.append(subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 180) -> None:
+    """Wait for ``processes``: one that fails or hangs (a collective that another process skips) fails
+    the test, and every one still running is ended."""
     try:
         for process in processes:
             _, err = process.communicate(timeout=timeout)
@@ -328,13 +358,13 @@ def launch(function: str, out: Path, world: int, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """:func:`scenarios` by one process and by two: ``{"one": [rank 0], "two": [rank 0, rank 1]}``."""
-    out = {}
-    for name, world in (("one", 1), ("two", 2)):
-        folder = tmp_path_factory.mktemp(name)
-        launch("scenarios", folder, world)
-        out[name] = [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
-    return out
+    """:func:`scenarios` by one process and by two, at the same time: ``{"one": [rank 0], "two":
+    [rank 0, rank 1]}``."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("one", "two")}
+    processes = [*launch("scenarios", folders["one"], 1), *launch("scenarios", folders["two"], 2)]
+    finish(processes)
+    return {name: [torch.load(folders[name] / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+            for name, world in (("one", 1), ("two", 2))}
 
 
 def test_two_processes_train_what_one_trains_under_the_papers_attack(runs):
@@ -384,3 +414,15 @@ def test_frls_validation_state_is_rank_0s_on_every_process(runs):
     for row_two, row_one in zip([row for row in two[0]["log"] if row["epoch"] == 1], first_epoch, strict=True):
         assert row_two == pytest.approx(row_one)
     assert any(row["lambda_boundary"] > 0 or row["lambda_nat"] > 0 for row in first_epoch)  # the weights moved
+
+
+def test_wats_validation_costs_are_rank_0s_on_every_process(runs):
+    """WAT's own validation pass (ctx.validation_pass) on the same process-dependent student."""
+    one, two = runs["one"][0]["wat"], [runs["two"][rank]["wat"] for rank in (0, 1)]
+    assert two[0]["log"] == two[1]["log"]
+    for key in ("weights", "cumulative_cost"):
+        assert torch.equal(two[0]["state"][key], two[1]["state"][key]), key
+    first_epoch = [row for row in one["log"] if row["epoch"] == 1]
+    for row_two, row_one in zip([row for row in two[0]["log"] if row["epoch"] == 1], first_epoch, strict=True):
+        assert row_two == pytest.approx(row_one, rel=1e-4)
+    assert len({row["weight"] for row in first_epoch}) > 1  # the weights moved apart
