@@ -318,12 +318,17 @@ def _wat(rt) -> dict:
     return {"log": method.log, "state": method.state_dict()}
 
 
+SCENARIOS = {"ard": _ard, "frl": _frl, "wat": _wat, "iad": _iad}
+
+
 def scenarios(out: Path) -> None:
-    """One process of :func:`_ard`, :func:`_iad`, :func:`_frl` and :func:`_wat` in turn; each process
-    writes what it got."""
+    """One process of :data:`SCENARIOS` in turn, writing what it got after each (a scenario whose
+    processes fall out of step, e.g. a collective one of them skips, loses only itself and those after)."""
     rt = setup(RuntimeConfig(device="cpu", distributed=True))
-    torch.save({"world": rt.world, "ard": _ard(rt), "iad": _iad(rt), "frl": _frl(rt), "wat": _wat(rt)},
-               out / f"rank{rt.rank}.pt")
+    results: dict = {"world": rt.world}
+    for name, scenario in SCENARIOS.items():
+        results[name] = scenario(rt)
+        torch.save(results, out / f"rank{rt.rank}.pt")
 
 
 def launch(function: str, out: Path, world: int) -> list[subprocess.Popen]:
@@ -342,37 +347,55 @@ def launch(function: str, out: Path, world: int) -> list[subprocess.Popen]:
     return processes
 
 
-def finish(processes: list[subprocess.Popen], timeout: float = 180) -> None:
-    """Wait for ``processes``: one that fails or hangs (a collective that another process skips) fails
-    the test, and every one still running is ended."""
+def finish(processes: list[subprocess.Popen], timeout: float = 180) -> list[str]:
+    """Wait for ``processes`` (ending any still running after ``timeout``: a collective that another
+    process skipped); the error output of each one that failed."""
+    errors = []
     try:
         for process in processes:
-            _, err = process.communicate(timeout=timeout)
-            assert process.returncode == 0, err
+            try:
+                _, err = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                err = f"still running after {timeout} s"
+            if process.returncode != 0:
+                errors.append(err[-3000:])
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+    return errors
+
+
+class Runs:
+    """What each process of the two runs of :func:`scenarios` wrote, by scenario."""
+
+    def __init__(self, folders: dict[str, Path], errors: list[str]) -> None:
+        self.saved = {name: [torch.load(path, weights_only=False) if (path := folder / f"rank{rank}.pt").is_file()
+                             else {} for rank in range(1 if name == "one" else 2)] for name, folder in folders.items()}
+        self.errors = errors
+
+    def __call__(self, scenario: str) -> tuple[dict, list[dict]]:
+        """(one process's results, [rank 0's, rank 1's]) of ``scenario``; fails if a process did not finish it."""
+        got = [saved.get(scenario) for saved in self.saved["one"] + self.saved["two"]]
+        if any(result is None for result in got):
+            pytest.fail(f"a process did not finish the scenario {scenario}:\n" + "\n".join(self.errors))
+        return got[0], got[1:]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """:func:`scenarios` by one process and by two, at the same time: ``{"one": [rank 0], "two":
-    [rank 0, rank 1]}``."""
+def runs(tmp_path_factory) -> Runs:
+    """:func:`scenarios` by one process and by two, at the same time."""
     folders = {name: tmp_path_factory.mktemp(name) for name in ("one", "two")}
-    processes = [*launch("scenarios", folders["one"], 1), *launch("scenarios", folders["two"], 2)]
-    finish(processes)
-    return {name: [torch.load(folders[name] / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
-            for name, world in (("one", 1), ("two", 2))}
+    return Runs(folders, finish([*launch("scenarios", folders["one"], 1), *launch("scenarios", folders["two"], 2)]))
 
 
 def test_two_processes_train_what_one_trains_under_the_papers_attack(runs):
-    one, two = runs["one"][0]["ard"], runs["two"][0]["ard"]
-    assert (runs["one"][0]["world"], runs["two"][0]["world"]) == (1, 2)
+    one, (two, other) = runs("ard")
+    assert [saved["world"] for saved in runs.saved["one"] + runs.saved["two"]] == [1, 2, 2]
     for name, weight in one["weights"].items():
         assert torch.allclose(two["weights"][name], weight, rtol=0, atol=1e-5), name
-        assert torch.equal(runs["two"][1]["ard"]["weights"][name], two["weights"][name])  # DDP: one model
+        assert torch.equal(other["weights"][name], two["weights"][name])  # DDP: one model
     assert not torch.equal(one["weights"]["fc.weight"], NoNormNet(seed=2).fc.weight)  # it did train
     for row_one, row_two in zip(one["history"], two["history"], strict=True):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
@@ -382,8 +405,8 @@ def test_two_processes_train_what_one_trains_under_the_papers_attack(runs):
 def test_each_process_starts_its_samples_where_one_process_starts_them(runs):
     """Every PGD start of the two epochs (3 batches each, the last of 5 split 3/2): rank r's are rows
     r, r + 2, ... of one process's, bit for bit, and the two ranks' noise differs."""
-    one = runs["one"][0]["ard"]["starts"]
-    shares = [runs["two"][rank]["ard"]["starts"] for rank in (0, 1)]
+    one, shares = runs("ard")
+    one, shares = one["starts"], [share["starts"] for share in shares]
     assert len(one) == len(shares[0]) == len(shares[1]) == 2 * 3
     for whole, first, second in zip(one, *shares, strict=True):
         assert torch.equal(first, whole[0::2]) and torch.equal(second, whole[1::2])
@@ -393,7 +416,7 @@ def test_each_process_starts_its_samples_where_one_process_starts_them(runs):
 def test_iads_introspection_is_decided_alike_on_a_batch_one_share_trusts_fully(runs):
     """Rank 0's share has a_i = 1 on every sample: a branch on ``(trust < 1).any()`` would skip the
     natural forward there (on CUDA a SyncBatchNorm collective the other process waits for)."""
-    one, two = runs["one"][0]["iad"], [runs["two"][rank]["iad"] for rank in (0, 1)]
+    one, two = runs("iad")
     assert two[0]["train_forwards"] == two[1]["train_forwards"] == one["train_forwards"]
     for name, weight in one["weights"].items():
         assert torch.allclose(two[0]["weights"][name], weight, rtol=0, atol=1e-5), name
@@ -406,7 +429,7 @@ def test_iads_introspection_is_decided_alike_on_a_batch_one_share_trusts_fully(r
 def test_frls_validation_state_is_rank_0s_on_every_process(runs):
     """The student's eval logits differ by process (:class:`RankSkewedNet`): every process still holds
     the multipliers, weights and log of rank 0's measurement, which one process makes as well."""
-    one, two = runs["one"][0]["frl"], [runs["two"][rank]["frl"] for rank in (0, 1)]
+    one, two = runs("frl")
     assert two[0]["log"] == two[1]["log"]
     for key in ("lambda_nat", "lambda_boundary", "lambda_margin"):
         assert torch.equal(two[0]["state"][key], two[1]["state"][key]), key
@@ -418,7 +441,7 @@ def test_frls_validation_state_is_rank_0s_on_every_process(runs):
 
 def test_wats_validation_costs_are_rank_0s_on_every_process(runs):
     """WAT's own validation pass (ctx.validation_pass) on the same process-dependent student."""
-    one, two = runs["one"][0]["wat"], [runs["two"][rank]["wat"] for rank in (0, 1)]
+    one, two = runs("wat")
     assert two[0]["log"] == two[1]["log"]
     for key in ("weights", "cumulative_cost"):
         assert torch.equal(two[0]["state"][key], two[1]["state"][key]), key
