@@ -238,6 +238,7 @@ def test_test_set_selection_is_labelled_and_does_not_change_training(project):
     last_weights, last_metrics, last_log, _ = _student_run(project, "last")
     # select last: the temperatures used during the last epoch (3), not the ones updated after it
     assert last_metrics["selected_epoch"] == 3 and last_metrics["final_tau_epoch"] == 3
+    assert last_metrics["world"] == 1  # one process trained it (tests/test_distributed.py: torchrun's 2)
     tau_adv, tau_nat = _temperatures_of(project, 3)
     assert list(last_metrics["final_tau_adv"].values()) == pytest.approx(tau_adv, abs=1e-5)
     assert list(last_metrics["final_tau_nat"].values()) == pytest.approx(tau_nat, abs=1e-5)

@@ -27,8 +27,9 @@ keep their ``.grad`` untouched. It never calls ``model.train()``/``model.eval()`
 chooses the mode (the distillation methods attack the student in eval mode, as the official code).
 It runs with gradients enabled even inside a caller's ``torch.no_grad()``, works under an
 enclosing ``torch.autocast`` (the loss is computed in float32) and with channels_last inputs.
-Random starts draw from the global torch RNG (the training loop saves/restores it for exact resume),
-unless the caller passes ``noise``: standard draws of x's shape, U(-1, 1) for ``"uniform"``
+Random starts draw from the global torch RNG (the training loop saves/restores it for exact resume;
+in a data-parallel step, the whole global batch's draw, each process keeping its rows:
+:func:`absld.distributed.draw_rows`), unless the caller passes ``noise``: standard draws of x's shape, U(-1, 1) for ``"uniform"``
 (start ``clamp(x + eps * noise)``) and N(0, 1) for ``"gaussian"`` (start ``x + gauss_std * noise``).
 The evaluation draws them per sample from a seeded generator, so that a sample's start does not
 depend on the batch it lands in.
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from absld.attacks.errors import AttackError
 from absld.attacks.losses import LossFn
+from absld.distributed import draw_rows
 
 __all__ = ["Start", "pgd", "project_linf"]
 
@@ -124,13 +126,18 @@ def project_linf(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
 
 
 def _start_point(x: Tensor, eps: float | Tensor, start: Start, gauss_std: float, noise: Tensor | None) -> Tensor:
+    """The first point; noise not given is drawn from the global RNG for the whole global batch of a
+    data-parallel step, this process keeping its rows (:func:`absld.distributed.draw_rows`)."""
     if start == "uniform":
         if noise is None and isinstance(eps, Tensor):  # per-sample radius: U(-1, 1) scaled per sample
-            noise = torch.empty_like(x).uniform_(-1.0, 1.0)
-        offset = torch.empty_like(x).uniform_(-eps, eps) if noise is None else eps * noise
+            noise = draw_rows(x, lambda like: torch.empty_like(like).uniform_(-1.0, 1.0))
+        if noise is None:
+            offset = draw_rows(x, lambda like: torch.empty_like(like).uniform_(-eps, eps))
+        else:
+            offset = eps * noise
         return torch.clamp(x + offset, 0.0, 1.0)
     if start == "gaussian":
-        unit = torch.randn_like(x) if noise is None else noise
+        unit = draw_rows(x, torch.randn_like) if noise is None else noise
         return x + gauss_std * unit
     return x.clone()
 

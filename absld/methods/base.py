@@ -61,17 +61,22 @@ class StepOutput:
 
 Validate = Callable[[EvalAttackConfig], ClassAccuracy]
 """Measures ``ctx.student`` (eval mode; its mode is restored) on the validation split with the given
-PGD (CE loss, uniform start drawn from a fixed generator: the training's RNG stream is untouched)."""
+PGD (CE loss, uniform start drawn from a fixed generator: the training's RNG stream is untouched).
+Data-parallel training: rank 0 measures, and every process gets its numbers."""
 
-Measure = Callable[[nn.Module, Batch, torch.Generator], None]
-"""``measure(model, batch, generator)``: one validation batch's work (the method accumulates what it needs)."""
+Measure = Callable[[nn.Module, Batch, torch.Generator], Tensor | None]
+"""``measure(model, batch, generator)``: one validation batch's work, returning its sums (a tensor
+of the same shape at every batch, e.g. class-wise counts and costs) or None."""
 
-ValidationPass = Callable[[EvalAttackConfig, Measure], None]
+ValidationPass = Callable[[EvalAttackConfig, Measure], Tensor | None]
 """Runs ``measure(ctx.student, batch, generator)`` on every batch of the validation split's first
 ``n_samples`` images (``batch_size`` a batch, in split order, on the training device, under the run's
-autocast), the student in eval mode (its mode is restored). ``generator``: a CPU generator seeded
+autocast), the student in eval mode (its mode is restored), and returns the sum of what it returned,
+on the CPU (None if it returned None). ``generator``: a CPU generator seeded
 from the run's seed and the stream ``validate``, afresh at every pass: attack starts drawn from it
-leave the training's RNG stream untouched and are the same at every pass."""
+leave the training's RNG stream untouched and are the same at every pass. Data-parallel training:
+rank 0 alone runs the pass, and every process gets its sum (the method's state stays the same on
+all of them; :func:`absld.distributed.from_main`), as with :data:`Validate`."""
 
 
 @dataclass
@@ -135,12 +140,13 @@ class MethodBase:
                              "epochs: give MethodContext a student and a validate function")
         return self.ctx.validate(self.cfg.validation)
 
-    def validation_pass(self, measure: Measure) -> None:
-        """``ctx.validation_pass`` over the method's ``cfg.validation`` images; a clear error without one."""
+    def validation_pass(self, measure: Measure) -> Tensor | None:
+        """``ctx.validation_pass`` over the method's ``cfg.validation`` images (the sum of what
+        ``measure`` returns, on the CPU); a clear error without one."""
         if self.ctx.validation_pass is None or self.ctx.student is None:
             raise ValueError(f"method {self.name!r} measures the student on the validation split between "
                              "epochs: give MethodContext a student and a validation_pass function")
-        self.ctx.validation_pass(self.cfg.validation, measure)
+        return self.ctx.validation_pass(self.cfg.validation, measure)
 
     def output_state(self) -> dict[str, Tensor] | None:
         """The weights to write as the student instead of the trained ones (None: the trained ones)."""

@@ -28,6 +28,10 @@ the checkpoint is the last epoch's average (the code ranks saved epochs on the t
 If the gate never passes, the trained weights are written and the run says so (the code would
 keep a randomly initialised average).
 
+Data-parallel training: the training hits and counts are summed over every process's share; the
+FAWA gate's validation accuracy is measured once, by rank 0, and every process gets it
+(``ctx.validate``), so every process calibrates and averages alike.
+
 Per dataset: the code trains CIFAR-10 only (``train.py:151``), with a 100-per-class validation split
 (``generate_validation.py:27``) and the gate 0.24 (``train.py:44``; its README's AT example: 0.2).
 Its CIFAR-100 split is 25 per class (``generate_validation.py:59``), with no CIFAR-100 gate. The

@@ -41,8 +41,9 @@ Where this follows the code rather than the paper (each a param where it is a ch
 
 Data-parallel training: each process normalises its weighted means by its own share's weight sums
 (the loop re-weights shares as plain means), so the step differs from one process's by the ratio of
-the shares' weight sums (exact with uniform weights); every process measures the whole validation
-split itself.
+the shares' weight sums (exact with uniform weights); the validation split is measured once, by
+rank 0, and every process gets its numbers (``ctx.validate``), so every process holds the same
+multipliers, weights and radii.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ for the methods whose reference code takes the element mean.)
 From epoch ``begin + 1`` on, the introspection term and its natural forward S(x) run in every
 step (the branch is the epoch's, not the batch's): a batch on which the teacher gave P_T(y|x') = 1
 exactly to every sample adds a zero term then, where a value-dependent branch would skip S(x).
+Under data-parallel training every process takes the branch alike, also when the teacher trusts
+every sample of one process's share (tests/test_distributed.py: a branch on ``(trust < 1).any()``
+put the processes' collectives out of step).
 Two hooks serve Fair-IAD (:mod:`absld.methods.fair_iad`): :meth:`IAD.sample_weights` (per-sample
 weights on both terms; None here) and :attr:`IAD.trust_beta` (the exponent of a_i).
 """

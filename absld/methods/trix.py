@@ -34,7 +34,8 @@ Where this differs from the code (params choose where it is a choice):
   log_softmax(z), and the clamp of q at 1e-10 moves the KL by less than 1e-9;
 - ``weight_rule`` applies to both W and V (the code: Algorithm 2's rule for both);
 - data-parallel training: each process splits its own share of the batch into strong and weak
-  samples (the code: the whole batch).
+  samples (the code: the whole batch); the targets are drawn for the whole batch, each process
+  taking its samples' (:func:`absld.distributed.draw_rows`).
 The fraction of each class's samples attacked with a target is logged per epoch (``targeted/<k>``).
 """
 
@@ -47,7 +48,7 @@ from torch import Tensor, nn
 from ..attacks import LossFn
 from ..data import Batch
 from .risk import class_sums
-from ..distributed import all_reduce_sum
+from ..distributed import all_reduce_sum, draw_rows
 from .dafa import DAFA, class_similarity, dafa_weights
 from .base import StepOutput
 
@@ -66,8 +67,10 @@ def strong_samples(natural_probs: Tensor, y: Tensor, num_classes: int, rule: str
 
 
 def random_other_class(y: Tensor, num_classes: int) -> Tensor:
-    """(B,) a target drawn uniformly from the classes other than ``y_i``."""
-    return (y + torch.randint(1, num_classes, y.shape, device=y.device)) % num_classes
+    """(B,) a target drawn uniformly from the classes other than ``y_i`` (from the global RNG; in a
+    data-parallel step, the whole global batch's draw: :func:`absld.distributed.draw_rows`)."""
+    offset = draw_rows(y, lambda like: torch.randint(1, num_classes, like.shape, device=like.device))
+    return (y + offset) % num_classes
 
 
 def mixed_objective(natural_probs: Tensor, targeted: Tensor, y_target: Tensor) -> LossFn:

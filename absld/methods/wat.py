@@ -48,9 +48,9 @@ not at hand beyond its introduction, so this list compares with the code only):
   (PGD-100 and CW-30, step 0.003, :252-254) without choosing one; here ``distill.select`` chooses;
 - C classes (the code's ``--class_num``, set from the dataset).
 
-Data-parallel training: the loss is a plain batch mean (exact over shares); every process measures
-the whole validation split itself, so the weights agree across processes as far as the measurement
-is deterministic.
+Data-parallel training: the loss is a plain batch mean (exact over shares); the validation costs
+are measured once, by rank 0, and every process gets them (``ctx.validation_pass``), so every
+process holds the same weights.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ class WAT(TRADES):
     def measure(self) -> ValidationCosts:
         """The class-wise TRADES loss and accuracies of the student on the validation split."""
         num_classes, attack, beta = self.ctx.num_classes, self.cfg.validation, self.cfg.beta
-        sums: list[Tensor] = []  # one (4, C) float64 tensor: count, cost, clean hits, TRADES-attack hits
 
-        def measure_batch(model: nn.Module, batch: Batch, generator: torch.Generator) -> None:
+        def measure_batch(model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
+            """(4, C) float64 class sums: count, cost, clean hits, TRADES-attack hits."""
             x, y = batch.x, batch.y
             with torch.no_grad():
                 logits_nat = model(x).float()  # (B, C)
@@ -140,12 +140,11 @@ class WAT(TRADES):
                 cost = F.cross_entropy(logits_nat, y, reduction="none") + beta * kl(natural_probs, logits_adv, "none")
                 rows = torch.stack([torch.ones_like(cost), cost, (logits_nat.argmax(1) == y).float(),
                                     (logits_adv.argmax(1) == y).float()]).double()  # (4, B)
-                if not sums:
-                    sums.append(torch.zeros(4, num_classes, dtype=torch.float64, device=y.device))
-                sums[0] += class_sums(rows.T, y, num_classes).T
+                return class_sums(rows.T, y, num_classes).T
 
-        self.validation_pass(measure_batch)
-        totals = sums[0].cpu() if sums else torch.zeros(4, num_classes, dtype=torch.float64)
+        totals = self.validation_pass(measure_batch)  # data-parallel: rank 0's, on every process
+        if totals is None:
+            totals = torch.zeros(4, num_classes, dtype=torch.float64)
         count, cost, clean, robust = totals
         if bool((count == 0).any()):
             missing = [int(k) for k in (count == 0).nonzero().flatten()]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .. import data as data_lib
+from .. import distributed
 from ..attacks.accuracy import ClassAccuracy, attack_seed, class_accuracy, first_n
 from ..params import Params
 from ..errors import StageError
@@ -84,7 +85,7 @@ def run_distill(params: Params, method_name: str, seed: int, layout: Layout, *, 
         state, meta = chosen_weights(cfg, method_name, method, result, train_cfg, chosen.rule, echo)
         student.load_state_dict(state)
         _write_student(params, method_name, seed, student, method, result, meta, prepared.class_names,
-                       teacher_sha, tracker, layout, clean_sha)
+                       teacher_sha, tracker, layout, clean_sha, world=rt.world)
         tracker.complete()
     echo(f"{method_name}/seed{seed}: {train_cfg.epochs} epochs, checkpoint '{meta['select']}' "
          f"(epoch {meta['selected_epoch']}) -> {layout.student_checkpoint(method_name, seed)}")
@@ -120,36 +121,56 @@ def _check_validation_split(method_name: str, method_cfg: Any, prepared: data_li
 
 def _validation(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int, bf16: bool):
     """The method's measurement of ``student`` on the validation split (absld.methods.base.Validate),
-    in float32 unless ``bf16`` (distill.measure_amp)."""
+    in float32 unless ``bf16`` (distill.measure_amp). Data-parallel: rank 0 measures, and every
+    process gets its numbers (:func:`absld.distributed.from_main`)."""
 
     def validate(attack) -> ClassAccuracy:
-        images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
-        return class_accuracy(student, images, labels, prepared.num_classes, rt, eps=attack.eps, step=attack.step,
-                              steps=attack.steps, batch_size=attack.batch_size, seed=seed, stream="validate",
-                              desc="validate", bf16=bf16)
+        measured = None
+        if rt.is_main:
+            images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
+            measured = class_accuracy(student, images, labels, prepared.num_classes, rt, eps=attack.eps,
+                                      step=attack.step, steps=attack.steps, batch_size=attack.batch_size, seed=seed,
+                                      stream="validate", desc="validate", bf16=bf16)
+        return distributed.from_main(measured)
 
     return validate
 
 
 def _validation_pass(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int, bf16: bool):
     """A method's own pass over the validation split (absld.methods.base.ValidationPass), in
-    float32 unless ``bf16`` (distill.measure_amp)."""
+    float32 unless ``bf16`` (distill.measure_amp): the sum of what ``measure`` returns per batch,
+    on the CPU. Data-parallel: rank 0 measures, and every process gets its sum
+    (:func:`absld.distributed.from_main`)."""
 
-    def validation_pass(attack, measure) -> None:
-        images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
-        loader = data_lib.TensorLoader(images, labels, batch_size=attack.batch_size, device=rt.device,
-                                       channels_last=rt.channels_last)
-        generator = torch.Generator().manual_seed(attack_seed(seed, "validate"))
-        was_training = student.training
-        student.eval()
-        try:
-            for batch in loader:
-                with rt.precision(bf16):
-                    measure(student, batch, generator)
-        finally:
-            student.train(was_training)
+    def validation_pass(attack, measure) -> torch.Tensor | None:
+        total = None
+        if rt.is_main:
+            total = _measure_pass(student, prepared, rt, seed, bf16, attack, measure)
+        return distributed.from_main(total)
 
     return validation_pass
+
+
+def _measure_pass(student: torch.nn.Module, prepared: data_lib.Prepared, rt: Runtime, seed: int, bf16: bool,
+                  attack: Any, measure: Any) -> torch.Tensor | None:
+    """One process's validation pass (:func:`_validation_pass`)."""
+    images, labels = first_n(prepared.val_images, prepared.val_labels, attack.n_samples)
+    loader = data_lib.TensorLoader(images, labels, batch_size=attack.batch_size, device=rt.device,
+                                   channels_last=rt.channels_last)
+    generator = torch.Generator().manual_seed(attack_seed(seed, "validate"))
+    was_training = student.training
+    student.eval()
+    total = None
+    try:
+        for batch in loader:
+            with rt.precision(bf16):
+                part = measure(student, batch, generator)
+            if part is not None:
+                total = torch.zeros_like(part) if total is None else total
+                total += part
+    finally:
+        student.train(was_training)
+    return None if total is None else total.cpu()
 
 
 def _student(params: Params, prepared: data_lib.Prepared, rt: Runtime) -> torch.nn.Module:
@@ -214,12 +235,14 @@ def _run_config(params: Params, method_name: str, seed: int, rt: Runtime) -> dic
 
 def _write_student(params: Params, method_name: str, seed: int, student: torch.nn.Module, method: Any,
                    result: FitResult, selection_meta: dict[str, Any], class_names: list[str],
-                   teacher_sha: str | None, tracker: Tracker, layout: Layout, clean_sha: str | None = None) -> None:
-    """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures."""
+                   teacher_sha: str | None, tracker: Tracker, layout: Layout, clean_sha: str | None = None,
+                   world: int = 1) -> None:
+    """The chosen checkpoint, the training log, metrics.json, the method's artefacts and the figures
+    (``world``: how many data-parallel processes trained it, in metrics.json and the W&B summary)."""
     epochs, chosen_epoch = len(result.history), selection_meta["selected_epoch"]
     results, figures, history = layout.distill_results(method_name, seed), layout.distill_plots(method_name, seed), \
         result.history
-    metrics = {"method": method_name, "seed": seed, "epochs": epochs, **selection_meta,
+    metrics = {"method": method_name, "seed": seed, "epochs": epochs, "world": world, **selection_meta,
                "final": {k: v for k, v in history[-1].items() if "/" not in k}}
     write_csv(results / "train_log.csv", [{k: v for k, v in row.items() if "/" not in k} for row in history])
     where = f"({params.data.dataset}, seed {seed})"
@@ -242,7 +265,7 @@ def _write_student(params: Params, method_name: str, seed: int, student: torch.n
     extra_meta = {"teacher_clean_sha256": clean_sha} if clean_sha else {}
     save_checkpoint(checkpoint, student.cpu(), method=method_name, seed=seed, dataset=params.data.dataset,
                     teacher_sha256=teacher_sha, **extra_meta, **selection_meta)
-    tracker.summary({"selected_epoch": chosen_epoch, "select": selection_meta["select"],
+    tracker.summary({"selected_epoch": chosen_epoch, "select": selection_meta["select"], "world": world,
                      "selection_on_test_set": selection_meta["selection_on_test_set"],
                      "checkpoint_sha256": sha256_file(checkpoint)})  # what `absld report` selects runs by
     tracker.use_artifact(f"data-{params.data.dataset}", "dataset", [layout.data_dir(params.data.dataset) / "manifest.json"])

@@ -320,7 +320,8 @@ def _train_epoch(model: nn.Module, method: MethodBase, teacher: nn.Module | None
     for step, batch in enumerate(bar):
         total = len(batch.y)
         batch = distributed.shard(batch, rt.rank, rt.world)  # this process's share (all of it alone)
-        out = method_loss(model, method, teacher, batch, rt, loss_model=loss_model)
+        with distributed.sharing(rt.rank, rt.world, total):  # the step's noise: its rows of the global batch's
+            out = method_loss(model, method, teacher, batch, rt, loss_model=loss_model)
         optimizer.zero_grad(set_to_none=True)
         if rt.nan_policy == "skip_batch":  # syncs: only when asked
             bad_here = (~torch.isfinite(out.loss.detach())).float()
