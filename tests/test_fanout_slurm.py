@@ -137,6 +137,15 @@ def test_check_and_prepare_run_here_and_nothing_waits_on_them(tmp_path, stub_slu
     assert submitted_scripts(stub_slurm)[jobs[0].job_id]["dependency"] == "singleton"
 
 
+def test_the_dry_run_says_where_each_item_runs_and_after_what(tmp_path):
+    plan = make_plan(GRAPH, set(GRAPH), COSTS, "test")
+    lines = dict(line.split(None, 1) for line in slurm.describe(tmp_path, plan, slurm.SlurmSettings()))
+    assert lines["prepare"].startswith("here")
+    assert lines["teacher"] == f"job {slurm.job_name(tmp_path, 'teacher')}: --gpus-per-node=1, at once, singleton"
+    assert lines["evaluate@sat-0"].endswith("--gpus-per-node=1, afterok distill@sat-0, singleton")
+    assert "no GPU, afterok evaluate-teacher, evaluate@absld-0, evaluate@sat-0" in lines["analyze"]
+
+
 def test_an_upstream_stage_failing_here_submits_nothing(tmp_path, stub_slurm, monkeypatch):
     class Fails:
         def __init__(self, root, stage, **options):
@@ -200,12 +209,13 @@ def one_method_params() -> str:
 
 
 def processes_of_the_job(job) -> list:
-    """The job's task (submitit.core._submit) and everything it started (dvc, the stage)."""
+    """What Slurm signals in a job: everything the job's task (submitit.core._submit) started (dvc,
+    the stage), then the task itself (last, so that the stage has the signal before the task acts)."""
     import psutil
 
     tree = psutil.Process(job._process.pid).children(recursive=True)
     task = next(p for p in tree if "submitit.core._submit" in " ".join(p.cmdline()))
-    return [task, *task.children(recursive=True)]
+    return [*task.children(recursive=True), task]
 
 
 def lock_entry(project: Path) -> dict:

@@ -35,6 +35,8 @@ which compute nodes often lack and have; they run here, on the node the fan-out 
 (a login node), before anything is submitted (:attr:`SlurmSettings.upstream_jobs`: submit them as
 CPU jobs instead). The teachers (``teacher``, ``teacher-clean``) are GPU jobs; the students wait
 ``afterok`` for them.
+
+The cluster notes (setup, NFS, logs, requeue): docs/slurm.md.
 """
 
 from __future__ import annotations
@@ -219,6 +221,21 @@ def configure(executor: Any, root: Path, item: Item, after_ids: list[str], setti
     else:
         executor.update_parameters(timeout_min=settings.time_min, signal_delay_s=settings.signal_delay_s,
                                    stderr_to_stdout=True, setup=job_setup(settings))
+
+
+def describe(root: Path, plan: Plan, settings: SlurmSettings) -> list[str]:
+    """What :func:`submit` would do with ``plan``, one line per item (``--dry-run``): where it runs,
+    its job's name, GPUs and the stages whose jobs it waits for."""
+    lines = []
+    for item in plan.items:
+        if runs_here(item, settings):
+            lines.append(f"{item.stage:<28} here, before any job (no GPU; the internet)")
+            continue
+        waits = [stage for stage in item.after if not runs_here(plan.item(stage), settings)]
+        gpus = "no GPU" if item.stage in CPU_STAGES else f"--gpus-per-node={settings.gpus_per_node}"
+        after = f"afterok {', '.join(waits)}" if waits else "at once"
+        lines.append(f"{item.stage:<28} job {job_name(root, item.stage)}: {gpus}, {after}, singleton")
+    return lines
 
 
 def submit(root: Path, plan: Plan, settings: SlurmSettings, *, executor: Any = None,
