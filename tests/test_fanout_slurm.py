@@ -162,6 +162,52 @@ def test_an_upstream_stage_failing_here_submits_nothing(tmp_path, stub_slurm, mo
     assert not stub_slurm.exists()
 
 
+def test_without_slurm_the_default_executor_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    with pytest.raises(UserError, match="no Slurm here.*--backend local"):
+        slurm.make_executor(tmp_path, slurm.SlurmSettings())
+
+
+class RecordingExecutor:
+    """Not Slurm's (as submitit's LocalExecutor): what was submitted, and which results were awaited when."""
+
+    def __init__(self, fails=()):
+        self.events, self.fails = [], set(fails)
+
+    def update_parameters(self, **parameters):
+        self.parameters = parameters
+
+    def submit(self, body):
+        self.events.append(("submit", body.stage))
+        executor = self
+
+        class Job:
+            job_id = str(len(self.events))
+
+            def result(self):
+                executor.events.append(("result", body.stage))
+                if body.stage in executor.fails:
+                    raise RuntimeError(f"{body.stage} failed")
+                return {}
+
+        return Job()
+
+
+def test_another_executor_submits_an_item_only_after_the_jobs_it_waits_for_succeeded(tmp_path):
+    deps = {"distill@sat-0": set(), "evaluate@sat-0": {"distill@sat-0"}, "analyze": {"evaluate@sat-0"}}
+    plan = make_plan(deps, set(deps), COSTS, "test")
+    executor = RecordingExecutor()
+    slurm.submit(tmp_path, plan, slurm.SlurmSettings(), executor=executor)
+    assert executor.events == [("submit", "distill@sat-0"), ("result", "distill@sat-0"), ("submit", "evaluate@sat-0"),
+                               ("result", "evaluate@sat-0"), ("submit", "analyze")]
+    assert executor.parameters["setup"] == ["export SUBMITIT_PREEMPT_SIGNAL=USR1"]
+
+    failing = RecordingExecutor(fails={"distill@sat-0"})
+    with pytest.raises(UserError, match=r"distill@sat-0 \(job 1\) failed, so evaluate@sat-0 .*not submitted"):
+        slurm.submit(tmp_path, plan, slurm.SlurmSettings(), executor=failing)
+    assert ("submit", "evaluate@sat-0") not in failing.events
+
+
 def test_without_submitit_the_error_says_how_to_install_it():
     code = ("import sys; sys.modules['submitit'] = None\n"
             "import absld.fanout.plan, absld.fanout.runner, absld.fanout.slurm as s\n"

@@ -238,6 +238,19 @@ def describe(root: Path, plan: Plan, settings: SlurmSettings) -> list[str]:
     return lines
 
 
+def await_success(root: Path, stage: str, job: Any, dependant: str) -> None:
+    """Wait for ``job`` (of ``stage``) to end (an executor without Slurm's ``afterok``); a
+    :class:`SlurmError` if it failed, so that ``dependant`` and what waits for it are not submitted."""
+    from .runner import log_path
+
+    try:
+        job.result()
+    except Exception as exc:  # submitit's FailedJobError, UncompletedJobError
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise SlurmError(f"{stage} (job {job.job_id}) failed, so {dependant} and what waits for it were not "
+                         f"submitted; see {log_path(root, stage)} ({last})") from None
+
+
 def submit(root: Path, plan: Plan, settings: SlurmSettings, *, executor: Any = None,
            say: Callable[[str], None] = lambda line: None) -> list[Submitted]:
     """Run the plan's :data:`HERE_STAGES` items here (in plan order; a failure raises before
@@ -269,8 +282,9 @@ def submit(root: Path, plan: Plan, settings: SlurmSettings, *, executor: Any = N
             continue
         waits = [jobs[stage] for stage in item.after if stage in jobs]
         if not is_slurm:
-            for job in waits:
-                job.result()  # raises if that job failed: its dependants are not submitted
+            for stage in item.after:
+                if stage in jobs:
+                    await_success(root, stage, jobs[stage], item.stage)
         configure(executor, root, item, [str(job.job_id) for job in waits], settings)
         body = StageJob(str(root.resolve()), item.stage, lock_retries=settings.lock_retries,
                         usr_signal=settings.signal, stop_grace_s=settings.stop_grace_s)
