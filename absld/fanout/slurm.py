@@ -265,6 +265,7 @@ def submit(root: Path, plan: Plan, settings: SlurmSettings, *, executor: Any = N
 
     submitit = require_submitit()
     root = Path(root)
+    executor = make_executor(root, settings) if executor is None else executor  # no Slurm: stop before any work
     for item in plan.items:
         if runs_here(item, settings):
             say(f"{item.stage}: running here (no GPU; compute nodes may have no internet)")
@@ -273,7 +274,6 @@ def submit(root: Path, plan: Plan, settings: SlurmSettings, *, executor: Any = N
             if not outcome.ok:
                 raise SlurmError(f"{item.stage} failed here (exit {outcome.returncode}); nothing was submitted; "
                                  f"see {outcome.log}")
-    executor = make_executor(root, settings) if executor is None else executor
     is_slurm = isinstance(executor, submitit.SlurmExecutor)
     jobs: dict[str, Any] = {}
     out: list[Submitted] = []
