@@ -77,7 +77,7 @@ case "$cmd" in
         fi
         dvc repro ;;
     test)
-        setup
+        setup "$VENV" constraints.txt test,slurm   # slurm: the fan-out's Slurm backend is tested too
         shift
         python -m pytest -q "$@"
         if [ $# -eq 0 ]; then crosscheck; fi ;;

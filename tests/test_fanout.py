@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from absld.fanout.local import Pool, Report, fan_out, make_slots, parse_gpus
-from absld.fanout.plan import Plan, build_plan, make_plan, order_key
+from absld.fanout.plan import Plan, make_plan, order_key
 from absld.fanout.runner import StageRun, backoff, lock_failure, repro_command
 from absld.errors import UserError
 from pipeline.cli import main

@@ -12,19 +12,29 @@ from .plan import build_plan, dvc_state
 
 
 def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gpu: int, lock_retries: int,
-        wait_for_lock: bool = True, dry_run: bool, echo: Callable[[str], None] = print) -> int:
-    """The fan-out's exit status: 0 when every stage ran and DVC finds the project up to date."""
+        wait_for_lock: bool = True, dry_run: bool, slurm: tuple[str, ...] = (),
+        echo: Callable[[str], None] = print) -> int:
+    """The fan-out's exit status: 0 when every stage ran (local) or every job was submitted (slurm)
+    and, locally, DVC finds the project up to date afterwards."""
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"no dvc.yaml in {root}: run absld fanout in the project's directory")
+    if backend == "slurm":
+        from . import slurm as slurm_backend
+
+        settings = slurm_backend.settings_from_pairs(slurm)
+    elif slurm:
+        raise UserError(f"--slurm {slurm[0]!r} is for --backend slurm")
     slots = make_slots(parse_gpus(gpus), per_gpu) if backend == "local" and not (dry_run and gpus is None) else []
     params = load_params(params_path)
     plan = build_plan(root, params)
     if dry_run:
-        for line in plan.lines():
+        for line in plan.lines() + (slurm_backend.describe(root, plan, settings) if backend == "slurm" else []):
             echo(line)
         return 0
     if backend == "slurm":
-        raise UserError("the slurm backend is not wired in yet")
+        jobs = slurm_backend.submit(root, plan, settings, say=echo)
+        echo(f"{len(jobs)} jobs submitted; logs under {settings.folder}/ and logs/fanout/; `dvc status` once they end")
+        return 0
     echo(f"{len(slots)} slots: {', '.join(slot.name for slot in slots)}")
     pool = Pool(root, slots, lock_retries=lock_retries, wait_for_lock=wait_for_lock, echo=echo)
     report, after = fan_out(root, lambda: build_plan(root, params), pool)

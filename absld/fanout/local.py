@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class Pool:
         header = (f"[fanout] {item.stage} on slot {slot.name} (CUDA_VISIBLE_DEVICES={slot.gpu}), "
                   f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
         run = StageRun(self.root, item.stage, env=self._child_env(slot), lock_retries=self.lock_retries,
-                       wait_for_lock=self.wait_for_lock, header=header,
+                       wait_for_lock=self.wait_for_lock, header=header, child_signals={signal.SIGINT: signal.SIG_DFL},
                        command=self.command(item.stage) if self.command else None)
         with self._lock:
             self._running[item.stage] = run

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 LOCK_MESSAGE = "Unable to acquire lock"
 """What DVC prints when another dvc process holds the repository lock (``dvc/lock.py``)."""
@@ -89,12 +89,20 @@ class StageRun:
     follows a long training. :meth:`stop` interrupts it as Ctrl-C would (SIGINT to the child's
     process group: the stage saves its checkpoint, DVC releases its locks), from another thread or
     a signal handler. ``wait_for_lock``: DVC waits for its lock itself (see the module's docstring).
-    ``command`` replaces ``dvc repro --single-item <stage>`` (tests)."""
+    ``command`` replaces ``dvc repro --single-item <stage>`` (tests).
+
+    ``child_signals`` (signal -> ``signal.SIG_IGN`` or ``signal.SIG_DFL``) is set in the child
+    before it starts DVC: an ignored signal stays ignored through ``exec`` in everything DVC starts
+    (the stage's command too), a default one is default there (the Slurm backend ignores the
+    batch system's SIGTERM and USR signal in the stage, which only its own job process handles;
+    both backends make sure SIGINT, which :meth:`stop` sends, is not inherited ignored)."""
 
     def __init__(self, root: Path, stage: str, *, env: Mapping[str, str] | None = None, lock_retries: int = 8,
                  header: str = "", sleep: Callable[[float], None] = time.sleep, wait_for_lock: bool = True,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None,
+                 child_signals: Mapping[int, Any] | None = None) -> None:
         self.root, self.stage, self.lock_retries, self.header, self.sleep = root, stage, lock_retries, header, sleep
+        self.child_signals = dict(child_signals or {})
         self.env = child_env(os.environ if env is None else env)
         self.cmd = command or repro_command(stage, wait_for_lock)
         self.log = log_path(root, stage)
@@ -113,7 +121,8 @@ class StageRun:
                 handle.flush()
                 begin = handle.tell()
                 self.process = subprocess.Popen(self.cmd, cwd=self.root, env=self.env, stdout=handle,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+                                                stderr=subprocess.STDOUT, start_new_session=True,
+                                                preexec_fn=self._set_child_signals if self.child_signals else None)
                 returncode = self.process.wait()
                 handle.flush()
                 with open(self.log) as reader:
@@ -126,6 +135,11 @@ class StageRun:
                              f"in {wait:.1f} s\n")
                 handle.flush()
                 self.sleep(wait)
+
+    def _set_child_signals(self) -> None:
+        """In the child, between fork and exec (no Python objects created beyond the loop)."""
+        for signum, disposition in self.child_signals.items():
+            signal.signal(signum, disposition)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
         """Interrupt the running attempt (no further attempt starts)."""
