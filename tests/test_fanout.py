@@ -288,3 +288,28 @@ def test_four_items_started_at_once_all_succeed_with_the_retry_and_not_without(t
         status = subprocess.run([repro_command("x")[0], "status"], cwd=tmp_path / project, capture_output=True,
                                 text=True, check=True).stdout
         assert "up to date" in status
+
+
+def test_slurm_settings_come_from_key_value_pairs_and_bad_ones_are_named():
+    from absld.fanout.slurm import SlurmError, settings_from_pairs
+
+    settings = settings_from_pairs(["partition=gpu", "time_min=720", "mem_gb=64.5", "upstream_jobs=true",
+                                    "constraint=a100", "exclusive", "setup=module load cuda", "setup=source env"])
+    assert (settings.partition, settings.time_min, settings.mem_gb, settings.upstream_jobs) == ("gpu", 720, 64.5, True)
+    assert dict(settings.extra) == {"constraint": "a100", "exclusive": True}
+    assert settings.setup == ("module load cuda", "source env") and settings_from_pairs([]) == type(settings)()
+    for bad, said in (("time_min=x", "time_min='x'"), ("upstream_jobs=maybe", "true or false"),
+                      ("time_min", "needs a value"), ("=3", "KEY=VALUE"), ("extra=1", "KEY=VALUE"),
+                      ("time_min=0", "time_min = 0"), ("signal=TERM", "USR1, USR2")):
+        with pytest.raises(SlurmError, match=said):
+            settings_from_pairs([bad])
+
+
+def test_the_command_line_refuses_bad_slurm_settings_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    result = CliRunner().invoke(main, ["fanout", "--backend", "slurm", "--slurm", "time_min=soon"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --slurm time_min='soon'")
+    result = CliRunner().invoke(main, ["fanout", "--slurm", "partition=gpu", "--gpus", "0"])
+    assert result.exit_code == 1 and "is for --backend slurm" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml"]
