@@ -59,6 +59,9 @@ def test_a_fresh_project_plans_every_stage_in_waves_each_after_what_it_waits_for
     # within a wave: evaluations first (the teacher's as early as it can start), then students, longest first
     assert waves[3] == ["evaluate-teacher", "distill@dafa-0", "distill@absld-0", "distill@sat-0"]
     assert plan.item("distill@dafa-0").cost == 330.0 and plan.up_to_date == ()
+    assert plan.direct_after(plan.item("analyze")) == (
+        "evaluate-teacher", "evaluate@absld-0", "evaluate@dafa-0", "evaluate@sat-0")  # what the text shows
+    assert plan.direct_after(plan.item("distill@sat-0")) == ("teacher", "teacher-clean")
 
 
 def test_an_up_to_date_stage_is_left_out_and_a_stale_one_takes_its_downstream_along():

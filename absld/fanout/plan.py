@@ -105,6 +105,18 @@ class Plan:
     def upstream(self) -> list[Item]:
         return [item for item in self.items if item.kind == "upstream"]
 
+    def direct_after(self, item: Item) -> tuple[str, ...]:
+        """``item.after`` less what another of its waits already waits for (what the text shows)."""
+        def upstream_of(stage: str, seen: set[str]) -> set[str]:
+            for after in self.item(stage).after:
+                if after not in seen:
+                    seen.add(after)
+                    upstream_of(after, seen)
+            return seen
+
+        implied = set().union(*(upstream_of(after, set()) for after in item.after)) if item.after else set()
+        return tuple(after for after in item.after if after not in implied)
+
     def lines(self) -> list[str]:
         """The plan as text (``absld fanout --dry-run``)."""
         if not self.items:
@@ -116,7 +128,7 @@ class Plan:
             out.append(f"wave {number}:")
             for item in sorted(wave, key=order_key):
                 why = "stale" if item.stale else "runs if its inputs change"
-                after = f"after {', '.join(item.after)}" if item.after else "at once"
+                after = f"after {', '.join(self.direct_after(item))}" if item.after else "at once"
                 cost = f", cost {item.cost:.3g} {unit}" if item.kind == "student" else ""
                 out.append(f"  {item.stage:<28} {item.kind:<10} {why}; {after}{cost}")
         return out

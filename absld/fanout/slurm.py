@@ -231,7 +231,7 @@ def describe(root: Path, plan: Plan, settings: SlurmSettings) -> list[str]:
         if runs_here(item, settings):
             lines.append(f"{item.stage:<28} here, before any job (no GPU; the internet)")
             continue
-        waits = [stage for stage in item.after if not runs_here(plan.item(stage), settings)]
+        waits = [stage for stage in plan.direct_after(item) if not runs_here(plan.item(stage), settings)]
         gpus = "no GPU" if item.stage in CPU_STAGES else f"--gpus-per-node={settings.gpus_per_node}"
         after = f"afterok {', '.join(waits)}" if waits else "at once"
         lines.append(f"{item.stage:<28} job {job_name(root, item.stage)}: {gpus}, {after}, singleton")
