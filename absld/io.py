@@ -280,11 +280,16 @@ def md5_file(path: str | Path) -> str:
     return file_digest(path, "md5")
 
 
+def project_tag(root: str | Path = ".") -> str:
+    """12 hex digits of the project's absolute path: what the stage locks and a fan-out's Slurm job
+    names key on (the same checkout, the same tag)."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
 def lock_path(name: str) -> Path:
     """The lock file of stage ``name`` in this project: under the system's temporary directory, keyed
     by the project's path, so that the project itself gets no scratch files."""
-    project = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "absld-locks" / f"{project}-{name.replace('/', '-')}.lock"
+    return Path(tempfile.gettempdir()) / "absld-locks" / f"{project_tag()}-{name.replace('/', '-')}.lock"
 
 
 @contextlib.contextmanager

@@ -69,17 +69,18 @@ _held: tuple[Lease, int] | None = None
 """This process's lease and the descriptor of its lock file (open until the process ends)."""
 
 
-def parse_gpus(value: str) -> list[int]:
-    """``ABSLD_GPUS``: comma-separated GPU indices (``0,1,3``), each a non-negative integer, none twice."""
+def parse_gpus(value: str, name: str = "ABSLD_GPUS=") -> list[int]:
+    """``ABSLD_GPUS`` (or ``absld fanout --gpus``: ``name``, as the errors spell it): comma-separated
+    GPU indices (``0,1,3``), each a non-negative integer, none twice."""
     items = [item.strip() for item in value.split(",")]
     bad = [item for item in items if not re.fullmatch(r"[0-9]+", item)]
     if bad:
-        raise LeaseError(f"ABSLD_GPUS={value!r}: {bad[0]!r} is not a GPU index; use comma-separated "
-                         "non-negative integers, e.g. ABSLD_GPUS=0,1,2,3")
+        raise LeaseError(f"{name}{value!r}: {bad[0]!r} is not a GPU index; use comma-separated "
+                         f"non-negative integers, e.g. {name}0,1,2,3")
     gpus = [int(item) for item in items]
     twice = sorted({gpu for gpu in gpus if gpus.count(gpu) > 1})
     if twice:
-        raise LeaseError(f"ABSLD_GPUS={value!r} names GPU {twice[0]} twice; name each GPU once")
+        raise LeaseError(f"{name}{value!r} names GPU {twice[0]} twice; name each GPU once")
     return gpus
 
 

@@ -84,17 +84,7 @@ def free_port() -> int:
 
 def run_worker(out: Path, world: int) -> None:
     """``world`` processes of :func:`train`, started as torchrun starts them (environment variables)."""
-    port = free_port()
-    code = f"from pathlib import Path; from tests.test_distributed import train; train(Path({str(out)!r}))"
-    processes = []
-    for rank in range(world):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE=str(world), OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-        if world == 1:
-            for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
-                env.pop(name)
-        processes.append(subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True))
-    for process in processes:
+    for process in launch("train", out, world):
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
 
@@ -371,7 +361,7 @@ class Runs:
     """What each process of the two runs of :func:`scenarios` wrote, by scenario."""
 
     def __init__(self, folders: dict[str, Path], errors: list[str]) -> None:
-        self.saved = {name: [torch.load(path, weights_only=False) if (path := folder / f"rank{rank}.pt").is_file()
+        self.saved = {name: [torch.load(path, weights_only=True) if (path := folder / f"rank{rank}.pt").is_file()
                              else {} for rank in range(1 if name == "one" else 2)] for name, folder in folders.items()}
         self.errors = errors
 

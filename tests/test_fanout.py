@@ -196,7 +196,7 @@ def test_the_upstream_runs_first_then_the_plan_is_read_again(tmp_path, monkeypat
         return plan_of({"teacher-clean"} if len(reads) == 1 else {"distill@sat-0"} if len(reads) == 2 else set())
 
     pool = Pool(tmp_path, make_slots(["0", "1"]), echo=lambda line: None, command=standin(tmp_path))
-    report, after = fan_out(tmp_path, plan_now, pool)
+    report, after = fan_out(plan_now, pool)
     assert report.ok and list(report.outcomes) == ["teacher-clean", "distill@sat-0", "evaluate@sat-0", "analyze"]
     assert after.items == () and len(reads) == 3
 

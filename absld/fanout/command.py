@@ -8,7 +8,7 @@ from typing import Callable
 from ..errors import UserError
 from ..params import load_params
 from .local import Pool, fan_out, make_slots, parse_gpus
-from .plan import build_plan, dvc_state
+from .plan import build_plan
 
 
 def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gpu: int, lock_retries: int,
@@ -37,7 +37,7 @@ def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gp
         return 0
     echo(f"{len(slots)} slots: {', '.join(slot.name for slot in slots)}")
     pool = Pool(root, slots, lock_retries=lock_retries, wait_for_lock=wait_for_lock, echo=echo)
-    report, after = fan_out(root, lambda: build_plan(root, params), pool)
+    report, after = fan_out(lambda: build_plan(root, params), pool)
     if report.interrupted:
         echo("interrupted: each running stage saved its checkpoint; run absld fanout again to resume")
         return 130
@@ -45,10 +45,10 @@ def run(root: Path, params_path: Path, *, backend: str, gpus: str | None, per_gp
                          ("not started", report.not_started)):
         if stages:
             echo(f"{name}: {', '.join(stages)}")
-    _, stale = dvc_state(root)
-    if report.ok and not stale:
+    stale = sorted(item.stage for item in after.items if item.stale)  # the plan read after the run
+    if report.ok and not after.items:
         echo(f"{len(report.outcomes)} stages ran; dvc status: every stage up to date")
         return 0
     if stale:
-        echo(f"dvc status: still stale: {', '.join(sorted(stale))}")
+        echo(f"dvc status: still stale: {', '.join(stale)}")
     return 1

@@ -16,6 +16,7 @@ with exit status 130; rerunning the fan-out resumes them.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import threading
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..lease import FANOUT_SLOT_ENV as SLOT_ENV  # every child's slot (gpu0.1: the second process on GPU 0)
+from ..lease import FANOUT_SLOT_ENV as SLOT_ENV, parse_gpus as lease_gpus  # every child's slot (gpu0.1: the second process on GPU 0)
 from .plan import Item, Plan, order_key
 from .runner import Outcome, StageRun
 
@@ -89,8 +90,6 @@ class Pool:
             handle.write(json.dumps({"time": time.time(), **fields}) + "\n")
 
     def _child_env(self, slot: Slot) -> dict[str, str]:
-        import os
-
         env = dict(os.environ if self.env is None else self.env)
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         env[SLOT_ENV] = slot.name
@@ -178,27 +177,26 @@ class Pool:
             run.stop()
 
 
-def fan_out(root: Path, plan_now: Callable[[], Plan], pool: Pool) -> tuple[Report, Plan]:
+def fan_out(plan_now: Callable[[], Plan], pool: Pool) -> tuple[Report, Plan]:
     """Run the upstream of ``plan_now()``, then the rest of a fresh ``plan_now()``; the report
-    and the plan read after the run (empty when DVC finds every stage up to date)."""
+    and the plan read after the run (no items when DVC finds every stage up to date; when
+    interrupted, the last plan read)."""
     report = Report()
     plan = plan_now()
-    upstream = plan.upstream()
-    if upstream:
-        pool.run(upstream, report)
-        if not report.ok:
-            return report, plan
-        plan = plan_now()
-    rest = [item for item in plan.items if item.kind != "upstream"]
-    if [item for item in plan.items if item.kind == "upstream"]:
-        report.not_started.extend(item.stage for item in plan.items)
-        return report, plan
-    pool.run(rest, report)
-    return report, plan_now() if report.ok else plan
+    if plan.upstream():
+        pool.run(plan.upstream(), report)
+        if report.ok:
+            plan = plan_now()
+            if plan.upstream():  # it ran, yet DVC still finds it stale: nothing downstream can start
+                report.not_started.extend(plan.stages)
+    if report.ok:
+        pool.run([item for item in plan.items if item.kind != "upstream"], report)
+    return report, plan if report.interrupted else plan_now()
 
 
 def parse_gpus(text: str | None) -> list[str]:
-    """``--gpus``: comma-separated GPU indices (``0,1``), each once; None: every GPU torch sees."""
+    """``--gpus``: comma-separated GPU indices (``0,1``), each once (:func:`absld.lease.parse_gpus`);
+    None: every GPU torch sees."""
     from ..errors import UserError
 
     if text is None:
@@ -209,7 +207,4 @@ def parse_gpus(text: str | None) -> list[str]:
             raise UserError("no CUDA GPU found: pass --gpus with the indices to use (e.g. --gpus 0,1; on a "
                             "machine without GPUs the slots still run the stages, on the device params.yaml names)")
         return [str(k) for k in range(count)]
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() for part in parts) or len(set(parts)) != len(parts):
-        raise UserError(f"--gpus {text!r}: expected distinct GPU indices separated by commas, e.g. 0,1,2,3")
-    return parts
+    return [str(gpu) for gpu in lease_gpus(text, "--gpus ")]

@@ -41,13 +41,13 @@ The cluster notes (setup, NFS, logs, requeue): docs/slurm.md.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from ..errors import UserError
+from ..io import project_tag
 from .plan import Item, Plan
 
 INSTALL_HINT = "pip install 'absld-repro[slurm]'"
@@ -151,11 +151,6 @@ def require_submitit() -> Any:
     except ImportError:
         raise SlurmError(f"the Slurm backend needs submitit, which is not installed: {INSTALL_HINT}") from None
     return submitit
-
-
-def project_tag(root: Path) -> str:
-    """12 hex digits of the project's absolute path: the jobs of one checkout share it."""
-    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
 
 
 def job_name(root: Path, stage: str) -> str:
